@@ -30,7 +30,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "export":
-        from facto_edge.exporters.factorize import export
+        from facto_edge.exporters.export import export
 
         return export
     raise AttributeError(f"module 'facto_edge' has no attribute {name!r}")

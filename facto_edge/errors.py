@@ -28,3 +28,7 @@ class CheckpointError(FactoEdgeError):
 
 class DeviceError(FactoEdgeError):
     """The requested device (e.g. CUDA) is not available."""
+
+
+class NumericalError(FactoEdgeError, ValueError):
+    """A tensor holds NaN/Inf or values a codec cannot represent (training diverged)."""

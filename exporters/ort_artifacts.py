@@ -1,0 +1,69 @@
+"""ONNX Runtime training artifacts for an export: the correctness and speed reference.
+
+Writes ort/{training_model,eval_model,optimizer_model,checkpoint} (AdamW) and
+ort/optimizer_sgd.onnx (plain SGD) for the same trainable set as the manifest. ORT 1.19
+refuses IR versions above 10, so every written model is stamped ir_version = 10.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from facto_edge.manifest import Manifest
+
+
+def ort_training_available() -> bool:
+    try:
+        from onnxruntime.training import artifacts  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def training_graph(proto: onnx.ModelProto, trainable: set[str]) -> onnx.ModelProto:
+    """A copy of `proto` with BatchNormalization in training mode where BN is trainable."""
+    model = copy.deepcopy(proto)
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and node.input[1] in trainable:
+            node.attribute.append(helper.make_attribute("training_mode", 1))
+    return model
+
+
+def _stamp_ir10(directory: Path) -> None:
+    for path in directory.glob("*.onnx"):
+        model = onnx.load(str(path))
+        if model.ir_version > 10:
+            model.ir_version = 10
+            onnx.save(model, str(path))
+
+
+def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -> bool:
+    """Write the artifacts into `out`; False (nothing written) without onnxruntime-training."""
+    if not ort_training_available():
+        return False
+    import onnxruntime
+    from onnxruntime.training import artifacts
+
+    onnxruntime.set_default_logger_severity(3)
+    trainable = set(manifest.trainable)
+    model = training_graph(proto, trainable)
+    frozen = [t.name for t in model.graph.initializer if t.name not in trainable]
+    common = dict(
+        requires_grad=sorted(trainable), frozen_params=frozen,
+        loss=artifacts.LossType.CrossEntropyLoss,
+    )  # fmt: skip
+    out.mkdir(parents=True)
+    artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.AdamW,
+                                 artifact_directory=str(out), **common)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.SGD,
+                                     artifact_directory=tmp, **common)  # fmt: skip
+        shutil.copy(Path(tmp) / "optimizer_model.onnx", out / "optimizer_sgd.onnx")
+    _stamp_ir10(out)
+    return True
