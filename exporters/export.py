@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from facto_edge.errors import ExportError, UnsupportedOpError
@@ -72,7 +73,9 @@ def factorize(
     """Export `model` to ONNX and factorize it: (model, layers, trainable names)."""
     graph = Graph(to_onnx(model, input_shape))
     rewriter = Rewriter(graph, cfg)
-    layers = rewriter.run()
+    # Many small SVDs: one BLAS thread each is fastest and immune to oversubscription.
+    with threadpool_limits(1):
+        layers = rewriter.run()
     proto = graph.to_model()
     onnx.checker.check_model(proto, full_check=True)
     trainable = [name for layer in layers for name in layer.trainable]

@@ -7,7 +7,10 @@ refuses IR versions above 10, so every written model is stamped ir_version = 10.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import sys
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +38,26 @@ def training_graph(proto: onnx.ModelProto, trainable: set[str]) -> onnx.ModelPro
     return model
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """ORT's graph builder logs every transformer pass at info level to fd 2; keep that
+    out of the user's terminal, and replay it only if artifact generation fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _stamp_ir10(directory: Path) -> None:
     for path in directory.glob("*.onnx"):
         model = onnx.load(str(path))
@@ -47,10 +70,7 @@ def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -
     """Write the artifacts into `out`; False (nothing written) without onnxruntime-training."""
     if not ort_training_available():
         return False
-    import onnxruntime
     from onnxruntime.training import artifacts
-
-    onnxruntime.set_default_logger_severity(3)
     trainable = set(manifest.trainable)
     model = training_graph(proto, trainable)
     frozen = [t.name for t in model.graph.initializer if t.name not in trainable]
@@ -59,9 +79,9 @@ def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -
         loss=artifacts.LossType.CrossEntropyLoss,
     )  # fmt: skip
     out.mkdir(parents=True)
-    artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.AdamW,
-                                 artifact_directory=str(out), **common)  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    with _quiet_native_stderr(), tempfile.TemporaryDirectory() as tmp:
+        artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.AdamW,
+                                     artifact_directory=str(out), **common)  # fmt: skip
         artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.SGD,
                                      artifact_directory=tmp, **common)  # fmt: skip
         shutil.copy(Path(tmp) / "optimizer_model.onnx", out / "optimizer_sgd.onnx")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.runtime import codecs as C
+from facto_edge.runtime.kernels import codec_kernels as K
 
 SHAPES = [(2, 3, 7, 9), (2, 3, 8, 8), (3, 70), (17,), (1, 2, 3, 4, 5), (2, 0, 4, 4)]
 BLOCK = ["q8", "q4", "q2"]
@@ -20,7 +21,9 @@ BLOCK = ["q8", "q4", "q2"]
 def _data(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """ReLU-like activations with channel offsets, so blocks differ in min and range."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * 2.0 + rng.uniform(-3, 3, size=shape[:2] + (1,) * (len(shape) - 2))
+    x = rng.standard_normal(shape) * 2.0 + rng.uniform(
+        -3, 3, size=shape[:2] + (1,) * (len(shape) - 2)
+    )
     return np.ascontiguousarray(np.where(rng.random(shape) < 0.3, 0.0, x), np.float32)
 
 
@@ -79,6 +82,49 @@ def test_fp16_matches_numpy_half(shape):
     np.testing.assert_array_equal(y, x.astype(np.float16).astype(np.float32))
 
 
+def test_fp16_rounding_edges_match_numpy():
+    tiny, eps = 2.0**-24, 2.0**-11
+    x = np.array(
+        [
+            tiny / 2,
+            tiny * 0.5001,
+            tiny * 1.5,
+            tiny * 2.5,
+            2.0**-14 * (1 - eps),
+            1 + eps,
+            1 + 3 * eps,
+            -1 - eps,
+            65519.99,
+            -65504.0,
+            0.0,
+            1e-30,
+            -1e-30,
+        ],
+        np.float32,
+    )
+    buf, y = _roundtrip(C.get_codec("fp16"), x)
+    np.testing.assert_array_equal(buf.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+def test_directed_fp16_rounding_brackets_the_value():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.standard_normal(3000) * 10.0 ** rng.integers(-9, 5, 3000), [0.0, 65504.0, 2**-24]]
+    ).astype(np.float32)
+    up16 = np.array([K.f64_to_f16_bits.py_func(float(v), 1) for v in x], np.uint16)
+    down16 = np.array(
+        [K.f32_bits_to_f16_bits.py_func(int(u), -1) for u in x.view(np.uint32)], np.uint16
+    )
+    up, down = (h.view(np.float16).astype(np.float64) for h in (up16, down16))
+    assert np.all(down <= x) and np.all(x <= up)
+    # tight: each is x itself or its neighbour on the right side
+    exact = x.astype(np.float16).astype(np.float32) == x
+    assert np.all(up[exact] == x[exact]) and np.all(down[exact] == x[exact])
+    with np.errstate(over="ignore"):  # the neighbour of 65504 is inf
+        step_up = np.nextafter(down16.view(np.float16), np.float16(np.inf)).astype(np.float64)
+    assert np.all(up[~exact] == step_up[~exact])
+
+
 @pytest.mark.parametrize("name", BLOCK)
 @pytest.mark.parametrize("group", [1, 3, 7, 64, 100])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -98,7 +144,9 @@ def test_stochastic_error_below_one_step(name, shape):
     x = _data(shape)
     _, y = _roundtrip(C.get_codec(name, group=16, rounding="stochastic"), x, seed=7)
     lo, hi = _blocks(x, 16)
-    assert np.all(np.abs(y.astype(np.float64) - x) <= _step_bound(lo, hi, bits) + _f32_slack(lo, hi))
+    assert np.all(
+        np.abs(y.astype(np.float64) - x) <= _step_bound(lo, hi, bits) + _f32_slack(lo, hi)
+    )
 
 
 def test_stochastic_is_unbiased_and_seeded():
@@ -158,7 +206,9 @@ def test_nearest_bound_holds_for_any_scale(bits, group, rows, length, center, sp
     x = (center + spread * rng.standard_normal((rows, length))).astype(np.float32)
     _, y = _roundtrip(C.get_codec(f"q{bits}", group=group), x)
     lo, hi = _blocks(x, group)
-    assert np.all(np.abs(y.astype(np.float64) - x) <= _step_bound(lo, hi, bits) / 2 + _f32_slack(lo, hi))
+    assert np.all(
+        np.abs(y.astype(np.float64) - x) <= _step_bound(lo, hi, bits) / 2 + _f32_slack(lo, hi)
+    )
 
 
 @pytest.mark.parametrize("name", ["fp32", "fp16", "q8", "q4", "q2"])
@@ -226,7 +276,9 @@ def test_relu6_mask():
     np.testing.assert_array_equal(keep, [0, 0, 1, 1, 0, 0, 0, 1])
 
 
-@pytest.mark.parametrize(("kernel", "bits"), [(1, 1), (2, 2), ((2, 1), 1), (3, 4), (5, 8), (17, 16)])
+@pytest.mark.parametrize(
+    ("kernel", "bits"), [(1, 1), (2, 2), ((2, 1), 1), (3, 4), (5, 8), (17, 16)]
+)
 def test_argmax_roundtrip(kernel, bits):
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     assert C.argmax_bits(kernel) == bits
@@ -240,6 +292,20 @@ def test_argmax_roundtrip(kernel, bits):
     np.testing.assert_array_equal(back, idx)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_put_code_matches_pack_codes(bits):
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, size=37)
+    packed = np.zeros(-(-37 * bits // 8), np.uint8)
+    K.pack_codes(codes, packed, bits)
+    one_by_one = np.full_like(packed, 0xA5)  # put_code must clear the old bits
+    for i in range(37):
+        K.put_code.py_func(one_by_one, i, int(codes[i]), bits)
+    if bits < 8:  # bits past the last code are not written by put_code
+        one_by_one[-1] &= (1 << (37 * bits % 8 or 8)) - 1
+    np.testing.assert_array_equal(one_by_one, packed)
+    assert [K.get_code.py_func(packed, i, bits) for i in range(37)] == codes.tolist()
+
+
 def test_argmax_2x2_uses_two_bits():
     assert C.argmax_nbytes((32, 64, 16, 16), 2) == 32 * 64 * 16 * 16 // 4
 
@@ -249,6 +315,7 @@ import json, warnings
 import numpy as np
 warnings.simplefilter("ignore", RuntimeWarning)  # uint64 wraparound in the hash, as in jit
 from facto_edge.runtime import codecs as C
+from facto_edge.runtime.kernels import codec_kernels as K
 x = np.linspace(-3, 5, 2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
 x[0, 1, 2] = 0.0
 res = {}

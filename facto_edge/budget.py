@@ -1,0 +1,156 @@
+"""Memory budgets: parse and print sizes, and measure what the runtime costs before the arena.
+
+`--budget` is the whole process's peak resident memory. The arena gets what is left after
+the fixed cost of the runtime: the interpreter, numpy, numba, onnx and the compiled
+kernels. `measure_runtime_fixed_cost` measures that cost in a fresh subprocess and caches
+it per set of versions.
+"""
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from facto_edge.errors import BudgetError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:_\d+)*(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(s: str | int) -> int:
+    """Bytes in a size: an int, or a string such as "512MB", "1.5GB", "256MiB", "4096".
+
+    KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB and the bare K/M/G/T powers of 1024;
+    units are case-insensitive. Fractions round down to whole bytes. Raises BudgetError
+    for anything else, and for sizes that are not positive.
+    """
+    if isinstance(s, bool) or not isinstance(s, int | str):
+        raise BudgetError(f"expected a size like '512MB' or a number of bytes, got {s!r}")
+    if isinstance(s, int):
+        n = s
+    else:
+        m = _SIZE.match(s)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise BudgetError(
+                f"cannot read size {s!r}: expected a number and an optional unit "
+                f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '512MB' or '1.5GiB'"
+            )
+        number, unit = m.group(1).replace("_", ""), _UNITS[m.group(2).lower()]
+        if "." in number:
+            whole, frac = number.split(".")
+            n = int(whole or 0) * unit + int(frac or 0) * unit // 10 ** len(frac)
+        else:
+            n = int(number) * unit
+    if n <= 0:
+        raise BudgetError(f"a memory size must be positive, got {s!r}")
+    return n
+
+
+def format_size(n: int) -> str:
+    """A byte count for people, in powers of 1024: "512 B", "1.5 KiB", "488.3 MiB"."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+# Runs in a fresh interpreter: import what a device application imports, run every kernel
+# module's warm_up() once, and report the peak resident set size in bytes.
+_PROBE = """
+import importlib, pkgutil, resource, sys
+import numpy, numba, onnx
+import facto_edge.runtime as rt
+for pkg in (rt, importlib.import_module("facto_edge.runtime.kernels")):
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.ispkg:
+            mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            if callable(getattr(mod, "warm_up", None)):
+                mod.warm_up()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(rss if sys.platform == "darwin" else rss * 1024)
+"""
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(root) / "facto-edge" / "fixed_cost.json"
+
+
+def _versions() -> str:
+    """The cache key: everything the fixed cost depends on."""
+    import numba
+    import numpy
+    import onnx
+
+    import facto_edge
+
+    parts = [
+        f"python={platform.python_version()}",
+        f"machine={platform.machine()}",
+        f"numpy={numpy.__version__}",
+        f"numba={numba.__version__}",
+        f"onnx={onnx.__version__}",
+        f"facto_edge={facto_edge.__version__}",
+    ]
+    return ";".join(parts)
+
+
+def _probe_once() -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=600
+    )
+    if run.returncode != 0:
+        tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise BudgetError(f"could not measure the runtime's fixed memory cost: {tail[0]}")
+    return int(run.stdout.strip().splitlines()[-1])
+
+
+def measure_runtime_fixed_cost(refresh: bool = False) -> int:
+    """Peak RSS in bytes of a fresh process that imports the runtime and runs its kernels.
+
+    The probe runs twice and the second figure is kept: the first run may compile kernels
+    into numba's cache, which a device pays once, not at every start. The result is cached
+    in ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the versions of
+    Python, numpy, numba, onnx and facto-edge; `refresh=True` measures again.
+    """
+    path = _cache_file()
+    key = _versions()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not refresh and isinstance(cache.get(key), int):
+        return cache[key]
+    _probe_once()
+    cost = _probe_once()
+    cache[key] = cost
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return cost

@@ -1,0 +1,193 @@
+"""Binds a schedule to buffers once, then runs its forward and backward passes over them.
+
+Every buffer comes from `alloc(name, shape, dtype, kind)` (kind: activations, grads,
+saved or workspace), called while binding and never while running, so a step allocates
+nothing. Names are stable across batch sizes: binding the same schedule for a smaller
+batch asks for the same names with smaller shapes. Workspace is shared between nodes by
+slot name (`ws:<slot>`), sized for the largest user, since only one node runs at a time.
+
+Forward encodes each input a node keeps (`ops.keep_input`) through the codec into its
+saved buffer; backward decodes it into workspace just before the node runs. A tensor used
+by several nodes gets its gradient summed: the first backward node to reach it writes the
+gradient buffer, later ones write scratch that is then added in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import Schedule
+from .ops import F32, U8, Bound, OpDef, Site, lookup
+from .shapes import Shape
+
+Alloc = Callable[[str, Shape, np.dtype, str], np.ndarray]
+Pairs = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Step:
+    op: OpDef
+    b: Bound
+    encode: Pairs = field(default_factory=list)  # (input, saved buffer)
+    decode: Pairs = field(default_factory=list)  # (saved buffer, decoded input)
+    accumulate: Pairs = field(default_factory=list)  # (scratch, gradient buffer)
+
+
+class Executor:
+    """A schedule bound to buffers for fixed input shapes.
+
+    `params` are the initializers (bound as they are), `feeds` the shapes and dtypes of
+    the graph inputs, `root` the value whose gradient `backward` starts from; the caller
+    fills `values[feed]` before `forward` and `grads[root]` before `backward`.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        params: dict[str, np.ndarray],
+        feeds: dict[str, tuple[Shape, np.dtype]],
+        root: str,
+        codec,
+        alloc: Alloc,
+    ) -> None:
+        self._codec = codec
+        self.values: dict[str, np.ndarray] = dict(params)
+        for name, (shape, dtype) in feeds.items():
+            self.values[name] = alloc(f"value:{name}", shape, dtype, "activations")
+        sites = self._infer(schedule, params, alloc)
+        self.grads = self._grad_buffers(schedule, sites, params, root, alloc)
+        self._steps = {
+            n.name: _Step(lookup(n), self._bind(sites[n.name])) for n in schedule.forward
+        }
+        self._forward = [self._steps[n.name] for n in schedule.forward]
+        self._backward = [self._steps[n.name] for n in schedule.backward]
+        shared = _shared_grads(schedule, sites)
+        requests = {name: _requests(st.op, sites[name], shared) for name, st in self._steps.items()}
+        slots = _slots(requests, alloc)
+        for name, st in self._steps.items():
+            st.b.ws = {slot: _view(slots[slot], *req) for slot, req in requests[name].items()}
+        for node in schedule.backward:
+            self._bind_backward(self._steps[node.name], shared.get(node.name, ()), alloc)
+        self._producer = {v: i for i, n in enumerate(schedule.forward) for v in n.outputs}
+
+    def _infer(self, schedule: Schedule, params: dict, alloc: Alloc) -> dict[str, Site]:
+        shapes = {name: a.shape for name, a in self.values.items()}
+        sites = {}
+        for node in schedule.forward:
+            op = lookup(node)
+            ins = [shapes[v] if v else None for v in node.inputs]
+            consts = [
+                params[v] if i in node.persistent else None for i, v in enumerate(node.inputs)
+            ]
+            outs = [tuple(int(d) for d in s) for s in op.infer(node, ins, consts)]
+            for v, shape in zip(node.outputs, outs, strict=False):
+                if v:
+                    shapes[v] = shape
+                    self.values[v] = alloc(f"value:{v}", shape, F32, "activations")
+            need = schedule.need.get(node.name, (False,) * len(node.inputs))
+            sites[node.name] = Site(node, tuple(ins), tuple(outs), tuple(consts), need)
+        return sites
+
+    def _grad_buffers(self, schedule, sites, params, root: str, alloc: Alloc) -> dict:
+        wanted = [root] + [
+            v for n in schedule.backward for v, f in zip(n.inputs, sites[n.name].need) if f
+        ]
+        grads = {}
+        for v in dict.fromkeys(wanted):
+            kind = "grads" if v in params else "activations"
+            grads[v] = alloc(f"grad:{v}", self.values[v].shape, F32, kind)
+            if kind == "grads":
+                grads[v].fill(0.0)  # stays zero if v does not reach the root
+        return grads
+
+    def _bind(self, site: Site) -> Bound:
+        x = [self.values[v] if v else None for v in site.node.inputs]
+        y = [self.values[v] if v else None for v in site.node.outputs]
+        return Bound(site, x, y)
+
+    def _bind_backward(self, st: _Step, shared: tuple[int, ...], alloc: Alloc) -> None:
+        """Bind gradients, scratch for shared gradients, and saved buffers of one node."""
+        b, node = st.b, st.b.site.node
+        b.gy = self.grads[node.outputs[0]]
+        b.gx = [self.grads[v] if f else None for v, f in zip(node.inputs, b.site.need)]
+        for i in shared:
+            st.accumulate.append((b.ws[f"acc{i}"], b.gx[i]))
+            b.gx[i] = b.ws[f"acc{i}"]
+        for s in st.op.saved(b.site):
+            name = f"saved:{node.name}:{s.key}"
+            if s.source is None:
+                b.saved[s.key] = alloc(name, (s.nbytes,), U8, "saved")
+                continue
+            buf = alloc(name, (self._codec.nbytes(b.site.ins[s.source]),), U8, "saved")
+            st.encode.append((b.x[s.source], buf))
+            st.decode.append((buf, b.ws[f"decode{s.source}"]))
+            b.saved[s.key] = b.ws[f"decode{s.source}"]
+
+    def forward(self, training: bool, seed: int = 0, until: str | None = None) -> None:
+        """Run forward (up to the node producing `until`); when training, keep what
+        backward needs, encoding with codec seeds seed, seed + 1, ..."""
+        end = len(self._forward) if until is None else self._producer[until] + 1
+        codec = self._codec
+        for k, st in enumerate(self._forward[:end]):
+            st.op.forward(st.b, training)
+            if training:
+                for x, buf in st.encode:
+                    codec.encode(x, buf, seed + k)
+
+    def backward(self) -> None:
+        """Run backward from grads[root], writing every gradient buffer."""
+        codec = self._codec
+        for st in self._backward:
+            for buf, out in st.decode:
+                codec.decode(buf, out)
+            st.op.backward(st.b)
+            for scratch, g in st.accumulate:
+                np.add(g, scratch, out=g)
+
+
+def _shared_grads(schedule: Schedule, sites: dict[str, Site]) -> dict[str, tuple[int, ...]]:
+    """Per backward node, the inputs whose gradient an earlier backward node wrote."""
+    written: set[str] = set()
+    shared = {}
+    for node in schedule.backward:
+        mine = []
+        for i, (v, f) in enumerate(zip(node.inputs, sites[node.name].need, strict=True)):
+            if not f:
+                continue
+            if v in written:
+                mine.append(i)
+            written.add(v)
+        shared[node.name] = tuple(mine)
+    return shared
+
+
+def _requests(op: OpDef, site: Site, shared: dict) -> dict[str, tuple[Shape, np.dtype]]:
+    """The workspace of one node: its op's, plus scratch for shared gradients and the
+    decode targets of inputs kept through the codec."""
+    req = dict(op.workspace(site))
+    for i in shared.get(site.node.name, ()):
+        req[f"acc{i}"] = (site.ins[i], F32)
+    if any(site.need):
+        for s in op.saved(site):
+            if s.source is not None:
+                req[f"decode{s.source}"] = (site.ins[s.source], F32)
+    return req
+
+
+def _slots(requests: dict[str, dict], alloc: Alloc) -> dict[str, np.ndarray]:
+    sizes: dict[str, int] = {}
+    for req in requests.values():
+        for slot, (shape, dtype) in req.items():
+            sizes[slot] = max(sizes.get(slot, 0), _nbytes(shape, dtype))
+    return {slot: alloc(f"ws:{slot}", (n,), U8, "workspace") for slot, n in sizes.items()}
+
+
+def _view(buf: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
+    return buf[: _nbytes(shape, dtype)].view(dtype).reshape(shape)
+
+
+def _nbytes(shape: Shape, dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

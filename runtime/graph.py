@@ -1,0 +1,186 @@
+"""Load an exported model (model.onnx + manifest.json) and schedule its training step.
+
+`load_graph` turns the ONNX graph into plain `Node`s and numpy initializers (Constant
+nodes become initializers). `build_schedule` decides what backward runs: a tensor needs a
+gradient when it is a trainable initializer or is computed from one, and a node runs
+backward when its output needs a gradient and reaches the loss. Everything below the
+first node that touches a trainable tensor runs forward only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from facto_edge.errors import ExportError
+
+ModelSource = str | Path | tuple[onnx.ModelProto, dict]
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One ONNX node: op type, unique name, input/output value names ('' = absent) and
+    decoded attributes. `persistent` holds the positions of inputs bound to initializers."""
+
+    op_type: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    persistent: frozenset[int] = frozenset()
+
+
+@dataclass
+class Graph:
+    """A loaded model: nodes in topological order and every initializer as an array."""
+
+    nodes: list[Node]
+    initializers: dict[str, np.ndarray]
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    num_classes: int
+    trainable: tuple[str, ...]
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Forward nodes in order, backward nodes in reverse order, and per backward node which
+    inputs need a gradient (`need[node.name]`)."""
+
+    forward: tuple[Node, ...]
+    backward: tuple[Node, ...]
+    need: dict[str, tuple[bool, ...]]
+
+    def needs_grad(self, value: str) -> bool:
+        """Whether some backward node writes a gradient for `value`."""
+        return any(
+            flag and name == value
+            for node in self.backward
+            for name, flag in zip(node.inputs, self.need[node.name], strict=True)
+        )
+
+
+def load_graph(source: ModelSource) -> Graph:
+    """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair."""
+    if isinstance(source, tuple):
+        proto, manifest = source
+    else:
+        proto, manifest = _read_dir(Path(source))
+    return _build_graph(proto, manifest)
+
+
+def _read_dir(path: Path) -> tuple[onnx.ModelProto, dict]:
+    onnx_path, manifest_path = path / "model.onnx", path / "manifest.json"
+    for p in (onnx_path, manifest_path):
+        if not p.is_file():
+            raise ExportError(
+                f"{path} is not an exported model: {p.name} is missing; "
+                "create one with `facto-edge export model.pt -o model.facto`"
+            )
+    try:
+        return onnx.load(str(onnx_path)), json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, DecodeError, OSError, ValueError) as e:
+        raise ExportError(f"{path} is corrupt ({e}); re-export the model") from e
+
+
+def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
+    for key in ("input_shape", "num_classes", "trainable"):
+        if key not in manifest:
+            raise ExportError(f"manifest.json has no {key!r}; re-export the model")
+    g = proto.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes: list[Node] = []
+    for i, n in enumerate(g.node):
+        attrs = {a.name: _attr_value(a) for a in n.attribute}
+        if n.op_type == "Constant":
+            inits[n.output[0]] = _constant_value(attrs, n.name)
+            continue
+        nodes.append(_make_node(n, attrs, f"{n.op_type}_{i}", inits))
+    inputs = [v.name for v in g.input if v.name not in inits]
+    if len(inputs) != 1 or len(g.output) < 1:
+        raise ExportError(f"expected one graph input and an output, found inputs {inputs}")
+    trainable = tuple(manifest["trainable"])
+    missing = [t for t in trainable if t not in inits]
+    if missing:
+        raise ExportError(f"trainable tensors {missing} are not initializers of model.onnx")
+    return Graph(
+        nodes=_unique_names(nodes),
+        initializers={k: _as_runtime_array(v) for k, v in inits.items()},
+        input_name=inputs[0],
+        input_shape=tuple(int(d) for d in manifest["input_shape"]),
+        output_name=g.output[0].name,
+        num_classes=int(manifest["num_classes"]),
+        trainable=trainable,
+        manifest=manifest,
+    )
+
+
+def _make_node(n: onnx.NodeProto, attrs: dict, fallback: str, inits: dict) -> Node:
+    persistent = frozenset(i for i, v in enumerate(n.input) if v in inits)
+    return Node(n.op_type, n.name or fallback, tuple(n.input), tuple(n.output), attrs, persistent)
+
+
+def _unique_names(nodes: list[Node]) -> list[Node]:
+    seen: set[str] = set()
+    out = []
+    for i, n in enumerate(nodes):
+        name = n.name if n.name not in seen else f"{n.name}#{i}"
+        seen.add(name)
+        out.append(n if name == n.name else Node(**{**n.__dict__, "name": name}))
+    return out
+
+
+def _as_runtime_array(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "f":
+        return np.ascontiguousarray(a, dtype=np.float32)
+    return np.ascontiguousarray(a)
+
+
+def _attr_value(a: onnx.AttributeProto) -> Any:
+    v = onnx.helper.get_attribute_value(a)
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list):
+        return tuple(x.decode() if isinstance(x, bytes) else x for x in v)
+    return v
+
+
+def _constant_value(attrs: dict, name: str) -> np.ndarray:
+    for key, dtype in (
+        ("value", None),
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise ExportError(f"Constant node {name!r} has none of value, value_float(s), value_int(s)")
+
+
+def build_schedule(nodes: list[Node], trainable: tuple[str, ...], root: str) -> Schedule:
+    """Schedule forward and backward for `nodes`, differentiating `root` (the loss) with
+    respect to the `trainable` initializers. Only output 0 of a node is differentiable."""
+    requires = set(trainable)
+    for n in nodes:
+        if any(v in requires for v in n.inputs):
+            requires.add(n.outputs[0])
+    live = {root}
+    backward = []
+    for n in reversed(nodes):
+        if n.outputs[0] in live and n.outputs[0] in requires:
+            backward.append(n)
+            live.update(v for v in n.inputs if v in requires)
+    need = {n.name: tuple(v in requires for v in n.inputs) for n in backward}
+    return Schedule(tuple(nodes), tuple(backward), need)

@@ -1,0 +1,55 @@
+"""Elementwise helpers: broadcast-aware reductions for the backward of Add and Mul, and a
+finiteness check for input batches. ReLU/Clip masks live in `runtime/codecs.py`."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def count_nonfinite(x):  # pragma: no cover - compiled
+    """Number of NaN or Inf values in the 1-D array x."""
+    bad = 0
+    for i in prange(x.size):
+        if not np.isfinite(x[i]):
+            bad += 1
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def add_bias(y, b):  # pragma: no cover - compiled
+    """y[n, c, p] += b[c] (numpy's broadcast add would copy y first)."""
+    nb, nc, npix = y.shape
+    for t in prange(nb * nc):
+        n, c = t // nc, t % nc
+        bc = b[c]
+        for p in range(npix):
+            y[n, c, p] += bc
+
+
+@njit(cache=True, parallel=True)
+def spread(g, scale, out):  # pragma: no cover - compiled
+    """out[n, c, p] = g[n, c] * scale (the backward of a mean over p)."""
+    nb, nc, npix = out.shape
+    for t in prange(nb * nc):
+        n, c = t // nc, t % nc
+        v = g[n, c] * scale
+        for p in range(npix):
+            out[n, c, p] = v
+
+
+def broadcast_axes(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Axes of `full` that an operand of `shape` was broadcast along (numpy rules)."""
+    padded = (1,) * (len(full) - len(shape)) + tuple(shape)
+    return tuple(i for i, (f, s) in enumerate(zip(full, padded, strict=True)) if s == 1 and f != 1)
+
+
+def reduce_to(g: np.ndarray, out: np.ndarray) -> None:
+    """out = g summed over the axes along which an operand of out's shape was broadcast."""
+    axes = broadcast_axes(g.shape, out.shape)
+    if not axes:
+        np.copyto(out, g.reshape(out.shape))
+        return
+    padded = (1,) * (g.ndim - out.ndim) + out.shape
+    np.add.reduce(g, axis=axes, keepdims=True, out=out.reshape(padded))

@@ -1,0 +1,46 @@
+"""Shared fixtures: zoo models with non-trivial BatchNorm statistics, exported once."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def perturb_bn(model, seed: int = 0):
+    """Give every BatchNorm random statistics and affine parameters, as a trained model has."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model.eval()
+
+
+def trained_like(name: str, seed: int = 0):
+    from facto_edge import zoo
+
+    return perturb_bn(zoo.build(name, seed=seed), seed)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(name, **export_kwargs) -> (torch model, model dir); cached per arguments."""
+    from facto_edge import export
+
+    cache: dict = {}
+
+    def get(name: str, **kwargs):
+        key = (name, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            model = trained_like(name)
+            out = tmp_path_factory.mktemp(name) / "model.facto"
+            export(model, out, input_shape=(3, 32, 32), **kwargs)
+            cache[key] = (model, out)
+        return cache[key]
+
+    return get

@@ -1,0 +1,123 @@
+"""`facto-edge zoo` and `facto-edge export` from the command line, bad input included."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from facto_edge.cli import main
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_clean_failure(result, out, *words: str) -> None:
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    for word in words:
+        assert word in message
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_zoo_list_names_every_model():
+    result = run("zoo", "--list")
+    assert result.exit_code == 0
+    for name in ("resnet18_cifar", "mobilenetv2_cifar", "vgg11_bn_cifar", "simple_cnn"):
+        assert name in result.output
+
+
+def test_zoo_then_export_prints_layer_table(tmp_path):
+    assert run("zoo", "simple_cnn", "-o", str(tmp_path / "m.pt"), "--seed", "3").exit_code == 0
+    out = tmp_path / "m.facto"
+    result = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort")
+    assert result.exit_code == 0, result.output
+    assert "tucker2" in result.output and "total: params" in result.output
+    assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+    again = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort")
+    assert again.exit_code != 0 and "--force" in again.output
+    assert run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort", "--force").exit_code == 0
+
+
+def test_missing_file(tmp_path):
+    out = tmp_path / "o.facto"
+    assert_clean_failure(run("export", str(tmp_path / "nope.pt"), "-o", str(out)), out, "not found")
+
+
+def test_not_a_model(tmp_path):
+    bad = tmp_path / "junk.pt"
+    bad.write_bytes(b"this is not a model at all")
+    out = tmp_path / "o.facto"
+    assert_clean_failure(run("export", str(bad), "-o", str(out)), out, "not a model")
+
+
+def test_state_dict_explains_what_to_save(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(nn.Linear(4, 2).state_dict(), path)
+    out = tmp_path / "o.facto"
+    assert_clean_failure(run("export", str(path), "-o", str(out)), out, "state_dict", "jit.save")
+
+
+class Deconv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.up(self.conv(x)).mean((2, 3)))
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(32, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.mean(1))
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize("module, layer", [(Deconv, "'up' is a ConvTranspose2d"),
+                                           (Recurrent, "'rnn' is a LSTM")])
+def test_unsupported_layer_is_named(tmp_path, module, layer):
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(module().eval()), str(path))
+    out = tmp_path / "o.facto"
+    assert_clean_failure(run("export", str(path), "-o", str(out)), out, layer)
+
+
+def test_input_shape_the_model_rejects(tmp_path):
+    path = tmp_path / "m.pt"
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    torch.jit.save(torch.jit.script(model.eval()), str(path))
+    out = tmp_path / "o.facto"
+    result = run("export", str(path), "-o", str(out), "--input-shape", "3x16x16")
+    assert_clean_failure(result, out, "rejects input shape 3x16x16")
+
+
+@pytest.mark.parametrize("rank", ["0", "1.5", "-0.2"])
+def test_rank_outside_unit_interval(tmp_path, rank):
+    assert run("zoo", "simple_cnn", "-o", str(tmp_path / "m.pt")).exit_code == 0
+    out = tmp_path / "o.facto"
+    result = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--rank", rank)
+    assert_clean_failure(result, out, "--rank must be in (0, 1]")
+
+
+def test_pickled_module_exports_with_warning(tmp_path):
+    from facto_edge import zoo
+
+    path = tmp_path / "m.pt"
+    torch.save(zoo.build("simple_cnn"), path)
+    out = tmp_path / "o.facto"
+    result = run("export", str(path), "-o", str(out), "--no-ort")
+    assert result.exit_code == 0, result.output
+    assert "runs code from the file" in result.output

@@ -1,0 +1,149 @@
+"""PyTorch reference of an exported model: model.onnx run with torch.nn.functional, the
+manifest's trainable initializers as leaf tensors that require grad and every other
+initializer frozen. It is the oracle of the runtime's gradient tests and the PyTorch side
+of tools/bench_runtime.py ("PyTorch training the same factorized model").
+
+    ref = TorchReference.load("model.facto")
+    loss = F.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()            # ref.grads() -> {name: ndarray}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+Fn = Callable[[dict, list], torch.Tensor]
+
+
+def _pair_pads(a: dict) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """(symmetric padding, or None and the explicit F.pad of asymmetric pads)."""
+    t, l, b, r = a.get("pads", (0, 0, 0, 0))
+    if (t, l) == (b, r):
+        return (t, l), None
+    return (0, 0), (l, r, t, b)
+
+
+def _conv(a: dict, x: list) -> torch.Tensor:
+    padding, explicit = _pair_pads(a)
+    inp = F.pad(x[0], explicit) if explicit else x[0]
+    bias = x[2] if len(x) > 2 else None
+    return F.conv2d(
+        inp, x[1], bias, a.get("strides", (1, 1)), padding, a.get("dilations", (1, 1)),
+        a.get("group", 1),
+    )  # fmt: skip
+
+
+def _gemm(a: dict, x: list) -> torch.Tensor:
+    left = x[0].T if a.get("transA") else x[0]
+    right = x[1].T if a.get("transB") else x[1]
+    y = a.get("alpha", 1.0) * (left @ right)
+    return y + a.get("beta", 1.0) * x[2] if len(x) > 2 else y
+
+
+def _clip(a: dict, x: list) -> torch.Tensor:
+    lo = x[1] if len(x) > 1 and x[1] is not None else None
+    hi = x[2] if len(x) > 2 and x[2] is not None else None
+    return torch.clamp(x[0], lo, hi)
+
+
+def _maxpool(a: dict, x: list) -> torch.Tensor:
+    padding, explicit = _pair_pads(a)
+    inp = F.pad(x[0], explicit, value=-float("inf")) if explicit else x[0]
+    return F.max_pool2d(
+        inp, a["kernel_shape"], a.get("strides", (1, 1)), padding, a.get("dilations", (1, 1)),
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+    )  # fmt: skip
+
+
+def _avgpool(a: dict, x: list) -> torch.Tensor:
+    padding, explicit = _pair_pads(a)
+    assert explicit is None, "asymmetric average-pool pads"
+    return F.avg_pool2d(
+        x[0], a["kernel_shape"], a.get("strides", (1, 1)), padding,
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+        count_include_pad=bool(a.get("count_include_pad", 0)),
+    )  # fmt: skip
+
+
+def _batchnorm(a: dict, x: list) -> torch.Tensor:
+    training = bool(a.get("training_mode", 0))
+    mean, var = (None, None) if training else (x[3], x[4])
+    return F.batch_norm(x[0], mean, var, x[1], x[2], training, eps=a.get("epsilon", 1e-5))
+
+
+def _reshape(a: dict, x: list) -> torch.Tensor:
+    shape = [x[0].shape[i] if v == 0 else int(v) for i, v in enumerate(x[1].tolist())]
+    return x[0].reshape(shape)
+
+
+OPS: dict[str, Fn] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": lambda a, x: x[0] @ x[1],
+    "Add": lambda a, x: x[0] + x[1],
+    "Mul": lambda a, x: x[0] * x[1],
+    "Relu": lambda a, x: F.relu(x[0]),
+    "Clip": _clip,
+    "MaxPool": _maxpool,
+    "AveragePool": _avgpool,
+    "GlobalAveragePool": lambda a, x: x[0].mean(tuple(range(2, x[0].dim())), keepdim=True),
+    "Flatten": lambda a, x: x[0].flatten(a.get("axis", 1)) if a.get("axis", 1) else x[0],
+    "Reshape": _reshape,
+    "Identity": lambda a, x: x[0],
+    "Dropout": lambda a, x: x[0],
+    "Concat": lambda a, x: torch.cat(x, a["axis"]),
+    "BatchNormalization": _batchnorm,
+}
+
+
+class TorchReference:
+    """model.onnx as a torch function of its input; trainable initializers require grad."""
+
+    def __init__(self, proto: onnx.ModelProto, trainable: list[str]) -> None:
+        self.graph = proto.graph
+        self.tensors: dict[str, torch.Tensor] = {}
+        for t in proto.graph.initializer:
+            arr = numpy_helper.to_array(t).copy()
+            self.tensors[t.name] = torch.from_numpy(arr).requires_grad_(t.name in trainable)
+        for n in proto.graph.node:
+            if n.op_type == "Constant":
+                self.tensors[n.output[0]] = torch.from_numpy(
+                    numpy_helper.to_array(n.attribute[0].t).copy()
+                )
+        self.trainable = list(trainable)
+        self.program = [
+            (OPS[n.op_type], {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute},
+             list(n.input), n.output[0])
+            for n in proto.graph.node
+            if n.op_type != "Constant"
+        ]  # fmt: skip
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> TorchReference:
+        """The reference of a `*.facto` directory."""
+        d = Path(model_dir)
+        manifest = json.loads((d / "manifest.json").read_text())
+        return cls(onnx.load(str(d / "model.onnx")), manifest["trainable"])
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The trainable tensors, in manifest order."""
+        return [self.tensors[name] for name in self.trainable]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        env = dict(self.tensors)
+        env[self.graph.input[0].name] = x
+        for fn, attrs, inputs, output in self.program:
+            env[output] = fn(attrs, [env[v] if v else None for v in inputs])
+        return env[self.graph.output[0].name]
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The gradient of every trainable tensor after backward()."""
+        return {name: self.tensors[name].grad.numpy().copy() for name in self.trainable}
