@@ -60,7 +60,8 @@ def tucker2(w: np.ndarray, r_out: int, r_in: int) -> tuple[np.ndarray, np.ndarra
 
 def tucker2_rebuild(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
     """The conv weight the three Tucker-2 factors compute together."""
-    return np.einsum("or,rikl,ic->ockl", last[:, :, 0, 0], core, first[:, :, 0, 0])
+    inner = np.tensordot(core, first[:, :, 0, 0], axes=([1], [0]))  # [R_out, kh, kw, C_in]
+    return np.tensordot(last[:, :, 0, 0], inner, axes=([1], [0])).transpose(0, 3, 1, 2)
 
 
 def svd2(w: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,13 @@ def training_graph(proto: onnx.ModelProto, trainable: set[str]) -> onnx.ModelPro
     model = copy.deepcopy(proto)
     for node in model.graph.node:
         if node.op_type == "BatchNormalization" and node.input[1] in trainable:
-            node.attribute.append(helper.make_attribute("training_mode", 1))
+            kept = [a for a in node.attribute if a.name != "training_mode"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("training_mode", 1)])
+            if len(node.output) == 1:
+                node.output.extend(
+                    [f"{node.name}.running_mean_out", f"{node.name}.running_var_out"]
+                )
     return model
 
 
@@ -58,12 +64,22 @@ def _quiet_native_stderr():
             os.close(saved)
 
 
-def _stamp_ir10(directory: Path) -> None:
+def _trim_eval_batchnorm(model: onnx.ModelProto) -> None:
+    """The eval model keeps training-mode BN's three outputs while it sets inference mode,
+    which ORT rejects; drop the running-statistics outputs nobody reads."""
+    for node in model.graph.node:
+        modes = [a.i for a in node.attribute if a.name == "training_mode"]
+        if node.op_type == "BatchNormalization" and modes == [0] and len(node.output) > 1:
+            del node.output[1:]
+
+
+def _finish(directory: Path) -> None:
     for path in directory.glob("*.onnx"):
         model = onnx.load(str(path))
-        if model.ir_version > 10:
-            model.ir_version = 10
-            onnx.save(model, str(path))
+        if path.name == "eval_model.onnx":
+            _trim_eval_batchnorm(model)
+        model.ir_version = min(model.ir_version, 10)
+        onnx.save(model, str(path))
 
 
 def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -> bool:
@@ -71,6 +87,7 @@ def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -
     if not ort_training_available():
         return False
     from onnxruntime.training import artifacts
+
     trainable = set(manifest.trainable)
     model = training_graph(proto, trainable)
     frozen = [t.name for t in model.graph.initializer if t.name not in trainable]
@@ -85,5 +102,5 @@ def write_ort_artifacts(proto: onnx.ModelProto, manifest: Manifest, out: Path) -
         artifacts.generate_artifacts(model, optimizer=artifacts.OptimType.SGD,
                                      artifact_directory=tmp, **common)  # fmt: skip
         shutil.copy(Path(tmp) / "optimizer_model.onnx", out / "optimizer_sgd.onnx")
-    _stamp_ir10(out)
+    _finish(out)
     return True

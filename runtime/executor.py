@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Schedule
-from .ops import F32, U8, Bound, OpDef, Site, lookup
+from .ops import F32, U8, Bound, OpDef, Site, logical, lookup, stored_shape
 from .shapes import Shape
 
 Alloc = Callable[[str, Shape, np.dtype, str], np.ndarray]
@@ -41,7 +41,8 @@ class Executor:
 
     `params` are the initializers (bound as they are), `feeds` the shapes and dtypes of
     the graph inputs, `root` the value whose gradient `backward` starts from; the caller
-    fills `values[feed]` before `forward` and `grads[root]` before `backward`.
+    fills `values[feed]` before `forward` and `grads[root]` before `backward`. Rank-4
+    activations are stored channel-major (see ops.py); `logical()` gives ONNX views.
     """
 
     def __init__(
@@ -55,8 +56,9 @@ class Executor:
     ) -> None:
         self._codec = codec
         self.values: dict[str, np.ndarray] = dict(params)
+        self._params = params
         for name, (shape, dtype) in feeds.items():
-            self.values[name] = alloc(f"value:{name}", shape, dtype, "activations")
+            self.values[name] = alloc(f"value:{name}", stored_shape(shape), dtype, "activations")
         sites = self._infer(schedule, params, alloc)
         self.grads = self._grad_buffers(schedule, sites, params, root, alloc)
         self._steps = {
@@ -74,7 +76,7 @@ class Executor:
         self._producer = {v: i for i, n in enumerate(schedule.forward) for v in n.outputs}
 
     def _infer(self, schedule: Schedule, params: dict, alloc: Alloc) -> dict[str, Site]:
-        shapes = {name: a.shape for name, a in self.values.items()}
+        shapes = {name: self.logical(name).shape for name in self.values}
         sites = {}
         for node in schedule.forward:
             op = lookup(node)
@@ -86,7 +88,7 @@ class Executor:
             for v, shape in zip(node.outputs, outs, strict=False):
                 if v:
                     shapes[v] = shape
-                    self.values[v] = alloc(f"value:{v}", shape, F32, "activations")
+                    self.values[v] = alloc(f"value:{v}", stored_shape(shape), F32, "activations")
             need = schedule.need.get(node.name, (False,) * len(node.inputs))
             sites[node.name] = Site(node, tuple(ins), tuple(outs), tuple(consts), need)
         return sites
@@ -102,6 +104,17 @@ class Executor:
             if kind == "grads":
                 grads[v].fill(0.0)  # stays zero if v does not reach the root
         return grads
+
+    def logical(self, name: str) -> np.ndarray:
+        """The ONNX view of value `name`."""
+        return logical(self.values[name], self._channel_major(name))
+
+    def logical_grad(self, name: str) -> np.ndarray:
+        """The ONNX view of the gradient of `name`."""
+        return logical(self.grads[name], self._channel_major(name))
+
+    def _channel_major(self, name: str) -> bool:
+        return self.values[name].ndim == 4 and name not in self._params
 
     def _bind(self, site: Site) -> Bound:
         x = [self.values[v] if v else None for v in site.node.inputs]
@@ -169,12 +182,16 @@ def _requests(op: OpDef, site: Site, shared: dict) -> dict[str, tuple[Shape, np.
     decode targets of inputs kept through the codec."""
     req = dict(op.workspace(site))
     for i in shared.get(site.node.name, ()):
-        req[f"acc{i}"] = (site.ins[i], F32)
+        req[f"acc{i}"] = (_stored_input(site, i), F32)
     if any(site.need):
         for s in op.saved(site):
             if s.source is not None:
-                req[f"decode{s.source}"] = (site.ins[s.source], F32)
+                req[f"decode{s.source}"] = (_stored_input(site, s.source), F32)
     return req
+
+
+def _stored_input(site: Site, i: int) -> Shape:
+    return stored_shape(site.ins[i], i in site.node.persistent)
 
 
 def _slots(requests: dict[str, dict], alloc: Alloc) -> dict[str, np.ndarray]:

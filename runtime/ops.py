@@ -11,6 +11,12 @@ the graph loads, so they need no entry.
 
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
 executor sums the gradients of tensors used more than once.
+
+Layout: a rank-4 activation (and its gradient) is stored channel-major, [C, N, H, W],
+the NCHW tensor with its first two axes swapped, so that convolutions see the whole
+batch as one matrix (see kernels/conv.py). Initializers keep their ONNX layout. Shapes
+in a `Site` are the logical (ONNX) ones; `Bound.x`, `y`, `gx`, `gy` hold the stored
+arrays, and `logical()` gives the ONNX view of one.
 """
 
 from __future__ import annotations
@@ -64,6 +70,29 @@ def keep_input(i: int) -> Saved:
     return Saved(f"in{i}", source=i)
 
 
+def channel_major(shape: Shape | None, persistent: bool = False) -> bool:
+    """Whether a tensor of this logical shape is stored [C, N, H, W]: rank-4 activations."""
+    return shape is not None and len(shape) == 4 and not persistent
+
+
+def stored_shape(shape: Shape, persistent: bool = False) -> Shape:
+    """The shape a tensor of this logical shape is stored with."""
+    return (shape[1], shape[0], *shape[2:]) if channel_major(shape, persistent) else shape
+
+
+def logical(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
+    """The ONNX (NCHW) view of a stored array."""
+    return a.swapaxes(0, 1) if stored_channel_major else a
+
+
+def _as_channel_major(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
+    """A view of `a` to combine elementwise with rank-4 channel-major arrays: lower ranks
+    are broadcast up to 4 (numpy rules) and their first two axes swapped."""
+    if stored_channel_major:
+        return a
+    return a.reshape((1,) * (4 - a.ndim) + a.shape).swapaxes(0, 1)
+
+
 @dataclass(frozen=True, eq=False)
 class Site:
     """A node with its input/output shapes (None for absent inputs), the values of its
@@ -74,6 +103,14 @@ class Site:
     outs: tuple[Shape, ...]
     consts: tuple[np.ndarray | None, ...]
     need: tuple[bool, ...]
+
+    def cm_in(self, i: int) -> bool:
+        """Whether input i is stored channel-major."""
+        return channel_major(self.ins[i], i in self.node.persistent)
+
+    def cm_out(self, i: int = 0) -> bool:
+        """Whether output i is stored channel-major."""
+        return channel_major(self.outs[i])
 
 
 @dataclass(eq=False)
@@ -92,6 +129,28 @@ class Bound:
     def input(self, i: int) -> np.ndarray | None:
         """Input i as forward saw it: its decoded copy when backward kept one."""
         return self.saved.get(f"in{i}", _opt(self.x, i))
+
+    def lx(self, i: int) -> np.ndarray:
+        """Logical (ONNX) view of input i."""
+        return logical(self.x[i], self.site.cm_in(i))
+
+    def ly(self, i: int = 0) -> np.ndarray:
+        """Logical view of output i."""
+        return logical(self.y[i], self.site.cm_out(i))
+
+    def lgx(self, i: int) -> np.ndarray:
+        """Logical view of the gradient of input i."""
+        return logical(self.gx[i], self.site.cm_in(i))
+
+    def lgy(self) -> np.ndarray:
+        """Logical view of the gradient of output 0."""
+        return logical(self.gy, self.site.cm_out(0))
+
+    def like_output(self, i: int, a: np.ndarray) -> np.ndarray:
+        """`a`, input i or its gradient, viewed to combine elementwise with output 0."""
+        if len(self.site.outs[0]) != 4:
+            return a
+        return _as_channel_major(a, self.site.cm_in(i))
 
 
 Workspace = dict[str, tuple[Shape, np.dtype]]
@@ -141,17 +200,12 @@ def _conv_geom(site: Site):
 
 
 def _conv_ws(site: Site) -> Workspace:
-    x, w = site.ins[0], site.ins[1]
+    x = site.ins[0]
     g = _conv_geom(site)
-    if g.depthwise(x[1]):
+    if g.depthwise(x[1]) or (g.pointwise and g.groups == 1):
         return {}
     n, _, ho, wo = site.outs[0]
-    ws: Workspace = {}
-    if not (g.pointwise and g.groups == 1):
-        ws["cols"] = ((n, x[1] * g.kh * g.kw, ho * wo), F32)
-    if site.need[1]:
-        ws["wsum"] = ((n, w[0], w[1] * g.kh * g.kw), F32)
-    return ws
+    return {"cols": ((x[1] * g.kh * g.kw, n * ho * wo), F32)}
 
 
 def _conv_fwd(b: Bound, training: bool) -> None:
@@ -161,7 +215,7 @@ def _conv_fwd(b: Bound, training: bool) -> None:
 def _conv_bwd(b: Bound) -> None:
     g, gb = _conv_geom(b.site), _opt(b.gx, 2)
     if b.gx[1] is not None or gb is not None:
-        conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws.get("cols"), b.ws.get("wsum"), g)
+        conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws.get("cols"), g)
     if b.gx[0] is not None:
         conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws.get("cols"), g)
 
@@ -194,45 +248,47 @@ def _matmul_ws(site: Site) -> Workspace:
 
 
 def _matmul_fwd(b: Bound, training: bool) -> None:
-    np.matmul(b.x[0], b.x[1], out=b.y[0])
+    np.matmul(b.lx(0), b.lx(1), out=b.ly())
 
 
 def _matmul_bwd(b: Bound) -> None:
-    if b.gx[0] is not None:
-        matmul_bwd_operand(b.gy, b.input(1), b.gx[0], b.ws.get("tmp0"), left=True)
-    if b.gx[1] is not None:
-        matmul_bwd_operand(b.gy, b.input(0), b.gx[1], b.ws.get("tmp1"), left=False)
+    s = b.site
+    for i, left in ((0, True), (1, False)):
+        if b.gx[i] is not None:
+            other = logical(b.input(1 - i), s.cm_in(1 - i))
+            tmp = b.ws.get(f"tmp{i}")
+            matmul_bwd_operand(b.lgy(), other, b.lgx(i), tmp, left=left)
 
 
 # Add, Mul, Relu, Clip --------------------------------------------------------------------
 
 
 def _add_fwd(b: Bound, training: bool) -> None:
-    np.add(b.x[0], b.x[1], out=b.y[0])
+    np.add(b.like_output(0, b.x[0]), b.like_output(1, b.x[1]), out=b.y[0])
 
 
 def _add_bwd(b: Bound) -> None:
-    for g in b.gx:
+    for i, g in enumerate(b.gx):
         if g is not None:
-            reduce_to(b.gy, g)
+            reduce_to(b.gy, b.like_output(i, g))
 
 
 def _mul_ws(site: Site) -> Workspace:
     broadcast = any(n and x != site.outs[0] for n, x in zip(site.need, site.ins, strict=True))
-    return {"prod": (site.outs[0], F32)} if broadcast else {}
+    return {"prod": (stored_shape(site.outs[0]), F32)} if broadcast else {}
 
 
 def _mul_fwd(b: Bound, training: bool) -> None:
-    np.multiply(b.x[0], b.x[1], out=b.y[0])
+    np.multiply(b.like_output(0, b.x[0]), b.like_output(1, b.x[1]), out=b.y[0])
 
 
 def _mul_bwd(b: Bound) -> None:
     for i, other in ((0, 1), (1, 0)):
-        g = b.gx[i]
-        if g is None:
+        if b.gx[i] is None:
             continue
+        g = b.like_output(i, b.gx[i])
         prod = g if g.shape == b.gy.shape else b.ws["prod"]
-        np.multiply(b.gy, b.input(other), out=prod)
+        np.multiply(b.gy, b.like_output(other, b.input(other)), out=prod)
         if prod is not g:
             reduce_to(prod, g)
 
@@ -273,7 +329,7 @@ def _maxpool_saved(site: Site) -> tuple[Saved, ...]:
 
 
 def _maxpool_ws(site: Site) -> Workspace:
-    return {"arg": (site.outs[0], U8)}
+    return {"arg": (stored_shape(site.outs[0]), U8)}
 
 
 def _maxpool_fwd(b: Bound, training: bool) -> None:
@@ -314,36 +370,46 @@ def _gap_bwd(b: Bound) -> None:
 # Data movement: Flatten, Reshape, Identity, Dropout, Pad, Slice, Concat ------------------
 
 
+def _copy_reshaped(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst = src reshaped (logical views), reshaping whichever side is contiguous."""
+    if dst.shape == src.shape:
+        np.copyto(dst, src)
+    elif dst.flags.c_contiguous:
+        np.copyto(dst.reshape(src.shape), src)
+    else:
+        np.copyto(dst, src.reshape(dst.shape))
+
+
 def _copy_fwd(b: Bound, training: bool) -> None:
-    np.copyto(b.y[0], b.x[0].reshape(b.y[0].shape))
+    _copy_reshaped(b.ly(), b.lx(0))
 
 
 def _copy_bwd(b: Bound) -> None:
-    np.copyto(b.gx[0], b.gy.reshape(b.gx[0].shape))
+    _copy_reshaped(b.lgx(0), b.lgy())
 
 
 def _pad_fwd(b: Bound, training: bool) -> None:
     _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
     value = shapes.const(b.site.node, b.site.consts, 2, "constant_value")
     b.y[0].fill(0.0 if value is None else float(value))
-    np.copyto(b.y[0][dst], b.x[0][src])
+    np.copyto(b.ly()[dst], b.lx(0)[src])
 
 
 def _pad_bwd(b: Bound) -> None:
     _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
     b.gx[0].fill(0.0)
-    np.copyto(b.gx[0][src], b.gy[dst])
+    np.copyto(b.lgx(0)[src], b.lgy()[dst])
 
 
 def _slice_fwd(b: Bound, training: bool) -> None:
     _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
-    np.copyto(b.y[0], b.x[0][index])
+    np.copyto(b.ly(), b.lx(0)[index])
 
 
 def _slice_bwd(b: Bound) -> None:
     _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
     b.gx[0].fill(0.0)
-    np.copyto(b.gx[0][index], b.gy)
+    np.copyto(b.lgx(0)[index], b.lgy())
 
 
 def _concat_parts(b: Bound):
@@ -356,13 +422,13 @@ def _concat_parts(b: Bound):
 
 def _concat_fwd(b: Bound, training: bool) -> None:
     for i, index in _concat_parts(b):
-        np.copyto(b.y[0][index], b.x[i])
+        np.copyto(b.ly()[index], b.lx(i))
 
 
 def _concat_bwd(b: Bound) -> None:
     for i, index in _concat_parts(b):
         if b.gx[i] is not None:
-            np.copyto(b.gx[i], b.gy[index])
+            np.copyto(b.lgx(i), b.lgy()[index])
 
 
 # BatchNormalization ----------------------------------------------------------------------
@@ -382,7 +448,10 @@ def _bn_ws(site: Site) -> Workspace:
     return {"stats": ((2, site.ins[0][1]), F32), "bgrads": ((2, site.ins[0][1]), F32)}
 
 
-def _channels(a: np.ndarray) -> np.ndarray:
+def _channels(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
+    """[A, C, B] view of a stored tensor whose channels are logical axis 1."""
+    if stored_channel_major:
+        return a.reshape(1, a.shape[0], -1)
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
@@ -396,7 +465,8 @@ def _running_stats(b: Bound) -> np.ndarray:
 
 def _bn_fwd(b: Bound, training: bool) -> None:
     a = b.site.node.attrs
-    x3, y3 = _channels(b.x[0]), _channels(b.y[0])
+    cm = b.site.cm_in(0)
+    x3, y3 = _channels(b.x[0], cm), _channels(b.y[0], cm)
     if not (training and _bn_batch(b.site)):
         st = _running_stats(b)
         bnk.bn_fwd(x3, b.x[1], b.x[2], st[0], st[1], y3)
@@ -412,14 +482,15 @@ def _bn_fwd(b: Bound, training: bool) -> None:
 def _bn_bwd(b: Bound) -> None:
     batch = _bn_batch(b.site)
     st = b.saved["stats"].view(np.float32).reshape(2, -1) if batch else _running_stats(b)
-    gy3 = _channels(b.gy)
+    cm = b.site.cm_in(0)
+    gy3 = _channels(b.gy, cm)
     spare = b.ws["bgrads"]
     gscale = _opt(b.gx, 1) if _opt(b.gx, 1) is not None else spare[0]
     gbias = _opt(b.gx, 2) if _opt(b.gx, 2) is not None else spare[1]
-    gx3 = _channels(b.gx[0]) if b.gx[0] is not None else gy3  # gy3: never written then
+    gx3 = _channels(b.gx[0], cm) if b.gx[0] is not None else gy3  # gy3: never written then
     need = tuple(_opt(b.gx, i) is not None for i in range(3))
     if batch or need[1]:
-        x3 = _channels(b.input(0))
+        x3 = _channels(b.input(0), cm)
         bnk.bn_bwd(gy3, x3, b.x[1], st[0], st[1], batch, gx3, gscale, gbias, need)
         return
     if need[2]:

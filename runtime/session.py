@@ -117,7 +117,7 @@ class TrainingSession:
             ex = self._executor(chunk.shape[0])
             self._feed_x(ex, chunk)
             ex.forward(training=False, until=self._graph.output_name)
-            logits = ex.values[self._graph.output_name]
+            logits = ex.logical(self._graph.output_name)
             out[start : start + chunk.shape[0]] = logits.reshape(chunk.shape[0], -1)
         return out
 
@@ -213,9 +213,8 @@ class TrainingSession:
             raise DataError(f"batch of {x.shape[0]} exceeds the session's batch_size {limit}")
 
     def _feed_x(self, ex: Executor, x: np.ndarray) -> None:
-        buf = ex.values[self._graph.input_name]
-        np.copyto(buf, x)
-        bad = count_nonfinite(buf.reshape(-1))
+        np.copyto(ex.logical(self._graph.input_name), x)
+        bad = count_nonfinite(ex.values[self._graph.input_name].reshape(-1))
         if bad:
             raise DataError(f"x holds {bad} NaN/Inf value(s); clean or re-normalize the data")
 

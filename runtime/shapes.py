@@ -35,6 +35,8 @@ def geometry(node: Node, x_shape: Shape, kernel: tuple[int, int]) -> ConvGeom:
     """ConvGeom of a Conv/MaxPool/AveragePool node over an input of x_shape (NCHW)."""
     if len(x_shape) != 4:
         raise unsupported(node, f"only 2-D (NCHW) inputs are supported, found {x_shape}")
+    if 0 in node.persistent:
+        raise unsupported(node, "input 0 must be computed from the graph input, not constant")
     a = node.attrs
     kh, kw = a.get("kernel_shape", kernel)
     sh, sw = a.get("strides", (1, 1))
@@ -60,6 +62,8 @@ def _same_pads(size: int, k: int, s: int, d: int, mode: str) -> tuple[int, int]:
 
 def conv(node: Node, ins: list, consts: list) -> list[Shape]:
     x, w = ins[0], ins[1]
+    if 1 not in node.persistent:
+        raise unsupported(node, "the weight (input 1) must be an initializer")
     g = geometry(node, x, (w[2], w[3]))
     if x[1] != w[1] * g.groups or w[0] % g.groups:
         raise unsupported(node, f"input {x} does not fit weight {w} with group={g.groups}")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, prange
+from numba import prange
+
+from .dispatch import kernel
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def bn_fwd(x, scale, bias, mean, invstd, y):  # pragma: no cover - compiled
     """y = (x - mean[c]) * invstd[c] * scale[c] + bias[c]."""
     nb, nc, npix = x.shape
@@ -24,7 +26,7 @@ def bn_fwd(x, scale, bias, mean, invstd, y):  # pragma: no cover - compiled
             y[n, c, p] = x[n, c, p] * a + b
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def channel_scale(g, scale, invstd, out):  # pragma: no cover - compiled
     """out = g * scale[c] * invstd[c]: the input gradient with fixed statistics."""
     nb, nc, npix = g.shape
@@ -35,14 +37,14 @@ def channel_scale(g, scale, invstd, out):  # pragma: no cover - compiled
             out[n, c, p] = g[n, c, p] * a
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def invstd_of(var, eps, out):  # pragma: no cover - compiled
     """out[c] = 1 / sqrt(var[c] + eps)."""
     for c in prange(var.size):
         out[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def batch_stats(x, eps, stats):  # pragma: no cover - compiled
     """stats[0] = per-channel mean of x, stats[1] = 1 / sqrt(biased variance + eps)."""
     nb, nc, npix = x.shape
@@ -62,7 +64,7 @@ def batch_stats(x, eps, stats):  # pragma: no cover - compiled
         stats[1, c] = 1.0 / math.sqrt(q / count + eps)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def running_update(stats, eps, momentum, mean_in, var_in, mean_out, var_out):  # pragma: no cover
     """ONNX running statistics: out = in * momentum + batch * (1 - momentum)."""
     for c in prange(mean_in.size):
@@ -71,7 +73,7 @@ def running_update(stats, eps, momentum, mean_in, var_in, mean_out, var_out):  #
         var_out[c] = var_in[c] * momentum + var * (1.0 - momentum)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def bn_bwd(gy, x, scale, mean, invstd, batch, gx, gscale, gbias, need):  # pragma: no cover
     """Gradients of bn_fwd: need = (x, scale, bias) flags. With `batch` the statistics are
     the batch's, so gx also flows through the mean and variance."""

@@ -1,10 +1,11 @@
-"""2-D convolution, NCHW: im2col/col2im lowering onto BLAS matmuls, and a direct path for
+"""2-D convolution over channel-major activations: x is stored [C, N, H, W] (the NCHW
+tensor with its first two axes swapped), so that a whole batch is one matrix [C, N*H*W]
+and every convolution is a single BLAS matmul per direction: im2col/col2im lowering for
+kxk, a plain matmul for pointwise (1x1, stride 1, no padding), and a direct path for
 depthwise convolutions (groups == C_in), where per-channel matmuls would be tiny.
 
-Shapes: x [N, C, H, W], w [M, C/groups, kh, kw], y [N, M, Ho, Wo]. Workspaces the caller
-gives: `cols` [N, C*kh*kw, Ho*Wo] (im2col, both directions) and `wsum` [N, M, C/groups*kh*kw]
-(per-sample weight gradients before their sum). A pointwise convolution (1x1, stride 1,
-no padding) needs neither `cols` nor col2im: it is one matmul per sample.
+Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]; `cols`, the
+workspace the caller gives, is [C*kh*kw, N*Ho*Wo].
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from .dispatch import kernel
 from .elementwise import add_bias
 
 
@@ -69,43 +71,45 @@ def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
     return min(lo, hi), hi
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover - compiled
-    """cols[n, (c*kh + i)*kw + j, oy*wo + ox] = x[n, c, oy*sh + i*dh - pt, ox*sw + j*dw - pl]
-    (zero outside x)."""
-    nb, nc, h, w = x.shape
-    for t in prange(nb * nc):
-        n, c = t // nc, t % nc
+    """cols[(c*kh + i)*kw + j, (n*ho + oy)*wo + ox] = x[c, n, oy*sh + i*dh - pt,
+    ox*sw + j*dw - pl] (zero outside x)."""
+    nc, nb, h, w = x.shape
+    npix = ho * wo
+    for t in prange(nc * nb):
+        c, n = t // nb, t % nb
         for i in range(kh):
             ylo, yhi = _span(i * dh - pt, sh, h, ho)
             for j in range(kw):
                 xlo, xhi = _span(j * dw - pl, sw, w, wo)
-                row = cols[n, (c * kh + i) * kw + j]
+                row = cols[(c * kh + i) * kw + j, n * npix : (n + 1) * npix]
                 for oy in range(ho):
                     base = oy * wo
                     if oy < ylo or oy >= yhi:
                         row[base : base + wo] = 0.0
                         continue
-                    src = x[n, c, oy * sh + i * dh - pt]
+                    src = x[c, n, oy * sh + i * dh - pt]
                     row[base : base + xlo] = 0.0
                     for ox in range(xlo, xhi):
                         row[base + ox] = src[ox * sw + j * dw - pl]
                     row[base + xhi : base + wo] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover - compiled
     """gx = the adjoint of im2col applied to cols (overwrites gx)."""
-    nb, nc, h, w = gx.shape
-    for t in prange(nb * nc):
-        n, c = t // nc, t % nc
-        plane = gx[n, c]
+    nc, nb, h, w = gx.shape
+    npix = ho * wo
+    for t in prange(nc * nb):
+        c, n = t // nb, t % nb
+        plane = gx[c, n]
         plane[:, :] = 0.0
         for i in range(kh):
             ylo, yhi = _span(i * dh - pt, sh, h, ho)
             for j in range(kw):
                 xlo, xhi = _span(j * dw - pl, sw, w, wo)
-                row = cols[n, (c * kh + i) * kw + j]
+                row = cols[(c * kh + i) * kw + j, n * npix : (n + 1) * npix]
                 for oy in range(ylo, yhi):
                     dst = plane[oy * sh + i * dh - pt]
                     base = oy * wo
@@ -113,17 +117,17 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cove
                         dst[ox * sw + j * dw - pl] += row[base + ox]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def depthwise_fwd(x, w, y, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """y[n, m] = sum_ij w[m, 0, i, j] * x[n, m // mult, shifted by (i, j)]."""
-    nb, nm, ho, wo = y.shape
-    _, nc, h, wd = x.shape
+    """y[m, n] = sum_ij w[m, 0, i, j] * x[m // mult, n, shifted by (i, j)]."""
+    nm, nb, ho, wo = y.shape
+    nc, _, h, wd = x.shape
     kh, kw = w.shape[2], w.shape[3]
     mult = nm // nc
-    for t in prange(nb * nm):
-        n, m = t // nm, t % nm
-        out = y[n, m]
-        src = x[n, m // mult]
+    for t in prange(nm * nb):
+        m, n = t // nb, t % nb
+        out = y[m, n]
+        src = x[m // mult, n]
         out[:, :] = 0.0
         for i in range(kh):
             ylo, yhi = _span(i * dh - pt, sh, h, ho)
@@ -137,19 +141,19 @@ def depthwise_fwd(x, w, y, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compil
                         orow[ox] += wv * srow[ox * sw + j * dw - pl]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """gx = the input gradient of depthwise_fwd (overwrites gx)."""
-    nb, nm, ho, wo = gy.shape
-    _, nc, h, wd = gx.shape
+    nm, nb, ho, wo = gy.shape
+    nc, _, h, wd = gx.shape
     kh, kw = w.shape[2], w.shape[3]
     mult = nm // nc
-    for t in prange(nb * nc):
-        n, c = t // nc, t % nc
-        dst = gx[n, c]
+    for t in prange(nc * nb):
+        c, n = t // nb, t % nb
+        dst = gx[c, n]
         dst[:, :] = 0.0
         for m in range(c * mult, (c + 1) * mult):
-            g = gy[n, m]
+            g = gy[m, n]
             for i in range(kh):
                 ylo, yhi = _span(i * dh - pt, sh, h, ho)
                 for j in range(kw):
@@ -162,11 +166,11 @@ def depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
                             drow[ox * sw + j * dw - pl] += wv * grow[ox]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """gw = the weight gradient of depthwise_fwd (overwrites gw), summed in float64."""
-    nb, nm, ho, wo = gy.shape
-    _, nc, h, wd = x.shape
+    nm, nb, ho, wo = gy.shape
+    nc, _, h, wd = x.shape
     kh, kw = gw.shape[2], gw.shape[3]
     mult = nm // nc
     for m in prange(nm):
@@ -176,24 +180,24 @@ def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
                 xlo, xhi = _span(j * dw - pl, sw, wd, wo)
                 acc = 0.0
                 for n in range(nb):
-                    src = x[n, m // mult]
+                    src = x[m // mult, n]
                     for oy in range(ylo, yhi):
                         srow = src[oy * sh + i * dh - pt]
-                        grow = gy[n, m, oy]
+                        grow = gy[m, n, oy]
                         for ox in range(xlo, xhi):
                             acc += grow[ox] * srow[ox * sw + j * dw - pl]
                 gw[m, 0, i, j] = acc
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def channel_sum(g, out):  # pragma: no cover - compiled
-    """out[c] = sum over n and p of g[n, c, p], accumulated in float64."""
-    nb, nc, npix = g.shape
+    """out[c] = sum over a and p of g[a, c, p], accumulated in float64."""
+    na, nc, npix = g.shape
     for c in prange(nc):
         acc = 0.0
-        for n in range(nb):
+        for a in range(na):
             for p in range(npix):
-                acc += g[n, c, p]
+                acc += g[a, c, p]
         out[c] = acc
 
 
@@ -202,70 +206,71 @@ def _geom_args(g: ConvGeom, ho: int, wo: int) -> tuple:
 
 
 def _check(x_shape: tuple, w_shape: tuple, y_shape: tuple, g: ConvGeom) -> None:
-    n, c, h, wd = x_shape
+    c, n, h, wd = x_shape
     m, cg, kh, kw = w_shape
-    expect = (n, m, *g.out_hw(h, wd))
+    expect = (m, n, *g.out_hw(h, wd))
     if (cg * g.groups, kh, kw) != (c, g.kh, g.kw) or y_shape != expect or m % g.groups:
         raise ValueError(f"conv2d: x {x_shape}, w {w_shape}, y {y_shape} disagree with {g}")
 
 
-def _grouped(a: np.ndarray, groups: int) -> np.ndarray:
-    """[N, G*k, P] -> [N, G, k, P]."""
-    n, gk, p = a.shape
-    return a.reshape(n, groups, gk // groups, p)
+def _matmul_path(g: ConvGeom, c_in: int) -> str:
+    if g.depthwise(c_in):
+        return "depthwise"
+    return "pointwise" if g.pointwise and g.groups == 1 else "im2col"
+
+
+def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
+    """[G*k, ...] -> [G, k, prod(...)]."""
+    return a.reshape(groups, a.shape[0] // groups, -1)
 
 
 def conv2d_fwd(x, w, b, y, cols, g: ConvGeom) -> None:
-    """y = conv(x, w) + b; b may be None; `cols` is unused for pointwise convolutions."""
+    """y = conv(x, w) + b (b may be None; `cols` unused unless the path is im2col)."""
     _check(x.shape, w.shape, y.shape, g)
-    n, m, ho, wo = y.shape
-    y3 = y.reshape(n, m, ho * wo)
-    if g.depthwise(x.shape[1]):
+    m, n, ho, wo = y.shape
+    path = _matmul_path(g, x.shape[0])
+    if path == "depthwise":
         depthwise_fwd(x, w, y, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
-    elif g.pointwise and g.groups == 1:
-        np.matmul(w.reshape(m, -1), x.reshape(n, x.shape[1], -1), out=y3)
+    elif path == "pointwise":
+        np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
     else:
         im2col(x, cols, *_geom_args(g, ho, wo))
-        w3 = w.reshape(g.groups, m // g.groups, -1)
-        np.matmul(w3, _grouped(cols, g.groups), out=_grouped(y3, g.groups))
+        np.matmul(_by_group(w, g.groups), _by_group(cols, g.groups), out=_by_group(y, g.groups))
     if b is not None:
-        add_bias(y3, b)
+        add_bias(y.reshape(1, m, -1), b)
 
 
 def conv2d_bwd_input(gy, w, gx, cols, g: ConvGeom) -> None:
     """gx = d conv(x, w) / dx applied to gy (overwrites gx); `cols` is col2im's workspace."""
     _check(gx.shape, w.shape, gy.shape, g)
-    n, m, ho, wo = gy.shape
-    gy3 = gy.reshape(n, m, ho * wo)
-    if g.depthwise(gx.shape[1]):
+    m, n, ho, wo = gy.shape
+    path = _matmul_path(g, gx.shape[0])
+    if path == "depthwise":
         depthwise_bwd_input(gy, w, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
-    elif g.pointwise and g.groups == 1:
-        np.matmul(w.reshape(m, -1).T, gy3, out=gx.reshape(n, gx.shape[1], -1))
+    elif path == "pointwise":
+        np.matmul(w.reshape(m, -1).T, gy.reshape(m, -1), out=gx.reshape(gx.shape[0], -1))
     else:
-        w3 = w.reshape(g.groups, m // g.groups, -1)
-        np.matmul(w3.transpose(0, 2, 1), _grouped(gy3, g.groups), out=_grouped(cols, g.groups))
+        wt = _by_group(w, g.groups).transpose(0, 2, 1)
+        np.matmul(wt, _by_group(gy, g.groups), out=_by_group(cols, g.groups))
         col2im(cols, gx, *_geom_args(g, ho, wo))
 
 
-def conv2d_bwd_weight(gy, x, gw, gb, cols, wsum, g: ConvGeom) -> None:
-    """gw = d loss / d w and gb = d loss / d b (either may be None) from gy and the input x;
-    `cols` holds im2col(x), `wsum` the per-sample weight gradients."""
-    n, m, ho, wo = gy.shape
-    gy3 = gy.reshape(n, m, ho * wo)
+def conv2d_bwd_weight(gy, x, gw, gb, cols, g: ConvGeom) -> None:
+    """gw = d loss / d w and gb = d loss / d b (either may be None) from gy and the input
+    x; `cols` is im2col's workspace."""
+    m = gy.shape[0]
     if gb is not None:
-        channel_sum(gy3, gb)
+        channel_sum(gy.reshape(1, m, -1), gb)
     if gw is None:
         return
     _check(x.shape, gw.shape, gy.shape, g)
-    if g.depthwise(x.shape[1]):
+    path = _matmul_path(g, x.shape[0])
+    if path == "depthwise":
         depthwise_bwd_weight(gy, x, gw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
         return
-    if g.pointwise and g.groups == 1:
-        src = x.reshape(n, x.shape[1], -1)
-    else:
-        im2col(x, cols, *_geom_args(g, ho, wo))
+    src = x.reshape(x.shape[0], -1)
+    if path == "im2col":
+        im2col(x, cols, *_geom_args(g, gy.shape[2], gy.shape[3]))
         src = cols
-    gs = _grouped(src, g.groups)
-    ws4 = wsum.reshape(n, g.groups, m // g.groups, -1)
-    np.matmul(_grouped(gy3, g.groups), gs.transpose(0, 1, 3, 2), out=ws4)
-    np.add.reduce(wsum, axis=0, out=gw.reshape(wsum.shape[1:]))
+    gs = _by_group(src, g.groups).transpose(0, 2, 1)
+    np.matmul(_by_group(gy, g.groups), gs, out=_by_group(gw, g.groups))

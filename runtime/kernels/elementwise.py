@@ -4,10 +4,12 @@ finiteness check for input batches. ReLU/Clip masks live in `runtime/codecs.py`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .dispatch import kernel
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def count_nonfinite(x):  # pragma: no cover - compiled
     """Number of NaN or Inf values in the 1-D array x."""
     bad = 0
@@ -17,7 +19,7 @@ def count_nonfinite(x):  # pragma: no cover - compiled
     return bad
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def add_bias(y, b):  # pragma: no cover - compiled
     """y[n, c, p] += b[c] (numpy's broadcast add would copy y first)."""
     nb, nc, npix = y.shape
@@ -28,7 +30,7 @@ def add_bias(y, b):  # pragma: no cover - compiled
             y[n, c, p] += bc
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def spread(g, scale, out):  # pragma: no cover - compiled
     """out[n, c, p] = g[n, c] * scale (the backward of a mean over p)."""
     nb, nc, npix = out.shape

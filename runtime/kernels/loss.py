@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def softmax_xent_fwd(logits, labels, smoothing, logp, losses):  # pragma: no cover - compiled
     """logp = log_softmax(logits); losses[n] = cross-entropy of sample n."""
     nb, nk = logits.shape
-    for n in prange(nb):
+    for n in range(nb):
         m = logits[n, 0]
         for k in range(1, nk):
             m = max(m, logits[n, k])
@@ -27,11 +27,11 @@ def softmax_xent_fwd(logits, labels, smoothing, logp, losses):  # pragma: no cov
         losses[n] = -(1.0 - smoothing) * (logits[n, labels[n]] - lse) - smoothing * total / nk
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def softmax_xent_bwd(logp, labels, smoothing, scale, glogits):  # pragma: no cover - compiled
     """glogits = scale * (softmax - target)."""
     nb, nk = logp.shape
-    for n in prange(nb):
+    for n in range(nb):
         for k in range(nk):
             glogits[n, k] = scale * (math.exp(logp[n, k]) - smoothing / nk)
         glogits[n, labels[n]] -= scale * (1.0 - smoothing)

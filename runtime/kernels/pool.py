@@ -1,16 +1,18 @@
-"""Pooling kernels, NCHW: max pooling (window-local argmax as uint8), average pooling
-(with or without padded cells in the divisor, ceil mode through the output size) and
-global average pooling."""
+"""Pooling kernels over planes: x [A, B, H, W] pools each of its A*B planes alone, so
+the kernels serve NCHW and channel-major [C, N, H, W] alike. Max pooling keeps the
+window-local argmax (uint8); average pooling counts padded cells in the divisor or not,
+with ceil mode through the output size; global average pooling is a mean per plane."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from .dispatch import kernel
 from .elementwise import spread
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """y = window maxima of x (first maximum wins); arg = its index i*kw + j in the window."""
     nb, nc, h, w = x.shape
@@ -34,7 +36,7 @@ def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
                 arg[n, c, oy, ox] = at
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def maxpool_bwd(gy, arg, gx, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """gx = gy routed to each window's argmax (overwrites gx)."""
     nb, nc, ho, wo = gy.shape
@@ -59,7 +61,7 @@ def _window(o, stride, pad, k, size, pad_end):
     return max(start, 0), min(end, size), full
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include_pad):  # pragma: no cover
     """y = window means of x; the divisor counts padded cells when include_pad."""
     nb, nc, h, w = x.shape
@@ -78,7 +80,7 @@ def avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include_pad):  # pragma: n
                 y[n, c, oy, ox] = acc / div
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, pb, pr, include_pad):  # pragma: no cover
     """gx = the input gradient of avgpool_fwd (overwrites gx)."""
     nb, nc, h, w = gx.shape

@@ -81,16 +81,16 @@ def check_op(op_type, attrs, shapes, torch_fn, atol=1e-5, grad_atol=1e-4, seed=0
     schedule = build_schedule([node], tuple(trainable), "y")
     ex = Executor(schedule, params, feeds, "y", get_codec("fp32"), _alloc())
     for name in feeds:
-        ex.values[name][...] = values[name]
+        ex.logical(name)[...] = values[name]
     ex.forward(training=True)
 
     ref = [_torch(values[n], n in trainable) if n else None for n in names]
     out = torch_fn(*ref)
-    np.testing.assert_allclose(ex.values["y"], out.detach().numpy(), atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(ex.logical("y"), out.detach().numpy(), atol=atol, rtol=1e-5)
     if not trainable:
         return
-    gy = rng.standard_normal(ex.values["y"].shape).astype(np.float32)
-    ex.grads["y"][...] = gy
+    gy = rng.standard_normal(ex.logical("y").shape).astype(np.float32)
+    ex.logical_grad("y")[...] = gy
     for name in [*feeds, "y"]:
         ex.values[name].fill(np.nan)  # backward may only use what forward kept
     ex.backward()
@@ -98,7 +98,7 @@ def check_op(op_type, attrs, shapes, torch_fn, atol=1e-5, grad_atol=1e-4, seed=0
     for name, t in zip(names, ref, strict=True):
         if name in trainable:
             np.testing.assert_allclose(
-                ex.grads[name], t.grad.numpy(), atol=grad_atol, rtol=1e-4, err_msg=name
+                ex.logical_grad(name), t.grad.numpy(), atol=grad_atol, rtol=1e-4, err_msg=name
             )
 
 
@@ -151,9 +151,6 @@ def test_conv_frozen_weight():
 
 def test_conv_weight_only():
     check_op("Conv", {"pads": (1, 1, 1, 1)}, [X(X4), W((4, 3, 3, 3)), C((4,))], lambda x, w, b: F.conv2d(x, w, b, padding=1))
-
-def test_conv_activation_weight():
-    check_op("Conv", {}, [X4, (4, 3, 1, 1)], lambda x, w: F.conv2d(x, w))
 
 def test_gemm_transb_bias():
     check_op("Gemm", {"transB": 1}, [(4, 6), W((5, 6)), W((5,))], lambda a, b, c: a @ b.T + c)
@@ -279,6 +276,11 @@ def test_unsupported_op_names_type_and_node():
 def test_unsupported_pad_mode():
     with pytest.raises(UnsupportedOpError, match="reflect"):
         check_op("Pad", {"mode": "reflect"}, [X4, i64(0, 0, 1, 1, 0, 0, 1, 1)], F.pad)
+
+
+def test_unsupported_conv_weight_activation():
+    with pytest.raises(UnsupportedOpError, match="weight .input 1. must be an initializer"):
+        check_op("Conv", {}, [X4, (4, 3, 1, 1)], F.conv2d)
 
 
 def test_unsupported_dynamic_reshape():

@@ -1,0 +1,140 @@
+"""The `bench` click command. The lead registers it with `main.add_command(bench)`;
+tools/bench.py runs it stand-alone."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from facto_edge.budget import parse_size
+from facto_edge.errors import FactoEdgeError
+
+DEFAULT_MODELS = "resnet18_cifar,mobilenetv2_cifar,vgg11_bn_cifar"
+DEFAULT_SYSTEMS = "pytorch-dense,pytorch-factorized,ort-training,facto-edge"
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _ints(value: str, option: str) -> tuple[int, ...]:
+    if value.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise FactoEdgeError(f"{option} takes comma-separated integers, found {value!r}") from None
+
+
+def _shape(value: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in value.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise FactoEdgeError(f"--input-shape must look like 3x32x32 (CxHxW), found {value!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _command_line() -> str:
+    """The command as typed: click's command path, then the arguments after it."""
+    words = click.get_current_context().command_path.split()
+    return shlex.join([*words, *sys.argv[len(words) :]])
+
+
+def _progress(done: int, total: int, text: str) -> None:
+    click.echo(f"[{done:>3}/{total}] {text}", err=True)
+
+
+@click.command()
+@click.option(
+    "--models", default=DEFAULT_MODELS, show_default=True, help="Zoo models, comma-separated."
+)
+@click.option("--systems", default=DEFAULT_SYSTEMS, show_default=True, help="Systems to compare.")
+@click.option("--batch", default=32, show_default=True, help="Batch size of the main figures.")
+@click.option("--rank", default=0.25, show_default=True, help="Export rank (fraction of channels).")
+@click.option(
+    "--codec",
+    default="q4",
+    show_default=True,
+    help="facto-edge codec; more after commas add rows to the codec table (q4,q8,q2).",
+)
+@click.option("--input-shape", default="3x32x32", show_default=True, help="CxHxW.")
+@click.option("--steps", default=5, show_default=True, help="Timed steps per measurement.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed steps before them.")
+@click.option("--repeats", default=3, show_default=True, help="Interleaved rounds of all systems.")
+@click.option(
+    "--sweep",
+    default="8,16,32,64,128,256",
+    show_default=True,
+    help="Batch sizes of the sweep ('none' to skip it).",
+)
+@click.option("--sweep-steps", default=2, show_default=True, help="Timed steps per sweep run.")
+@click.option(
+    "--budget",
+    default="512MB",
+    show_default=True,
+    help="Peak-RSS budget of the sweep ('none' for no limit).",
+)
+@click.option("--no-cold", is_flag=True, help="Skip facto-edge's run with a cold Numba cache.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Threads for every system (default: each system's own).",
+)
+@click.option(
+    "--timeout", default=1800.0, show_default=True, help="Seconds before a run is stopped."
+)
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False), help="Keep (and reuse) the exports here."
+)
+@click.option(
+    "-o",
+    "--output",
+    default="docs/bench",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory of the plots and results.json.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="The Markdown report.  [default: benchmarks.md beside OUTPUT]",
+)
+@click.option(
+    "--from-results",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Rewrite the report and plots from a saved results.json; measure nothing.",
+)
+def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repeats, sweep,
+          sweep_steps, budget, no_cold, threads, timeout, work_dir, output, report,
+          from_results) -> None:  # fmt: skip
+    """Measure facto-edge side by side with PyTorch (dense and factorized) and ONNX Runtime
+    training: saved activations, peak RSS, images/s, cold start and a batch-size sweep.
+    Writes Markdown tables and PNG plots."""
+    from facto_edge.bench import BenchConfig, run_bench, write_outputs
+    from facto_edge.bench.driver import BenchResult
+    from facto_edge.cli import friendly_errors
+
+    @friendly_errors
+    def go() -> None:
+        if from_results:
+            result = BenchResult.from_json(Path(from_results).read_text())
+        else:
+            cfg = BenchConfig(
+                models=_names(models), systems=_names(systems), batch=batch, rank=rank,
+                codecs=_names(codec), input_shape=_shape(input_shape), steps=steps,
+                warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
+                sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
+                budget=None if budget.lower() == "none" else parse_size(budget),
+                timeout_s=timeout, command=_command_line(),
+            )  # fmt: skip
+            result = run_bench(cfg, work_dir, progress=_progress)
+        path = write_outputs(result, output, report)
+        click.echo(f"wrote {path} and the plots in {output}")
+
+    go()

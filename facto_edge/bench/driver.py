@@ -1,0 +1,241 @@
+"""Run the plan of `facto_edge.bench.protocol`: export each model once, then every
+measurement in its own `python -m facto_edge.bench.worker` process, one at a time.
+
+A watchdog reads the worker's peak RSS (VmHWM in /proc) while it runs: in the batch-size
+sweep a worker that passes the budget is stopped there, as a device would run out of
+memory, and the larger batch sizes of that system are skipped. facto-edge runs whose
+session raises BudgetError count as running out too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from facto_edge.bench.machine import load_average, machine_info, peak_rss_of
+from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
+from facto_edge.budget import format_size
+
+Progress = Callable[[int, int, str], None]
+POLL_S = 0.05
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class Run:
+    """The outcome of one RunSpec. `first_step_s` runs from the launch of the process to
+    the end of its first training step."""
+
+    spec: RunSpec
+    ok: bool
+    error: str | None = None
+    over_budget: bool = False
+    skipped: bool = False
+    first_step_s: float | None = None
+    step_s: list[float] = field(default_factory=list)
+    saved_bytes: int | None = None
+    peak_rss: int | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Batch size over the median timed step."""
+        return self.spec.batch / statistics.median(self.step_s) if self.step_s else None
+
+
+@dataclass
+class BenchResult:
+    """A whole benchmark: its configuration, the machine, and every run in order."""
+
+    config: BenchConfig
+    machine: dict
+    runs: list[Run]
+    started: str
+    finished: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchResult:
+        d = json.loads(text)
+        cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in d["config"].items()})  # fmt: skip
+        runs = [Run(**(r | {"spec": RunSpec(**r["spec"])})) for r in d["runs"]]
+        return cls(cfg, d["machine"], runs, d["started"], d["finished"])
+
+
+def export_model(cfg: BenchConfig, model: str, work_dir: Path) -> Path:
+    """The `*.facto` export of zoo model `model` (seeded as the dense system builds it),
+    reused when `work_dir` already holds one made with the same settings."""
+    shape = "x".join(map(str, cfg.input_shape))
+    ort = "ort-training" in cfg.systems
+    out = work_dir / f"{model}-r{cfg.rank}-{shape}-s{cfg.seed}{'-ort' if ort else ''}.facto"
+    if (out / "manifest.json").is_file():
+        return out
+    from facto_edge import export, zoo
+
+    net = zoo.build(model, seed=cfg.seed, in_channels=cfg.input_shape[0])
+    export(net, out, input_shape=cfg.input_shape, rank=cfg.rank, ort=ort, force=True)
+    return out
+
+
+def _watch(proc: subprocess.Popen, timeout_s: float, rss_limit: int | None) -> str | None:
+    """Wait for `proc`; kill it past `timeout_s` or `rss_limit`. Returns why it was killed."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        rss = peak_rss_of(proc.pid) if rss_limit else None
+        reason = None
+        if rss is not None and rss > rss_limit:
+            reason = f"over budget: peak RSS reached {format_size(rss)}, stopped"
+        elif time.monotonic() > deadline:
+            reason = f"timed out after {timeout_s:.0f} s"
+        if reason:
+            proc.kill()
+            proc.wait()
+            return reason
+        time.sleep(POLL_S)
+    return None
+
+
+def run_worker(payload: dict, env: dict, timeout_s: float, rss_limit: int | None) -> dict:
+    """Run one worker process; its JSON line, or an error record. Adds `first_step_s`."""
+    cmd = [sys.executable, "-m", "facto_edge.bench.worker", json.dumps(payload)]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        launched = time.time()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        killed_for = _watch(proc, timeout_s, rss_limit)
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode(errors="replace").strip().splitlines()
+        stderr = err.read().decode(errors="replace").strip().splitlines()
+    if killed_for:
+        return {"ok": False, "error": killed_for, "killed": True,
+                "over_budget": killed_for.startswith("over budget")}  # fmt: skip
+    try:
+        record = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = stderr[-1] if stderr else "no output"
+        return {"ok": False, "error": f"worker exited with code {proc.returncode}: {tail}"}
+    if record.get("first_step_end"):
+        record["first_step_s"] = record.pop("first_step_end") - launched
+    return record
+
+
+def _to_run(spec: RunSpec, record: dict, budget: int | None) -> Run:
+    rss = record.get("peak_rss")
+    error = record.get("error")
+    over = bool(record.get("over_budget")) or bool(error and error.startswith("BudgetError"))
+    over = over or (budget is not None and rss is not None and rss > budget)
+    return Run(
+        spec, bool(record.get("ok")), error, over, False, record.get("first_step_s"),
+        record.get("step_s", []), record.get("saved_bytes"), rss, record.get("info", {}),
+    )  # fmt: skip
+
+
+class Driver:
+    """Executes the plan of each model with the settings of one BenchConfig."""
+
+    def __init__(self, cfg: BenchConfig, work_dir: Path, progress: Progress) -> None:
+        self.cfg, self.work_dir, self.progress = cfg, work_dir, progress
+        self.plans = {m: plan_runs(cfg, m) for m in cfg.models}
+        self.total = sum(len(p) + 1 for p in self.plans.values())
+        self.done = 0
+        self.runs: list[Run] = []
+
+    def tick(self, text: str) -> None:
+        self.done += 1
+        self.progress(self.done, self.total, text)
+
+    def run_model(self, model: str) -> None:
+        self.progress(self.done, self.total, f"{model}: exporting at rank {self.cfg.rank}")
+        model_dir = export_model(self.cfg, model, self.work_dir)
+        self.tick(f"{model}: exported")
+        ran_out: dict[str, int] = {}
+        for spec in self.plans[model]:
+            run = self.measure(spec, model_dir, ran_out)
+            if spec.kind == "sweep" and run.over_budget:
+                ran_out.setdefault(spec.system, spec.batch)
+            self.runs.append(run)
+            self.tick(f"{describe(spec)}: {outcome(run)}")
+
+    def measure(self, spec: RunSpec, model_dir: Path, ran_out: dict[str, int]) -> Run:
+        if spec.kind == "sweep" and spec.system in ran_out:
+            why = f"skipped: ran out of the budget at batch {ran_out[spec.system]}"
+            return Run(spec, False, why, over_budget=True, skipped=True)
+        self.progress(self.done, self.total, f"{describe(spec)} ...")
+        payload = self.payload(spec, model_dir)
+        limit = self.cfg.budget if spec.kind == "sweep" else None
+        env = dict(os.environ)
+        if self.cfg.threads:
+            env.update({var: str(self.cfg.threads) for var in THREAD_VARIABLES})
+        if spec.kind == "cold":
+            cache = Path(tempfile.mkdtemp(prefix="numba-cold-", dir=self.work_dir))
+            env["NUMBA_CACHE_DIR"] = str(cache)
+        try:
+            record = run_worker(payload, env, self.cfg.timeout_s, limit)
+        finally:
+            if spec.kind == "cold":
+                shutil.rmtree(cache, ignore_errors=True)
+        return _to_run(spec, record, self.cfg.budget)
+
+    def payload(self, spec: RunSpec, model_dir: Path) -> dict:
+        cfg = self.cfg
+        return {
+            "system": spec.system, "model": spec.model, "model_dir": str(model_dir),
+            "batch": spec.batch, "codec": spec.codec, "steps": spec.steps,
+            "warmup": spec.warmup, "count_saved": spec.count_saved, "lr": cfg.lr,
+            "momentum": cfg.momentum, "seed": cfg.seed, "threads": cfg.threads,
+            "budget": cfg.budget,
+        }  # fmt: skip
+
+
+def describe(spec: RunSpec) -> str:
+    """A short name of a run for progress lines."""
+    extra = {"main": f" round {spec.repeat + 1}", "cold": " cold cache", "prime": " warm-up",
+             "codec": f" codec {spec.codec}", "sweep": " sweep"}[spec.kind]  # fmt: skip
+    return f"{spec.model} {spec.system} batch {spec.batch}{extra}"
+
+
+def outcome(run: Run) -> str:
+    """A short summary of a finished run for progress lines."""
+    if not run.ok:
+        return run.error or "failed"
+    ips = run.images_per_s
+    rss = format_size(run.peak_rss) if run.peak_rss else "?"
+    return f"{ips:.1f} img/s, peak RSS {rss}" if ips else f"peak RSS {rss}"
+
+
+def run_bench(
+    cfg: BenchConfig, work_dir: str | Path | None = None, progress: Progress | None = None
+) -> BenchResult:
+    """Run the whole benchmark of `cfg`. Exports go to `work_dir` (reused there between
+    runs), or to a temporary directory removed at the end. `progress(done, total, text)`
+    hears about every step."""
+    cfg.validate()
+    say = progress or (lambda done, total, text: None)
+    started = _now()
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="facto-bench-") as tmp:
+        root = Path(work_dir) if work_dir else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        driver = Driver(cfg, root, say)
+        for model in cfg.models:
+            driver.run_model(model)
+    machine["load_end"] = load_average()
+    return BenchResult(cfg, machine, driver.runs, started, _now())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

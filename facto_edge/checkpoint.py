@@ -1,0 +1,257 @@
+"""Checkpoints of a training run, written atomically, and validated when read back.
+
+A checkpoint is one `.npz` file holding everything a run needs to continue exactly:
+
+- `param/<name>`: every trainable tensor of the session;
+- `buffer/<name>`: tensors the session updates that are not trained (BatchNormalization
+  running statistics under `--bn train`);
+- `opt/<key>`: the optimizer's state arrays (momentum, Adam moments);
+- `meta`: JSON bytes with the format version, the progress (epoch, batch within the
+  epoch, global step), the run's config, the model's fingerprint, the optimizer's scalar
+  state, the metrics history and the running sums of an unfinished epoch.
+
+There is no random generator state to keep: data order and augmentation derive from
+(seed, epoch, batch) and codec rounding from (seed, step), so the progress is the state.
+
+`save_checkpoint` writes a temporary file in the same folder, fsyncs it, renames it over
+the previous checkpoint and fsyncs the folder: a crash at any moment leaves either the old
+checkpoint or the new one, never a torn file. `load_checkpoint` raises CheckpointError for
+a file that is unreadable, truncated, from another format version, or holds NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facto_edge.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.npz"
+_PARAM, _BUFFER, _OPT = "param/", "buffer/", "opt/"
+
+
+@dataclass
+class Progress:
+    """Where a run stands: `epoch` (0-based, the one under way or next), `batch` (batches
+    of that epoch already trained) and `step` (optimizer steps taken in all)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class Checkpoint:
+    """Everything saved of a run; see the module docstring for the file layout."""
+
+    params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    optimizer: dict[str, Any]
+    progress: Progress
+    config: dict
+    fingerprint: str
+    history: list[dict] = field(default_factory=list)
+    partial: dict = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        scalars = {k: v for k, v in self.optimizer.items() if not isinstance(v, np.ndarray)}
+        return {
+            "format_version": FORMAT_VERSION,
+            "progress": vars(self.progress),
+            "config": self.config,
+            "fingerprint": self.fingerprint,
+            "optimizer_scalars": scalars,
+            "history": self.history,
+            "partial": self.partial,
+        }
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through `write(file)` into a temporary sibling, fsync, rename over."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """`write_atomic` for a UTF-8 text file."""
+    return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Write `ckpt` to `path` atomically; the previous file stays until the rename."""
+    arrays = {f"{_PARAM}{k}": v for k, v in ckpt.params.items()}
+    arrays |= {f"{_BUFFER}{k}": v for k, v in ckpt.buffers.items()}
+    arrays |= {f"{_OPT}{k}": v for k, v in ckpt.optimizer.items() if isinstance(v, np.ndarray)}
+    meta = json.dumps(ckpt.meta()).encode()
+    arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no checkpoint at {path}: nothing to resume") from e
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); it cannot be resumed: "
+            "start a new run in another directory"
+        ) from e
+
+
+def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes())
+        meta["progress"] = Progress(**meta["progress"])
+        for key in ("config", "fingerprint", "optimizer_scalars", "history", "partial"):
+            meta[key]  # noqa: B018 - presence check
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has no readable metadata ({e}): corrupt") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta.get('format_version')!r}, expected "
+            f"{FORMAT_VERSION}: it was written by another facto-edge version"
+        )
+    return meta
+
+
+def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint file; CheckpointError if it is missing or corrupt."""
+    path = Path(path)
+    arrays = _read_npz(path)
+    meta = _parse_meta(path, arrays)
+    params = _with_prefix(arrays, _PARAM)
+    buffers = _with_prefix(arrays, _BUFFER)
+    for name, a in (params | buffers).items():
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} is not finite float data: corrupt"
+            )
+    optimizer: dict[str, Any] = dict(meta["optimizer_scalars"])
+    optimizer |= _with_prefix(arrays, _OPT)
+    return Checkpoint(
+        params=params,
+        buffers=buffers,
+        optimizer=optimizer,
+        progress=meta["progress"],
+        config=meta["config"],
+        fingerprint=meta["fingerprint"],
+        history=meta["history"],
+        partial=meta["partial"],
+    )
+
+
+def check_matches(path: Path, expected: dict[str, np.ndarray], found: dict[str, np.ndarray], what: str) -> None:  # fmt: skip
+    """Raise CheckpointError unless `found` has exactly the names and shapes of `expected`."""
+    if expected.keys() != found.keys():
+        missing = sorted(expected.keys() - found.keys())
+        extra = sorted(found.keys() - expected.keys())
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {what} missing {missing[:3]}, "
+            f"unexpected {extra[:3]}; it belongs to another model"
+        )
+    for name, a in expected.items():
+        if found[name].shape != a.shape:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: {what} {name!r} has shape "
+                f"{list(found[name].shape)}, the model's is {list(a.shape)}"
+            )
+
+
+# The TrainingSession exposes its trainable tensors (`parameters()`) and its learning rate,
+# but not yet its optimizer, its step counter (which seeds stochastic codec rounding) or
+# the BatchNormalization running statistics it updates. The three accessors below reach
+# them; they are the only code outside the runtime that does, and the hooks they stand for
+# (`session.optimizer`, a settable `session.step`, `session.buffers()`) belong there.
+
+
+def _optimizer(session):
+    return session._optimizer
+
+
+def _running_stats(session) -> dict[str, np.ndarray]:
+    """The live running mean/var arrays of every training-mode BatchNormalization."""
+    names = []
+    for node in session._graph.nodes:
+        if node.op_type == "BatchNormalization" and len(node.outputs) >= 3:
+            names += [i for o, i in zip(node.outputs[1:3], node.inputs[3:5], strict=True) if o]
+    return {name: session._params[name] for name in names if name in session._params}
+
+
+def _set_step(session, step: int) -> None:
+    session._step = step
+
+
+def capture(session, progress: Progress, config: dict, fingerprint: str, history: list[dict], partial: dict) -> Checkpoint:  # fmt: skip
+    """A checkpoint of `session` now: copies of its tensors and optimizer state."""
+    return Checkpoint(
+        params={k: v.copy() for k, v in session.parameters().items()},
+        buffers={k: v.copy() for k, v in _running_stats(session).items()},
+        optimizer=_optimizer(session).state_dict(),
+        progress=Progress(**vars(progress)),
+        config=config,
+        fingerprint=fingerprint,
+        history=[dict(h) for h in history],
+        partial=dict(partial),
+    )
+
+
+def restore(session, ckpt: Checkpoint, path: Path) -> None:
+    """Load `ckpt` into `session` (tensors, optimizer state, step), checking every shape
+    first so that a mismatched checkpoint changes nothing."""
+    params, buffers = session.parameters(), _running_stats(session)
+    check_matches(path, params, ckpt.params, "trainable tensor")
+    check_matches(path, buffers, ckpt.buffers, "running statistic")
+    optimizer = _optimizer(session)
+    optimizer.load_state_dict(ckpt.optimizer)
+    for name, live in (params | buffers).items():
+        np.copyto(live, (ckpt.params | ckpt.buffers)[name])
+    _set_step(session, ckpt.progress.step)
+
+
+def load_weights(session, ckpt: Checkpoint, path: Path) -> None:
+    """Load only the trained tensors of `ckpt` into `session` (for evaluation)."""
+    params, buffers = session.parameters(), _running_stats(session)
+    check_matches(path, params, ckpt.params, "trainable tensor")
+    check_matches(path, buffers, ckpt.buffers, "running statistic")
+    for name, live in (params | buffers).items():
+        np.copyto(live, (ckpt.params | ckpt.buffers)[name])

@@ -1,0 +1,48 @@
+"""Kernels compiled twice, serial and parallel, and picked per call by the size of the
+work: a parallel launch costs microseconds on idle cores but up to a scheduler time
+slice (milliseconds) when another process holds a core, so only big calls go parallel.
+
+    @kernel
+    def add_bias(y, b): ...        # written with prange, as for @njit(parallel=True)
+
+    add_bias(y, b)                 # parallel when the largest array has >= PARALLEL_MIN
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+PARALLEL_MIN = 1 << 16  # elements of the largest array argument
+
+
+class Kernel:
+    """A serial and a parallel build of one function (both cached on disk)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.py_func = fn
+        self.parallel = njit(cache=True, parallel=True)(fn)
+        self.serial = njit(cache=True)(_renamed(fn, "_serial"))
+        self.__name__, self.__doc__ = fn.__name__, fn.__doc__
+
+    def __call__(self, *args):
+        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
+        return (self.parallel if work >= PARALLEL_MIN else self.serial)(*args)
+
+
+def kernel(fn: Callable) -> Kernel:
+    """Compile `fn` serial and parallel; calls pick one by the size of their arrays."""
+    return Kernel(fn)
+
+
+def _renamed(fn: Callable, suffix: str) -> Callable:
+    """A copy of fn under another name, so that its on-disk cache entry is its own."""
+    copy = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
+    )
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    return copy

@@ -1,0 +1,155 @@
+"""facto-edge bench: the saved-bytes counter against a hand count, the interleaved plan,
+the worker's error and budget records, the targets, and the whole harness on a tiny model
+(figures are not asserted, only that every table and plot is there and well formed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from facto_edge.bench import (  # noqa: E402  # noqa: E402
+    BenchConfig,
+    BenchResult,
+    Run,
+    RunSpec,
+    plan_runs,
+    run_bench,
+    write_outputs,
+)
+from facto_edge.bench import report as report_lib  # noqa: E402
+from facto_edge.bench.driver import run_worker  # noqa: E402
+from facto_edge.bench.saved import SavedTensorCounter  # noqa: E402
+from facto_edge.bench.summary import evaluate_targets  # noqa: E402
+
+SYSTEMS = ("pytorch-dense", "pytorch-factorized", "ort-training", "facto-edge")
+
+
+def test_saved_counter_matches_hand_count_on_two_layers():
+    # Linear(8, 16) -> ReLU -> Linear(16, 4) on x [5, 8], loss = sum of the outputs.
+    # The first addmm needs x for its weight gradient (x needs no gradient, so W1 is not
+    # kept); ReLU keeps its output; the second addmm keeps its input (that same ReLU
+    # output: one storage) and W2^T (a parameter, excluded); sum keeps nothing.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    with SavedTensorCounter(exclude=model.parameters()) as counted:
+        loss = model(x).sum()
+    with SavedTensorCounter() as everything:
+        model(x).sum()
+    loss.backward()
+    assert counted.nbytes == 5 * 8 * 4 + 5 * 16 * 4
+    assert counted.count == 2
+    assert everything.nbytes == counted.nbytes + 16 * 4 * 4
+
+
+def test_plan_interleaves_systems_and_measures_cold_once():
+    cfg = BenchConfig(models=("m",), repeats=2, sweep=(8, 16), codecs=("q4", "q2"))
+    plan = plan_runs(cfg, "m")
+    assert (plan[0].kind, plan[0].system) == ("prime", "facto-edge")
+    main = [(r.repeat, r.system) for r in plan if r.kind in ("main", "cold")]
+    assert main == [(0, s) for s in (*SYSTEMS[:3], "facto-edge", "facto-edge")] + [
+        (1, s) for s in SYSTEMS
+    ]
+    assert [r.kind for r in plan if r.system == "facto-edge"][:3] == ["prime", "cold", "main"]
+    assert [r.count_saved for r in plan if r.kind == "main"] == [True] * 4 + [False] * 4
+    assert [(r.codec, r.kind) for r in plan if r.kind == "codec"] == [("q2", "codec")]
+    sweep = [(r.batch, r.system) for r in plan if r.kind == "sweep"]
+    assert sweep == [(b, s) for b in (8, 16) for s in SYSTEMS]
+
+
+def test_worker_failure_and_budget_overrun_become_records(tmp_path):
+    payload = {"system": "facto-edge", "model": "m", "model_dir": str(tmp_path / "absent"),
+               "batch": 2, "codec": "q4", "steps": 1, "warmup": 1}  # fmt: skip
+    failed = run_worker(payload, env=None, timeout_s=120, rss_limit=None)
+    assert failed["ok"] is False and "absent" in failed["error"]
+    stopped = run_worker(payload, env=None, timeout_s=120, rss_limit=1)
+    assert stopped["ok"] is False and stopped["over_budget"]
+    assert stopped["error"].startswith("over budget")
+
+
+def _run(system: str, kind: str = "main", **figures) -> Run:
+    spec = RunSpec("m", system, 4, kind, "q4", 1, 1, count_saved=True)
+    return Run(spec, True, step_s=[0.1], **figures)
+
+
+def test_targets_say_met_and_not_met():
+    runs = [
+        _run("pytorch-dense", saved_bytes=1000, peak_rss=1000, first_step_s=9.0),
+        _run("pytorch-factorized", saved_bytes=1200, peak_rss=900, first_step_s=9.0),
+        _run("facto-edge", saved_bytes=50, peak_rss=400, first_step_s=1.0),
+    ]
+    cfg = BenchConfig(models=("m",), systems=(*SYSTEMS[:2], "facto-edge"), sweep=())
+    rows = {r.target.text.split()[0]: r for r in evaluate_targets(BenchResult(cfg, {}, runs, ""))}
+    assert rows["saved"].value == pytest.approx(0.95) and rows["saved"].status == "met"
+    assert rows["throughput"].value == pytest.approx(1.0) and rows["throughput"].status == "met"
+    assert rows["peak"].value == pytest.approx(0.4) and rows["peak"].status == "not met"
+    assert rows["cold"].status == "met"
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table as rows of cells."""
+    tables, current = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
+    # A 300 MB budget stops the frameworks' sweep workers early (torch alone is near it),
+    # which keeps the test short and takes the "ran out, skip larger batches" path.
+    cfg = BenchConfig(
+        models=("simple_cnn",), input_shape=(3, 16, 16), batch=4, steps=2, warmup=1,
+        repeats=1, sweep=(2, 4), sweep_steps=1, cold_start=False, budget=300 * 10**6,
+        threads=1, command="pytest",
+    )  # fmt: skip
+    events = []
+    result = run_bench(cfg, tmp_path / "work", progress=lambda *e: events.append(e))
+    report = write_outputs(result, tmp_path / "docs" / "bench")
+
+    assert events[-1][0] == events[-1][1] == len(plan_runs(cfg, "simple_cnn")) + 1
+    failed = [(r.spec.system, r.spec.kind, r.error) for r in result.runs
+              if not r.ok and not (r.spec.kind == "sweep" and r.over_budget)]  # fmt: skip
+    assert not failed
+    for system in SYSTEMS:
+        sweep = [r for r in result.runs if r.spec.kind == "sweep" and r.spec.system == system]
+        assert [r.spec.batch for r in sweep] == [2, 4]
+        assert not sweep[0].skipped and sweep[1].skipped == sweep[0].over_budget
+    text = report.read_text()
+    assert report == tmp_path / "docs" / "benchmarks.md"
+    for needle in ("Load average", "torch 2.", "numba", "onnxruntime", "Command: `pytest`"):
+        assert needle in text
+    tables = _tables(text)
+    assert len(tables) == 6
+    for table in tables:
+        assert len({len(row) for row in table}) == 1, table[0]
+        assert set(table[1]) == {"---"}
+    results_table = next(t for t in tables if "saved activations / step" in t[0])
+    assert [row[1].split(" (")[0] for row in results_table[2:]] == [
+        "PyTorch dense", "PyTorch factorized", "ONNX Runtime training", "facto-edge"
+    ]  # fmt: skip
+    for name in ("memory_vs_batch", "throughput_vs_batch", "saved_bytes", "memory_breakdown"):
+        png = tmp_path / "docs" / "bench" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](bench/{name}.png)" in text
+    saved = json.loads((tmp_path / "docs" / "bench" / "results.json").read_text())
+    again = BenchResult.from_json(json.dumps(saved))
+    assert report_lib.render(again, [], report) == report_lib.render(result, [], report)
+
+
+def test_facto_edge_worker_imports_no_framework(tmp_path):
+    # The facto-edge measurement must not pay for torch or onnxruntime in its peak RSS.
+    code = ("import sys, facto_edge.bench.worker, facto_edge.bench.systems.facto; "
+            "print([m for m in ('torch', 'onnxruntime', 'tensorly', 'matplotlib') "
+            "if m in sys.modules])")  # fmt: skip
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
