@@ -10,6 +10,7 @@ the largest power of two under the budget is picked; the caller confirms it with
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,3 +70,13 @@ def fit_batch_size(make_session: SessionFactory, budget: int, max_batch: int) ->
     while batch * 2 <= limit and fixed + base + per_sample * batch * 2 <= budget:
         batch *= 2
     return Fit(batch, budget, fixed, base + per_sample * batch)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

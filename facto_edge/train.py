@@ -248,3 +248,207 @@ def _schedule(name: str, lr: float, epochs: int, batches: int, warmup_steps: int
         step_size = batches * max(1, epochs // 3)
         return make_schedule(name, lr, total, warmup_steps=warmup_steps, step_size=step_size)
     return make_schedule(name, lr, total, warmup_steps=min(warmup_steps, total))
+
+
+@dataclass
+class _Loop:
+    """The state of a run between steps, and the steps, epochs and checkpoints."""
+
+    session: Any
+    run: RunDir
+    config: dict
+    fingerprint: str
+    train_ds: Dataset
+    val_ds: Dataset | None
+    batch_size: int
+    epochs: int
+    schedule: Any
+    callbacks: _Callbacks
+    progress: Progress = field(default_factory=Progress)
+    history: list[dict] = field(default_factory=list)
+    partial: dict = field(default_factory=dict)
+    consistent: bool = True
+    interrupts: _Interrupts = field(default_factory=_Interrupts)
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(len(self.train_ds) / self.batch_size)
+
+    def resume_from(self, ckpt: Checkpoint) -> None:
+        restore(self.session, ckpt, self.run.checkpoint)
+        self.progress, self.history, self.partial = ckpt.progress, ckpt.history, ckpt.partial
+
+    def run_epochs(self) -> None:
+        for epoch in range(self.progress.epoch, self.epochs):
+            self.callbacks.on_epoch_start(epoch, self.batches)
+            batches = iterate_batches(
+                self.train_ds, self.batch_size, shuffle=True, seed=self.config["seed"],
+                epoch=epoch, augment=self.config["augment"], reuse=True,
+            )  # fmt: skip
+            for b, (x, y) in enumerate(batches):
+                if b >= self.progress.batch:
+                    self.interrupts.check()
+                    self._step(epoch, b, x, y)
+            self._end_epoch(epoch)
+
+    def _train_step(self, x, y) -> float:
+        try:
+            return self.session.train_step(x, y)
+        except NumericalError as e:
+            raise self._diverged(str(e)) from e
+
+    def _diverged(self, what: str) -> NumericalError:
+        done = self.progress.epoch
+        kept = f"the checkpoint of epoch {done} is kept" if done else "no epoch had finished"
+        return NumericalError(
+            f"training stopped at epoch {done + 1}, step {self.progress.step + 1}: {what}; "
+            f"{kept} in {self.run.path}; lower --lr or check the data"
+        )
+
+    def _step(self, epoch: int, b: int, x, y) -> None:
+        lr = self.schedule(self.progress.step)
+        self.session.lr = lr
+        started = time.perf_counter()
+        self.consistent = False
+        loss = self._train_step(x, y)
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss is {loss}")
+        p, part = self.progress, self.partial
+        p.batch, p.step = b + 1, p.step + 1
+        part["loss_sum"] = part.get("loss_sum", 0.0) + loss
+        part["images"] = part.get("images", 0) + len(y)
+        part["seconds"] = part.get("seconds", 0.0) + time.perf_counter() - started
+        self.consistent = True
+        info = StepInfo(epoch, b, self.batches, p.step, loss, lr, part["images"], part["seconds"])
+        self.callbacks.on_step(info)
+
+    def _end_epoch(self, epoch: int) -> None:
+        started = time.perf_counter()
+        val = evaluate_session(self.session, self.val_ds, self.batch_size) if self.val_ds else None
+        part = self.partial
+        seconds = part.get("seconds", 0.0)
+        row = {
+            "epoch": epoch + 1, "step": self.progress.step, "lr": self.session.lr,
+            "loss": part.get("loss_sum", math.nan) / max(self.progress.batch, 1),
+            "accuracy": val.accuracy if val else None, "val_loss": val.loss if val else None,
+            "train_seconds": seconds, "eval_seconds": time.perf_counter() - started,
+            "images_per_s": part.get("images", 0) / seconds if seconds > 0 else None,
+        }  # fmt: skip
+        self.history.append(row)
+        self.progress = Progress(epoch + 1, 0, self.progress.step)
+        self.partial = {}
+        self.save()
+        self.callbacks.on_epoch_end(row)
+
+    def save(self) -> None:
+        """Checkpoint now, then the metrics that agree with it."""
+        ckpt = capture(
+            self.session, self.progress, self.config, self.fingerprint, self.history,
+            self.partial,
+        )  # fmt: skip
+        save_checkpoint(self.run.checkpoint, ckpt)
+        write_metrics_csv(self.run.metrics, self.history)
+
+
+def train(
+    model_dir: str | Path,
+    data: str,
+    out_dir: str | Path,
+    *,
+    epochs: int = 5,
+    batch_size: int | str = DEFAULT_BATCH,
+    optimizer: str = "sgd",
+    lr: float = 0.01,
+    schedule: str = "constant",
+    codec: str = "q4",
+    val_split: float = 0.1,
+    augment: bool = False,
+    seed: int = 0,
+    budget: str | int | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    label_smoothing: float = 0.0,
+    on_corrupt: str = "skip",
+    plot: bool = True,
+) -> TrainResult:
+    """Train the exported model `model_dir` on `data` into the run directory `out_dir`.
+
+    `epochs` is the total: with `resume` the run in `out_dir` continues from its
+    checkpoint up to it. `batch_size` "auto" takes the largest power of two that fits
+    `budget` (the process's peak memory, e.g. "512MB"); with a budget, a run that cannot
+    fit stops before training with BudgetError. `schedule` is "constant", "cosine" or
+    "step" (x0.1 every third of the run) over all the run's steps, after `warmup_steps`.
+    `val_split` holds out that fraction of the data (stratified, from `seed`) for the
+    per-epoch accuracy; 0 turns validation off. `on_corrupt` "skip" leaves unreadable
+    images out (reported through `Callback.on_warning`), "fail" stops.
+
+    Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss:
+    the last good checkpoint stays) with a message saying what to do; KeyboardInterrupt
+    after saving a checkpoint.
+    """
+    cbs = _Callbacks(callbacks)
+    _check_options(epochs, batch_size, optimizer, lr, schedule, val_split, seed)
+    budget_bytes = parse_size(budget) if budget is not None else None
+    manifest = Manifest.load(model_dir)
+    train_ds, val_ds = _open_data(data, manifest, val_split, seed, on_corrupt)
+    if train_ds.skipped:
+        cbs.on_warning(
+            f"skipped {len(train_ds.skipped)} unreadable image(s) in {data} "
+            f"(first: {train_ds.skipped[0]})"
+        )
+    make = _session_factory(
+        model_dir, optimizer, lr, momentum, weight_decay, codec, label_smoothing, seed,
+        budget_bytes,
+    )  # fmt: skip
+    saved = _saved_config(out_dir, resume)
+    batch, fit = _resolve_batch(batch_size, make, budget_bytes, len(train_ds), saved)
+    session = make(batch)
+    if budget_bytes is not None:
+        fit = check_fits(session, batch, budget_bytes)
+    config = {
+        "data": _data_key(data), "epochs": epochs, "batch_size": batch,
+        "optimizer": optimizer, "lr": lr, "momentum": momentum,
+        "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup_steps,
+        "codec": codec, "val_split": val_split, "augment": augment, "seed": seed,
+        "label_smoothing": label_smoothing,
+    }  # fmt: skip
+    run, ckpt = prepare_run(out_dir, model_dir, config, resume)
+    batches = math.ceil(len(train_ds) / batch)
+    loop = _Loop(
+        session, run, config, model_fingerprint(model_dir), train_ds, val_ds, batch, epochs,
+        _schedule(schedule, lr, epochs, batches, warmup_steps), cbs,
+    )  # fmt: skip
+    if ckpt is not None:
+        loop.resume_from(ckpt)
+        if loop.progress.epoch >= epochs:
+            cbs.on_warning(f"{run.path} has already trained {loop.progress.epoch} epoch(s)")
+    memory = session.memory_report()
+    cbs.on_start(
+        RunInfo(
+            session, run.path, config, epochs, Progress(**vars(loop.progress)), batches,
+            len(train_ds), len(val_ds) if val_ds else 0, memory, fit, ckpt is not None,
+        )
+    )  # fmt: skip
+    _run(loop, plot)
+    return TrainResult(
+        run.path, loop.history, loop.progress, epochs, memory, fit, peak_rss_bytes(),
+        list(train_ds.skipped),
+    )  # fmt: skip
+
+
+def _run(loop: _Loop, plot: bool) -> None:
+    """Run the epochs; on Ctrl-C checkpoint (if no step was cut short) and re-raise."""
+    try:
+        with _deferred_sigint() as interrupts:
+            loop.interrupts = interrupts
+            loop.run_epochs()
+    except KeyboardInterrupt:
+        if loop.consistent:
+            loop.save()
+        raise
+    finally:
+        if plot and loop.history:
+            plot_metrics(loop.run.plot, loop.history)
