@@ -180,7 +180,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def check_matches(path: Path, expected: dict[str, np.ndarray], found: dict[str, np.ndarray], what: str) -> None:  # fmt: skip
+def check_matches(
+    path: Path, expected: dict[str, np.ndarray], found: dict[str, np.ndarray], what: str
+) -> None:
     """Raise CheckpointError unless `found` has exactly the names and shapes of `expected`."""
     if expected.keys() != found.keys():
         missing = sorted(expected.keys() - found.keys())
@@ -221,7 +223,9 @@ def _set_step(session, step: int) -> None:
     session._step = step
 
 
-def capture(session, progress: Progress, config: dict, fingerprint: str, history: list[dict], partial: dict) -> Checkpoint:  # fmt: skip
+def capture(
+    session, progress: Progress, config: dict, fingerprint: str, history: list[dict], partial: dict
+) -> Checkpoint:
     """A checkpoint of `session` now: copies of its tensors and optimizer state."""
     return Checkpoint(
         params={k: v.copy() for k, v in session.parameters().items()},

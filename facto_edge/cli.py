@@ -135,5 +135,155 @@ def export(model, output, input_shape, rank, energy, min_channels, train, bn, no
     click.echo(f"wrote {output} {ort}")
 
 
+DATA_HELP = "Image folder, CIFAR or IDX folder, .npz, or 'digits:'."
+CODECS = ["fp32", "fp16", "q8", "q4", "q2"]
+
+
+def _warn(message: str) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def _batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise FactoEdgeError(
+            f"--batch-size must be a positive integer or 'auto', found {value!r}"
+        ) from None
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, help=DATA_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(), help="The run directory.")
+@click.option("--budget", default=None, help="Peak memory of the process, e.g. 512MB.")
+@click.option("--epochs", default=5, show_default=True, help="Epochs in all, resumed or not.")
+@click.option("--batch-size", default="32", show_default=True, help="N, or auto (fit --budget).")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--lr", default=0.01, show_default=True, help="Base learning rate.")
+@click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option(
+    "--schedule",
+    default="cosine",
+    show_default=True,
+    type=click.Choice(["constant", "cosine", "step"]),
+)
+@click.option("--warmup-steps", default=0, show_default=True)
+@click.option("--codec", default="q4", show_default=True, type=click.Choice(CODECS))
+@click.option("--val-split", default=0.1, show_default=True, help="Fraction held out.")
+@click.option("--augment", is_flag=True, help="Random crop (4-pixel padding), horizontal flip.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--label-smoothing", default=0.0, show_default=True)
+@click.option(
+    "--on-corrupt",
+    default="skip",
+    show_default=True,
+    type=click.Choice(["skip", "fail"]),
+    help="Unreadable images: leave them out (counted) or stop.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
+@friendly_errors
+def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
+    """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
+    from facto_edge.progress import TqdmProgress
+    from facto_edge.report import format_history, format_memory
+    from facto_edge.train import train as train_model
+
+    bar = TqdmProgress(click.echo, _warn)
+    try:
+        result = train_model(
+            model,
+            data,
+            output,
+            epochs=epochs,
+            batch_size=_batch_size(batch_size),
+            budget=budget,
+            resume=resume,
+            callbacks=[bar],
+            **options,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"checkpoint saved in {output}; continue with --resume", err=True)
+        raise
+    finally:
+        bar.close()
+    budget_bytes = result.fit.budget if result.fit else None
+    click.echo(format_history(result.history))
+    click.echo(format_memory(result.memory, budget_bytes, result.peak_rss))
+    click.echo(f"wrote {result.run_dir}/checkpoint.npz, metrics.csv, metrics.png")
+
+
+@main.command(name="eval")
+@click.argument("path", type=click.Path())
+@click.option("--data", required=True, help=DATA_HELP)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "train"]))
+@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--plot",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    help="Write the confusion matrix as a PNG here (alone: RUN_DIR/confusion.png).",
+)
+@friendly_errors
+def eval_(path, data, split, batch_size, plot) -> None:
+    """Accuracy, loss and confusion matrix of PATH (a RUN_DIR or a *.facto) on --data."""
+    from facto_edge.evaluate import evaluate, format_eval
+    from facto_edge.rundir import RunDir
+
+    if plot == "":
+        run = RunDir(Path(path))
+        plot = run.path / "confusion.png" if run.is_run() else Path("confusion.png")
+    result = evaluate(path, data, split=split, batch_size=batch_size, plot=plot)
+    click.echo(format_eval(result))
+    if result.plot:
+        click.echo(f"wrote {result.plot}")
+
+
+@main.command(name="export-onnx")
+@click.argument("path", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--merge", is_flag=True, help="Rebuild each factorized layer into one dense layer.")
+@friendly_errors
+def export_onnx(path, output, merge) -> None:
+    """Write the trained model of PATH (RUN_DIR, or a *.facto) as an inference ONNX model."""
+    from facto_edge.export_onnx import compare_with_runtime
+    from facto_edge.export_onnx import export_onnx as export_trained
+
+    result = export_trained(path, output, merge=merge)
+    form = f"{len(result.merged)} layer(s) merged to dense" if merge else "factorized"
+    click.echo(f"wrote {result.path} ({form}, {result.params:,} parameters)")
+    diff = compare_with_runtime(result.path, path)
+    if diff is not None:
+        click.echo(f"onnxruntime agrees with the runtime: max |logit difference| {diff:.2e}")
+
+
+@main.command()
+@click.option("--budget", default="256MB", show_default=True, help="Peak memory of training.")
+@click.option("-o", "--output", default="facto-demo", show_default=True, type=click.Path())
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@friendly_errors
+def demo(budget, output, epochs, seed) -> None:
+    """The whole flow on scikit-learn's handwritten digits: zoo, pretrain, export, train
+    inside --budget, evaluate; ends with accuracy and memory against the budget."""
+    from facto_edge.demo import format_report, run_demo
+    from facto_edge.progress import TqdmProgress
+
+    def say(msg: str) -> None:
+        click.echo(f"... {msg}", err=True)
+
+    bar = TqdmProgress(say, _warn)
+    try:
+        report = run_demo(output, budget=budget, epochs=epochs, seed=seed, callbacks=[bar], say=say)
+    finally:
+        bar.close()
+    click.echo(format_report(report))
+
+
 if __name__ == "__main__":
     main()

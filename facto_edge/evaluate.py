@@ -127,5 +127,6 @@ def format_eval(result: EvalResult) -> str:
         cells = "".join(f"{n:>{width}}" for n in result.confusion[i])
         lines.append(f"{result.classes[i]:>{width}}{cells}")
     if result.skipped:
-        lines.append(f"skipped {len(result.skipped)} unreadable image(s), first {result.skipped[0]}")
+        skipped = result.skipped
+        lines.append(f"skipped {len(skipped)} unreadable image(s), first {skipped[0]}")
     return "\n".join(lines)

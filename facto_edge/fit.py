@@ -73,7 +73,20 @@ def fit_batch_size(make_session: SessionFactory, budget: int, max_batch: int) ->
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far, in bytes (0 where unknown)."""
+    """This process's peak resident set size so far, in bytes (0 where unknown).
+
+    On Linux it is VmHWM of /proc/self/status, the high-water mark of this program's
+    memory. getrusage's ru_maxrss is the fallback elsewhere; on Linux it would also carry
+    the peak of the process that forked this one (it survives fork and exec), which
+    misstates a child spawned by a big parent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:

@@ -154,7 +154,9 @@ def _resume(run: RunDir, config: dict, fingerprint: str) -> Checkpoint:
     return ckpt
 
 
-def prepare_run(out_dir: str | Path, model_dir: str | Path, config: dict, resume: bool) -> tuple[RunDir, Checkpoint | None]:  # fmt: skip
+def prepare_run(
+    out_dir: str | Path, model_dir: str | Path, config: dict, resume: bool
+) -> tuple[RunDir, Checkpoint | None]:
     """Check and set up the run directory: the checkpoint to resume from, or None for a
     new run. Raises CheckpointError, having written nothing, when the directory holds
     another run, or (with `resume`) no run, a corrupt checkpoint or a mismatched one."""

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from facto_edge.checkpoint import Checkpoint, Progress, capture, restore, save_c
 from facto_edge.data import iterate_batches, open_for_model, split_validation
 from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
-from facto_edge.errors import DataError, FactoEdgeError, NumericalError
+from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
 from facto_edge.fit import Fit, check_fits, fit_batch_size, peak_rss_bytes
 from facto_edge.manifest import Manifest
@@ -176,28 +176,63 @@ def _deferred_sigint() -> Iterator[_Interrupts]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _check_options(epochs: int, batch_size: int | str, optimizer: str, lr: float, schedule: str, val_split: float, seed: int) -> None:  # fmt: skip
-    if not isinstance(epochs, int) or epochs < 1:
-        raise FactoEdgeError(f"epochs must be a positive integer, found {epochs!r}")
-    if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
-        raise FactoEdgeError(f"batch size must be a positive integer or 'auto', found {batch_size!r}")  # fmt: skip
-    if optimizer not in OPTIMIZERS:
-        raise FactoEdgeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, found {optimizer!r}")  # fmt: skip
-    if not (math.isfinite(lr) and lr > 0):
-        raise FactoEdgeError(f"learning rate must be a finite number > 0, found {lr!r}")
-    if schedule not in SCHEDULES:
-        raise FactoEdgeError(f"schedule must be one of {', '.join(SCHEDULES)}, found {schedule!r}")  # fmt: skip
-    if not 0 <= val_split < 1:
-        raise FactoEdgeError(f"validation split must lie in [0, 1), found {val_split!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise FactoEdgeError(f"seed must be a non-negative integer, found {seed!r}")
+@dataclass(frozen=True)
+class TrainConfig:
+    """The options that define a run; a resume must repeat them (`epochs` may change).
+    `batch_size` is "auto" only until the run resolves it."""
+
+    data: str
+    epochs: int
+    batch_size: int | str
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+    codec: str
+    val_split: float
+    augment: bool
+    seed: int
+    label_smoothing: float
+
+    def check(self) -> None:
+        """Raise FactoEdgeError naming the first option that makes no run."""
+        _require(
+            _is_int(self.epochs) and self.epochs >= 1, "epochs", "a positive integer", self.epochs
+        )
+        ok = self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)
+        _require(ok, "batch size", "a positive integer or 'auto'", self.batch_size)
+        _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+        ok = isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0
+        _require(ok, "learning rate", "a finite number > 0", self.lr)
+        _require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", self.schedule)
+        ok = _is_int(self.warmup_steps) and self.warmup_steps >= 0
+        _require(ok, "warmup steps", "an integer >= 0", self.warmup_steps)
+        _require(
+            0 <= self.val_split < 1, "validation split", "a fraction in [0, 1)", self.val_split
+        )
+        _require(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def _open_data(data: str, manifest: Manifest, val_split: float, seed: int, on_corrupt: str) -> tuple[Dataset, Dataset | None]:  # fmt: skip
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _require(ok: bool, what: str, expected: str, found: object) -> None:
+    if not ok:
+        raise FactoEdgeError(f"{what} must be {expected}, found {found!r}")
+
+
+def _open_data(data: str, manifest: Manifest, cfg: TrainConfig, on_corrupt: str):
+    """(training set, validation set or None) of `data`, checked against the model."""
     ds = open_for_model(data, manifest, split="train", on_corrupt=on_corrupt)
-    if val_split == 0:
+    if cfg.val_split == 0:
         return ds, None
-    return split_validation(ds, val_split, seed)
+    return split_validation(ds, cfg.val_split, cfg.seed)
 
 
 def _data_key(data: str) -> str:
@@ -205,9 +240,9 @@ def _data_key(data: str) -> str:
     return data if data.lower() in DIGITS_NAMES else str(Path(data).resolve())
 
 
-def _session_factory(model_dir, optimizer: str, lr: float, momentum: float, weight_decay: float, codec: str, label_smoothing: float, seed: int, budget: int | None):  # fmt: skip
-    """`make(batch_size)` building sessions with these options (and the budget, where the
-    session takes one)."""
+def _session_factory(model_dir: str | Path, cfg: TrainConfig, budget: int | None):
+    """`make(batch_size)` building sessions with the run's options (and the budget, where
+    the session takes one)."""
     from facto_edge.runtime import TrainingSession
 
     extra = {}
@@ -216,18 +251,20 @@ def _session_factory(model_dir, optimizer: str, lr: float, momentum: float, weig
 
     def make(batch_size: int):
         return TrainingSession(
-            model_dir, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, codec=codec, label_smoothing=label_smoothing,
-            seed=seed, **extra,
+            model_dir, batch_size=batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
+            label_smoothing=cfg.label_smoothing, seed=cfg.seed, **extra,
         )  # fmt: skip
 
     return make
 
 
-def _resolve_batch(batch_size: int | str, make, budget: int | None, n_train: int, saved: dict | None) -> tuple[int, Fit | None]:  # fmt: skip
-    if batch_size != "auto":
-        return batch_size, None
-    if saved is not None:
+def _resolve_batch(cfg: TrainConfig, make, budget: int | None, n_train: int, saved: dict | None):
+    """(batch size, budget fit or None): "auto" is the saved run's size on resume, the
+    largest that fits the budget, or DEFAULT_BATCH without one."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size, None
+    if saved is not None and "batch_size" in saved:
         return int(saved["batch_size"]), None
     if budget is None:
         return min(DEFAULT_BATCH, n_train), None
@@ -235,19 +272,19 @@ def _resolve_batch(batch_size: int | str, make, budget: int | None, n_train: int
     return fit.batch_size, fit
 
 
-def _saved_config(out_dir, resume: bool) -> dict | None:
+def _saved_config(out_dir: str | Path, resume: bool) -> dict | None:
     run = RunDir(Path(out_dir))
     return run.read_run().get("config") if resume and run.is_run() else None
 
 
-def _schedule(name: str, lr: float, epochs: int, batches: int, warmup_steps: int):
+def _schedule(cfg: TrainConfig, batches: int):
+    """The learning rate per step over the whole run ("step": x0.1 every third)."""
     from facto_edge.runtime.schedules import make_schedule
 
-    total = epochs * batches
-    if name == "step":
-        step_size = batches * max(1, epochs // 3)
-        return make_schedule(name, lr, total, warmup_steps=warmup_steps, step_size=step_size)
-    return make_schedule(name, lr, total, warmup_steps=min(warmup_steps, total))
+    total = cfg.epochs * batches
+    step_size = batches * max(1, cfg.epochs // 3) if cfg.schedule == "step" else None
+    warmup = min(cfg.warmup_steps, total)
+    return make_schedule(cfg.schedule, cfg.lr, total, warmup_steps=warmup, step_size=step_size)
 
 
 @dataclass
@@ -256,13 +293,10 @@ class _Loop:
 
     session: Any
     run: RunDir
-    config: dict
+    cfg: TrainConfig
     fingerprint: str
     train_ds: Dataset
     val_ds: Dataset | None
-    batch_size: int
-    epochs: int
-    schedule: Any
     callbacks: _Callbacks
     progress: Progress = field(default_factory=Progress)
     history: list[dict] = field(default_factory=list)
@@ -270,20 +304,21 @@ class _Loop:
     consistent: bool = True
     interrupts: _Interrupts = field(default_factory=_Interrupts)
 
-    @property
-    def batches(self) -> int:
-        return math.ceil(len(self.train_ds) / self.batch_size)
+    def __post_init__(self) -> None:
+        self.batch_size = int(self.cfg.batch_size)
+        self.batches = math.ceil(len(self.train_ds) / self.batch_size)
+        self.schedule = _schedule(self.cfg, self.batches)
 
     def resume_from(self, ckpt: Checkpoint) -> None:
         restore(self.session, ckpt, self.run.checkpoint)
         self.progress, self.history, self.partial = ckpt.progress, ckpt.history, ckpt.partial
 
     def run_epochs(self) -> None:
-        for epoch in range(self.progress.epoch, self.epochs):
+        for epoch in range(self.progress.epoch, self.cfg.epochs):
             self.callbacks.on_epoch_start(epoch, self.batches)
             batches = iterate_batches(
-                self.train_ds, self.batch_size, shuffle=True, seed=self.config["seed"],
-                epoch=epoch, augment=self.config["augment"], reuse=True,
+                self.train_ds, self.batch_size, shuffle=True, seed=self.cfg.seed,
+                epoch=epoch, augment=self.cfg.augment, reuse=True,
             )  # fmt: skip
             for b, (x, y) in enumerate(batches):
                 if b >= self.progress.batch:
@@ -343,7 +378,7 @@ class _Loop:
     def save(self) -> None:
         """Checkpoint now, then the metrics that agree with it."""
         ckpt = capture(
-            self.session, self.progress, self.config, self.fingerprint, self.history,
+            self.session, self.progress, self.cfg.to_dict(), self.fingerprint, self.history,
             self.partial,
         )  # fmt: skip
         save_checkpoint(self.run.checkpoint, ckpt)
@@ -390,37 +425,28 @@ def train(
     after saving a checkpoint.
     """
     cbs = _Callbacks(callbacks)
-    _check_options(epochs, batch_size, optimizer, lr, schedule, val_split, seed)
+    cfg = TrainConfig(
+        _data_key(data), epochs, batch_size, optimizer, lr, momentum, weight_decay,
+        schedule, warmup_steps, codec, val_split, augment, seed, label_smoothing,
+    )  # fmt: skip
+    cfg.check()
     budget_bytes = parse_size(budget) if budget is not None else None
     manifest = Manifest.load(model_dir)
-    train_ds, val_ds = _open_data(data, manifest, val_split, seed, on_corrupt)
+    train_ds, val_ds = _open_data(data, manifest, cfg, on_corrupt)
     if train_ds.skipped:
         cbs.on_warning(
             f"skipped {len(train_ds.skipped)} unreadable image(s) in {data} "
             f"(first: {train_ds.skipped[0]})"
         )
-    make = _session_factory(
-        model_dir, optimizer, lr, momentum, weight_decay, codec, label_smoothing, seed,
-        budget_bytes,
-    )  # fmt: skip
+    make = _session_factory(model_dir, cfg, budget_bytes)
     saved = _saved_config(out_dir, resume)
-    batch, fit = _resolve_batch(batch_size, make, budget_bytes, len(train_ds), saved)
+    batch, fit = _resolve_batch(cfg, make, budget_bytes, len(train_ds), saved)
+    cfg = replace(cfg, batch_size=batch)
     session = make(batch)
     if budget_bytes is not None:
         fit = check_fits(session, batch, budget_bytes)
-    config = {
-        "data": _data_key(data), "epochs": epochs, "batch_size": batch,
-        "optimizer": optimizer, "lr": lr, "momentum": momentum,
-        "weight_decay": weight_decay, "schedule": schedule, "warmup_steps": warmup_steps,
-        "codec": codec, "val_split": val_split, "augment": augment, "seed": seed,
-        "label_smoothing": label_smoothing,
-    }  # fmt: skip
-    run, ckpt = prepare_run(out_dir, model_dir, config, resume)
-    batches = math.ceil(len(train_ds) / batch)
-    loop = _Loop(
-        session, run, config, model_fingerprint(model_dir), train_ds, val_ds, batch, epochs,
-        _schedule(schedule, lr, epochs, batches, warmup_steps), cbs,
-    )  # fmt: skip
+    run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
+    loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
     if ckpt is not None:
         loop.resume_from(ckpt)
         if loop.progress.epoch >= epochs:
@@ -428,8 +454,9 @@ def train(
     memory = session.memory_report()
     cbs.on_start(
         RunInfo(
-            session, run.path, config, epochs, Progress(**vars(loop.progress)), batches,
-            len(train_ds), len(val_ds) if val_ds else 0, memory, fit, ckpt is not None,
+            session, run.path, cfg.to_dict(), epochs, Progress(**vars(loop.progress)),
+            loop.batches, len(train_ds), len(val_ds) if val_ds else 0, memory, fit,
+            ckpt is not None,
         )
     )  # fmt: skip
     _run(loop, plot)

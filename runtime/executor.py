@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .bound import F32, U8, Bound, Site, logical, stored_shape
 from .graph import Schedule
-from .ops import F32, U8, Bound, OpDef, Site, logical, lookup, stored_shape
+from .ops import OpDef, lookup
 from .shapes import Shape
 
 Alloc = Callable[[str, Shape, np.dtype, str], np.ndarray]
@@ -95,7 +96,10 @@ class Executor:
 
     def _grad_buffers(self, schedule, sites, params, root: str, alloc: Alloc) -> dict:
         wanted = [root] + [
-            v for n in schedule.backward for v, f in zip(n.inputs, sites[n.name].need) if f
+            v
+            for n in schedule.backward
+            for v, f in zip(n.inputs, sites[n.name].need, strict=True)
+            if f
         ]
         grads = {}
         for v in dict.fromkeys(wanted):
@@ -125,7 +129,7 @@ class Executor:
         """Bind gradients, scratch for shared gradients, and saved buffers of one node."""
         b, node = st.b, st.b.site.node
         b.gy = self.grads[node.outputs[0]]
-        b.gx = [self.grads[v] if f else None for v, f in zip(node.inputs, b.site.need)]
+        b.gx = [self.grads[v] if f else None for v, f in zip(node.inputs, b.site.need, strict=True)]
         for i in shared:
             st.accumulate.append((b.ws[f"acc{i}"], b.gx[i]))
             b.gx[i] = b.ws[f"acc{i}"]

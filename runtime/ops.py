@@ -10,36 +10,33 @@ Flatten and Reshape keep nothing. ONNX `Constant` nodes are folded into initiali
 the graph loads, so they need no entry.
 
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
-executor sums the gradients of tensors used more than once.
-
-Layout: a rank-4 activation (and its gradient) is stored channel-major, [C, N, H, W],
-the NCHW tensor with its first two axes swapped, so that convolutions see the whole
-batch as one matrix (see kernels/conv.py). Initializers keep their ONNX layout. Shapes
-in a `Site` are the logical (ONNX) ones; `Bound.x`, `y`, `gx`, `gy` hold the stored
-arrays, and `logical()` gives the ONNX view of one.
+executor sums the gradients of tensors used more than once. Buffers and their layout are
+described in bound.py; data movement lives in ops_movement.py, BatchNormalization in
+ops_batchnorm.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import ops_batchnorm as bn
+from . import ops_movement as mv
 from . import shapes
+from .bound import F32, U8, Bound, Saved, Site, Workspace, keep_input, logical, opt, stored_shape
 from .codecs import (
     argmax_decode,
     argmax_encode,
     argmax_nbytes,
     mask_apply,
-    mask_encode,
     mask_nbytes,
 )
 from .graph import Node
-from .kernels import bn as bnk
-from .kernels.conv import channel_sum, conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd
-from .kernels.elementwise import reduce_to
+from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd
+from .kernels.elementwise import clip_mask_fwd, reduce_to
 from .kernels.gemm import gemm_bwd, gemm_fwd, matmul_bwd_operand
 from .kernels.loss import softmax_xent_bwd, softmax_xent_fwd
 from .kernels.pool import (
@@ -51,109 +48,6 @@ from .kernels.pool import (
     maxpool_fwd,
 )
 from .shapes import Shape, geometry
-
-F32, U8 = np.dtype(np.float32), np.dtype(np.uint8)
-
-
-@dataclass(frozen=True)
-class Saved:
-    """One thing backward keeps: input `source` through the codec (key ``in{source}``),
-    or `nbytes` raw bytes that the op writes itself."""
-
-    key: str
-    source: int | None = None
-    nbytes: int = 0
-
-
-def keep_input(i: int) -> Saved:
-    """Keep input i for backward, through the codec."""
-    return Saved(f"in{i}", source=i)
-
-
-def channel_major(shape: Shape | None, persistent: bool = False) -> bool:
-    """Whether a tensor of this logical shape is stored [C, N, H, W]: rank-4 activations."""
-    return shape is not None and len(shape) == 4 and not persistent
-
-
-def stored_shape(shape: Shape, persistent: bool = False) -> Shape:
-    """The shape a tensor of this logical shape is stored with."""
-    return (shape[1], shape[0], *shape[2:]) if channel_major(shape, persistent) else shape
-
-
-def logical(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
-    """The ONNX (NCHW) view of a stored array."""
-    return a.swapaxes(0, 1) if stored_channel_major else a
-
-
-def _as_channel_major(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
-    """A view of `a` to combine elementwise with rank-4 channel-major arrays: lower ranks
-    are broadcast up to 4 (numpy rules) and their first two axes swapped."""
-    if stored_channel_major:
-        return a
-    return a.reshape((1,) * (4 - a.ndim) + a.shape).swapaxes(0, 1)
-
-
-@dataclass(frozen=True, eq=False)
-class Site:
-    """A node with its input/output shapes (None for absent inputs), the values of its
-    initializer inputs (None elsewhere) and which inputs need a gradient."""
-
-    node: Node
-    ins: tuple[Shape | None, ...]
-    outs: tuple[Shape, ...]
-    consts: tuple[np.ndarray | None, ...]
-    need: tuple[bool, ...]
-
-    def cm_in(self, i: int) -> bool:
-        """Whether input i is stored channel-major."""
-        return channel_major(self.ins[i], i in self.node.persistent)
-
-    def cm_out(self, i: int = 0) -> bool:
-        """Whether output i is stored channel-major."""
-        return channel_major(self.outs[i])
-
-
-@dataclass(eq=False)
-class Bound:
-    """A node bound to its buffers: inputs x, outputs y, gradient targets gx (None where
-    not needed), output gradient gy, saved tensors and workspace, by key."""
-
-    site: Site
-    x: list[np.ndarray | None]
-    y: list[np.ndarray | None]
-    gx: list[np.ndarray | None] = field(default_factory=list)
-    gy: np.ndarray | None = None
-    saved: dict[str, np.ndarray] = field(default_factory=dict)
-    ws: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def input(self, i: int) -> np.ndarray | None:
-        """Input i as forward saw it: its decoded copy when backward kept one."""
-        return self.saved.get(f"in{i}", _opt(self.x, i))
-
-    def lx(self, i: int) -> np.ndarray:
-        """Logical (ONNX) view of input i."""
-        return logical(self.x[i], self.site.cm_in(i))
-
-    def ly(self, i: int = 0) -> np.ndarray:
-        """Logical view of output i."""
-        return logical(self.y[i], self.site.cm_out(i))
-
-    def lgx(self, i: int) -> np.ndarray:
-        """Logical view of the gradient of input i."""
-        return logical(self.gx[i], self.site.cm_in(i))
-
-    def lgy(self) -> np.ndarray:
-        """Logical view of the gradient of output 0."""
-        return logical(self.gy, self.site.cm_out(0))
-
-    def like_output(self, i: int, a: np.ndarray) -> np.ndarray:
-        """`a`, input i or its gradient, viewed to combine elementwise with output 0."""
-        if len(self.site.outs[0]) != 4:
-            return a
-        return _as_channel_major(a, self.site.cm_in(i))
-
-
-Workspace = dict[str, tuple[Shape, np.dtype]]
 
 
 def _nothing(site: Site) -> tuple[Saved, ...]:
@@ -173,10 +67,6 @@ class OpDef:
     backward: Callable[[Bound], None]
     saved: Callable[[Site], tuple[Saved, ...]] = _nothing
     workspace: Callable[[Site], Workspace] = _no_workspace
-
-
-def _opt(seq: list, i: int):
-    return seq[i] if i < len(seq) else None
 
 
 def _keep_operands(site: Site) -> tuple[Saved, ...]:
@@ -209,11 +99,11 @@ def _conv_ws(site: Site) -> Workspace:
 
 
 def _conv_fwd(b: Bound, training: bool) -> None:
-    conv2d_fwd(b.x[0], b.x[1], _opt(b.x, 2), b.y[0], b.ws.get("cols"), _conv_geom(b.site))
+    conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws.get("cols"), _conv_geom(b.site))
 
 
 def _conv_bwd(b: Bound) -> None:
-    g, gb = _conv_geom(b.site), _opt(b.gx, 2)
+    g, gb = _conv_geom(b.site), opt(b.gx, 2)
     if b.gx[1] is not None or gb is not None:
         conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws.get("cols"), g)
     if b.gx[0] is not None:
@@ -229,12 +119,12 @@ def _gemm_args(node: Node) -> tuple[float, float, bool, bool]:
 
 
 def _gemm_fwd(b: Bound, training: bool) -> None:
-    gemm_fwd(b.x[0], b.x[1], _opt(b.x, 2), b.y[0], *_gemm_args(b.site.node))
+    gemm_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], *_gemm_args(b.site.node))
 
 
 def _gemm_bwd(b: Bound) -> None:
     args = _gemm_args(b.site.node)
-    gemm_bwd(b.gy, b.input(0), b.input(1), b.gx[0], b.gx[1], _opt(b.gx, 2), *args)
+    gemm_bwd(b.gy, b.input(0), b.input(1), b.gx[0], b.gx[1], opt(b.gx, 2), *args)
 
 
 def _matmul_ws(site: Site) -> Workspace:
@@ -293,23 +183,13 @@ def _mul_bwd(b: Bound) -> None:
             reduce_to(prod, g)
 
 
-def _relu_fwd(b: Bound, training: bool) -> None:
-    np.maximum(b.x[0], np.float32(0.0), out=b.y[0])
-    if training and "mask" in b.saved:
-        mask_encode(b.x[0], b.saved["mask"])
-
-
-def _clip_bounds(site: Site) -> tuple[float, float]:
-    lo = shapes.const(site.node, site.consts, 1, "min")
-    hi = shapes.const(site.node, site.consts, 2, "max")
-    return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
-
-
 def _clip_fwd(b: Bound, training: bool) -> None:
-    lo, hi = _clip_bounds(b.site)
-    np.clip(b.x[0], np.float32(lo), np.float32(hi), out=b.y[0])
+    s = b.site
+    lo, hi = (0.0, math.inf) if s.node.op_type == "Relu" else shapes.clip_bounds(s.node, s.consts)
     if training and "mask" in b.saved:
-        mask_encode(b.x[0], b.saved["mask"], lo, hi)
+        clip_mask_fwd(b.x[0].reshape(-1), b.y[0].reshape(-1), b.saved["mask"], lo, hi)
+    else:
+        np.clip(b.x[0], np.float32(lo), np.float32(hi), out=b.y[0])
 
 
 def _mask_bwd(b: Bound) -> None:
@@ -367,138 +247,6 @@ def _gap_bwd(b: Bound) -> None:
     global_avgpool_bwd(b.gy, b.gx[0])
 
 
-# Data movement: Flatten, Reshape, Identity, Dropout, Pad, Slice, Concat ------------------
-
-
-def _copy_reshaped(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst = src reshaped (logical views), reshaping whichever side is contiguous."""
-    if dst.shape == src.shape:
-        np.copyto(dst, src)
-    elif dst.flags.c_contiguous:
-        np.copyto(dst.reshape(src.shape), src)
-    else:
-        np.copyto(dst, src.reshape(dst.shape))
-
-
-def _copy_fwd(b: Bound, training: bool) -> None:
-    _copy_reshaped(b.ly(), b.lx(0))
-
-
-def _copy_bwd(b: Bound) -> None:
-    _copy_reshaped(b.lgx(0), b.lgy())
-
-
-def _pad_fwd(b: Bound, training: bool) -> None:
-    _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
-    value = shapes.const(b.site.node, b.site.consts, 2, "constant_value")
-    b.y[0].fill(0.0 if value is None else float(value))
-    np.copyto(b.ly()[dst], b.lx(0)[src])
-
-
-def _pad_bwd(b: Bound) -> None:
-    _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
-    b.gx[0].fill(0.0)
-    np.copyto(b.lgx(0)[src], b.lgy()[dst])
-
-
-def _slice_fwd(b: Bound, training: bool) -> None:
-    _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
-    np.copyto(b.ly(), b.lx(0)[index])
-
-
-def _slice_bwd(b: Bound) -> None:
-    _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
-    b.gx[0].fill(0.0)
-    np.copyto(b.lgx(0)[index], b.lgy())
-
-
-def _concat_parts(b: Bound):
-    axis = b.site.node.attrs["axis"] % len(b.site.outs[0])
-    start = 0
-    for i, shape in enumerate(b.site.ins):
-        yield i, (slice(None),) * axis + (slice(start, start + shape[axis]),)
-        start += shape[axis]
-
-
-def _concat_fwd(b: Bound, training: bool) -> None:
-    for i, index in _concat_parts(b):
-        np.copyto(b.ly()[index], b.lx(i))
-
-
-def _concat_bwd(b: Bound) -> None:
-    for i, index in _concat_parts(b):
-        if b.gx[i] is not None:
-            np.copyto(b.lgx(i), b.lgy()[index])
-
-
-# BatchNormalization ----------------------------------------------------------------------
-
-
-def _bn_batch(site: Site) -> bool:
-    return bool(site.node.attrs.get("training_mode", 0))
-
-
-def _bn_saved(site: Site) -> tuple[Saved, ...]:
-    if _bn_batch(site):
-        return keep_input(0), Saved("stats", nbytes=8 * site.ins[0][1])
-    return (keep_input(0),) if site.need[1] else ()
-
-
-def _bn_ws(site: Site) -> Workspace:
-    return {"stats": ((2, site.ins[0][1]), F32), "bgrads": ((2, site.ins[0][1]), F32)}
-
-
-def _channels(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
-    """[A, C, B] view of a stored tensor whose channels are logical axis 1."""
-    if stored_channel_major:
-        return a.reshape(1, a.shape[0], -1)
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
-
-def _running_stats(b: Bound) -> np.ndarray:
-    """(mean, 1/sqrt(var + eps)) of the node's mean and variance inputs, in workspace."""
-    st = b.ws["stats"]
-    np.copyto(st[0], b.x[3])
-    bnk.invstd_of(b.x[4], b.site.node.attrs.get("epsilon", 1e-5), st[1])
-    return st
-
-
-def _bn_fwd(b: Bound, training: bool) -> None:
-    a = b.site.node.attrs
-    cm = b.site.cm_in(0)
-    x3, y3 = _channels(b.x[0], cm), _channels(b.y[0], cm)
-    if not (training and _bn_batch(b.site)):
-        st = _running_stats(b)
-        bnk.bn_fwd(x3, b.x[1], b.x[2], st[0], st[1], y3)
-        return
-    st = b.saved["stats"].view(np.float32).reshape(2, -1) if "stats" in b.saved else b.ws["stats"]
-    eps = a.get("epsilon", 1e-5)
-    bnk.batch_stats(x3, eps, st)
-    bnk.bn_fwd(x3, b.x[1], b.x[2], st[0], st[1], y3)
-    if len(b.y) == 3 and b.y[1] is not None and b.y[2] is not None:
-        bnk.running_update(st, eps, a.get("momentum", 0.9), b.x[3], b.x[4], b.y[1], b.y[2])
-
-
-def _bn_bwd(b: Bound) -> None:
-    batch = _bn_batch(b.site)
-    st = b.saved["stats"].view(np.float32).reshape(2, -1) if batch else _running_stats(b)
-    cm = b.site.cm_in(0)
-    gy3 = _channels(b.gy, cm)
-    spare = b.ws["bgrads"]
-    gscale = _opt(b.gx, 1) if _opt(b.gx, 1) is not None else spare[0]
-    gbias = _opt(b.gx, 2) if _opt(b.gx, 2) is not None else spare[1]
-    gx3 = _channels(b.gx[0], cm) if b.gx[0] is not None else gy3  # gy3: never written then
-    need = tuple(_opt(b.gx, i) is not None for i in range(3))
-    if batch or need[1]:
-        x3 = _channels(b.input(0), cm)
-        bnk.bn_bwd(gy3, x3, b.x[1], st[0], st[1], batch, gx3, gscale, gbias, need)
-        return
-    if need[2]:
-        channel_sum(gy3, gbias)
-    if need[0]:
-        bnk.channel_scale(gy3, b.x[1], st[1], gx3)
-
-
 # Loss ------------------------------------------------------------------------------------
 
 
@@ -542,19 +290,19 @@ OPS: dict[str, OpDef] = {
     "MatMul": OpDef(shapes.matmul, _matmul_fwd, _matmul_bwd, _keep_operands, _matmul_ws),
     "Add": OpDef(shapes.broadcast, _add_fwd, _add_bwd),
     "Mul": OpDef(shapes.broadcast, _mul_fwd, _mul_bwd, _keep_operands, _mul_ws),
-    "Relu": OpDef(shapes.same, _relu_fwd, _mask_bwd, _keep_mask),
-    "Clip": OpDef(shapes.same, _clip_fwd, _mask_bwd, _keep_mask),
+    "Relu": OpDef(shapes.same, _clip_fwd, _mask_bwd, _keep_mask),
+    "Clip": OpDef(shapes.clip, _clip_fwd, _mask_bwd, _keep_mask),
     "MaxPool": OpDef(shapes.pool, _maxpool_fwd, _maxpool_bwd, _maxpool_saved, _maxpool_ws),
     "AveragePool": OpDef(shapes.pool, _avgpool_fwd, _avgpool_bwd),
     "GlobalAveragePool": OpDef(shapes.global_pool, _gap_fwd, _gap_bwd),
-    "Flatten": OpDef(shapes.flatten, _copy_fwd, _copy_bwd),
-    "Reshape": OpDef(shapes.reshape, _copy_fwd, _copy_bwd),
-    "Identity": OpDef(shapes.same, _copy_fwd, _copy_bwd),
-    "Dropout": OpDef(shapes.same, _copy_fwd, _copy_bwd),
-    "Pad": OpDef(shapes.pad, _pad_fwd, _pad_bwd),
-    "Slice": OpDef(shapes.slice_, _slice_fwd, _slice_bwd),
-    "Concat": OpDef(shapes.concat, _concat_fwd, _concat_bwd),
-    "BatchNormalization": OpDef(shapes.batchnorm, _bn_fwd, _bn_bwd, _bn_saved, _bn_ws),
+    "Flatten": OpDef(shapes.flatten, mv.copy_fwd, mv.copy_bwd),
+    "Reshape": OpDef(shapes.reshape, mv.copy_fwd, mv.copy_bwd),
+    "Identity": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd),
+    "Dropout": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd),
+    "Pad": OpDef(shapes.pad, mv.pad_fwd, mv.pad_bwd),
+    "Slice": OpDef(shapes.slice_, mv.slice_fwd, mv.slice_bwd),
+    "Concat": OpDef(shapes.concat, mv.concat_fwd, mv.concat_bwd),
+    "BatchNormalization": OpDef(shapes.batchnorm, bn.fwd, bn.bwd, bn.saved, bn.workspace),
     "SoftmaxCrossEntropyLoss": OpDef(shapes.xent, _xent_fwd, _xent_bwd, _xent_saved, _xent_ws),
 }
 

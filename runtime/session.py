@@ -21,11 +21,11 @@ import numpy as np
 
 from facto_edge.errors import DataError, DeviceError, FactoEdgeError
 
+from .bound import F32
 from .codecs import get_codec
 from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels.elementwise import count_nonfinite
-from .ops import F32
 from .optimizers import make_optimizer
 
 LABELS, LOSS = "facto:labels", "facto:loss"

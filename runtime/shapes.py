@@ -93,6 +93,22 @@ def same(node: Node, ins: list, consts: list) -> list[Shape]:
     return [ins[0]]
 
 
+def clip_bounds(node: Node, consts: list) -> tuple[float, float]:
+    """(min, max) of a Clip node, from its constant inputs (-inf, inf where absent)."""
+    bounds = []
+    for i, what, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        v = const(node, consts, i, what)
+        if v is not None and v.size != 1:
+            raise unsupported(node, f"{what} must be a scalar, found shape {v.shape}")
+        bounds.append(default if v is None else float(v.reshape(())))
+    return bounds[0], bounds[1]
+
+
+def clip(node: Node, ins: list, consts: list) -> list[Shape]:
+    clip_bounds(node, consts)
+    return [ins[0]]
+
+
 def broadcast(node: Node, ins: list, consts: list) -> list[Shape]:
     try:
         return [tuple(np.broadcast_shapes(ins[0], ins[1]))]

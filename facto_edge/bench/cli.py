@@ -1,5 +1,5 @@
-"""The `bench` click command. The lead registers it with `main.add_command(bench)`;
-tools/bench.py runs it stand-alone."""
+"""The `bench` command: `facto-edge bench` (added to the CLI group in facto_edge/cli.py),
+or stand-alone as `python tools/bench.py`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 
 import click
 
+from facto_edge.bench.protocol import DEFAULT_MODELS, SYSTEMS
 from facto_edge.budget import parse_size
 from facto_edge.errors import FactoEdgeError
-
-DEFAULT_MODELS = "resnet18_cifar,mobilenetv2_cifar,vgg11_bn_cifar"
-DEFAULT_SYSTEMS = "pytorch-dense,pytorch-factorized,ort-training,facto-edge"
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -29,20 +27,12 @@ def _ints(value: str, option: str) -> tuple[int, ...]:
         raise FactoEdgeError(f"{option} takes comma-separated integers, found {value!r}") from None
 
 
-def _shape(value: str) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(v) for v in value.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3:
-        raise FactoEdgeError(f"--input-shape must look like 3x32x32 (CxHxW), found {value!r}")
-    return shape  # type: ignore[return-value]
-
-
 def _command_line() -> str:
-    """The command as typed: click's command path, then the arguments after it."""
-    words = click.get_current_context().command_path.split()
-    return shlex.join([*words, *sys.argv[len(words) :]])
+    """The command as typed: `facto-edge bench ...`, or `python tools/bench.py ...`."""
+    ctx = click.get_current_context()
+    words = ctx.command_path.split()
+    head = words if ctx.parent else ["python", sys.argv[0]]
+    return shlex.join([*head, *sys.argv[len(words) :]])
 
 
 def _progress(done: int, total: int, text: str) -> None:
@@ -51,9 +41,12 @@ def _progress(done: int, total: int, text: str) -> None:
 
 @click.command()
 @click.option(
-    "--models", default=DEFAULT_MODELS, show_default=True, help="Zoo models, comma-separated."
+    "--models",
+    default=",".join(DEFAULT_MODELS),
+    show_default=True,
+    help="Zoo models, comma-separated.",
 )
-@click.option("--systems", default=DEFAULT_SYSTEMS, show_default=True, help="Systems to compare.")
+@click.option("--systems", default=",".join(SYSTEMS), show_default=True, help="Systems to compare.")
 @click.option("--batch", default=32, show_default=True, help="Batch size of the main figures.")
 @click.option("--rank", default=0.25, show_default=True, help="Export rank (fraction of channels).")
 @click.option(
@@ -118,7 +111,9 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
     Writes Markdown tables and PNG plots."""
     from facto_edge.bench import BenchConfig, run_bench, write_outputs
     from facto_edge.bench.driver import BenchResult
-    from facto_edge.cli import friendly_errors
+
+    # Imported here: facto_edge.cli imports this module to register the command.
+    from facto_edge.cli import friendly_errors, parse_shape
 
     @friendly_errors
     def go() -> None:
@@ -127,7 +122,7 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
         else:
             cfg = BenchConfig(
                 models=_names(models), systems=_names(systems), batch=batch, rank=rank,
-                codecs=_names(codec), input_shape=_shape(input_shape), steps=steps,
+                codecs=_names(codec), input_shape=parse_shape(input_shape), steps=steps,
                 warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
                 sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
                 budget=None if budget.lower() == "none" else parse_size(budget),

@@ -9,10 +9,10 @@ session raises BudgetError count as running out too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from facto_edge.bench.machine import load_average, machine_info, peak_rss_of
 from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
+from facto_edge.bench.systems import WorkerArgs
 from facto_edge.budget import format_size
 
 Progress = Callable[[int, int, str], None]
@@ -91,38 +92,40 @@ def export_model(cfg: BenchConfig, model: str, work_dir: Path) -> Path:
     return out
 
 
-def _watch(proc: subprocess.Popen, timeout_s: float, rss_limit: int | None) -> str | None:
-    """Wait for `proc`; kill it past `timeout_s` or `rss_limit`. Returns why it was killed."""
+def _watch(proc: subprocess.Popen, timeout_s: float, rss_limit: int | None) -> dict | None:
+    """Wait for `proc`; kill it past `timeout_s` or past `rss_limit` bytes of peak RSS.
+    Returns the error record of a killed worker, None when it exited by itself."""
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None:
         rss = peak_rss_of(proc.pid) if rss_limit else None
-        reason = None
         if rss is not None and rss > rss_limit:
-            reason = f"over budget: peak RSS reached {format_size(rss)}, stopped"
+            record = {"error": f"over budget: peak RSS reached {format_size(rss)}, stopped",
+                      "over_budget": True, "peak_rss": rss}  # fmt: skip
         elif time.monotonic() > deadline:
-            reason = f"timed out after {timeout_s:.0f} s"
-        if reason:
-            proc.kill()
-            proc.wait()
-            return reason
-        time.sleep(POLL_S)
+            record = {"error": f"timed out after {timeout_s:.0f} s"}
+        else:
+            time.sleep(POLL_S)
+            continue
+        proc.kill()
+        proc.wait()
+        return {"ok": False, **record}
     return None
 
 
-def run_worker(payload: dict, env: dict, timeout_s: float, rss_limit: int | None) -> dict:
+def run_worker(args: WorkerArgs, env: dict | None, timeout_s: float, rss_limit: int | None) -> dict:
     """Run one worker process; its JSON line, or an error record. Adds `first_step_s`."""
-    cmd = [sys.executable, "-m", "facto_edge.bench.worker", json.dumps(payload)]
+    payload = json.dumps(dataclasses.asdict(args))
+    cmd = [sys.executable, "-m", "facto_edge.bench.worker", payload]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         launched = time.time()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        killed_for = _watch(proc, timeout_s, rss_limit)
+        killed = _watch(proc, timeout_s, rss_limit)
         out.seek(0)
         err.seek(0)
         lines = out.read().decode(errors="replace").strip().splitlines()
         stderr = err.read().decode(errors="replace").strip().splitlines()
-    if killed_for:
-        return {"ok": False, "error": killed_for, "killed": True,
-                "over_budget": killed_for.startswith("over budget")}  # fmt: skip
+    if killed:
+        return killed
     try:
         record = json.loads(lines[-1])
     except (IndexError, ValueError):
@@ -139,8 +142,9 @@ def _to_run(spec: RunSpec, record: dict, budget: int | None) -> Run:
     over = bool(record.get("over_budget")) or bool(error and error.startswith("BudgetError"))
     over = over or (budget is not None and rss is not None and rss > budget)
     return Run(
-        spec, bool(record.get("ok")), error, over, False, record.get("first_step_s"),
-        record.get("step_s", []), record.get("saved_bytes"), rss, record.get("info", {}),
+        spec, bool(record.get("ok")), error, over_budget=over,
+        first_step_s=record.get("first_step_s"), step_s=record.get("step_s", []),
+        saved_bytes=record.get("saved_bytes"), peak_rss=rss, info=record.get("info", {}),
     )  # fmt: skip
 
 
@@ -171,34 +175,29 @@ class Driver:
             self.tick(f"{describe(spec)}: {outcome(run)}")
 
     def measure(self, spec: RunSpec, model_dir: Path, ran_out: dict[str, int]) -> Run:
+        """Run `spec` in a worker, or skip it when its system already ran out."""
         if spec.kind == "sweep" and spec.system in ran_out:
             why = f"skipped: ran out of the budget at batch {ran_out[spec.system]}"
             return Run(spec, False, why, over_budget=True, skipped=True)
         self.progress(self.done, self.total, f"{describe(spec)} ...")
-        payload = self.payload(spec, model_dir)
         limit = self.cfg.budget if spec.kind == "sweep" else None
         env = dict(os.environ)
         if self.cfg.threads:
             env.update({var: str(self.cfg.threads) for var in THREAD_VARIABLES})
-        if spec.kind == "cold":
-            cache = Path(tempfile.mkdtemp(prefix="numba-cold-", dir=self.work_dir))
-            env["NUMBA_CACHE_DIR"] = str(cache)
-        try:
-            record = run_worker(payload, env, self.cfg.timeout_s, limit)
-        finally:
+        with contextlib.ExitStack() as stack:
             if spec.kind == "cold":
-                shutil.rmtree(cache, ignore_errors=True)
+                cache = tempfile.TemporaryDirectory(prefix="numba-cold-", dir=self.work_dir)
+                env["NUMBA_CACHE_DIR"] = stack.enter_context(cache)
+            record = run_worker(self.worker_args(spec, model_dir), env, self.cfg.timeout_s, limit)
         return _to_run(spec, record, self.cfg.budget)
 
-    def payload(self, spec: RunSpec, model_dir: Path) -> dict:
+    def worker_args(self, spec: RunSpec, model_dir: Path) -> WorkerArgs:
         cfg = self.cfg
-        return {
-            "system": spec.system, "model": spec.model, "model_dir": str(model_dir),
-            "batch": spec.batch, "codec": spec.codec, "steps": spec.steps,
-            "warmup": spec.warmup, "count_saved": spec.count_saved, "lr": cfg.lr,
-            "momentum": cfg.momentum, "seed": cfg.seed, "threads": cfg.threads,
-            "budget": cfg.budget,
-        }  # fmt: skip
+        return WorkerArgs(
+            spec.system, spec.model, str(model_dir), spec.batch, spec.codec, spec.steps,
+            spec.warmup, spec.count_saved, cfg.lr, cfg.momentum, cfg.seed, cfg.threads,
+            cfg.budget,
+        )  # fmt: skip
 
 
 def describe(spec: RunSpec) -> str:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from facto_edge.bench import summary as S  # noqa: E402
 from facto_edge.bench.driver import BenchResult  # noqa: E402
 from facto_edge.bench.protocol import FACTO, SYSTEMS  # noqa: E402
+from facto_edge.budget import format_size  # noqa: E402
 
 MIB = 2**20
 BREAKDOWN = ("weights", "grads", "optimizer", "activation", "saved", "workspace")
@@ -66,7 +67,8 @@ def saved_plot(result: BenchResult, path: Path) -> Path:
         ys = [(table[(m, system)].saved_bytes or 0) / MIB for m in cfg.models]
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(cfg.models))]
         bars = ax.bar(xs, ys, width, label=SYSTEMS[system])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        labels = [format_size(table[(m, system)].saved_bytes or 0) for m in cfg.models]
+        ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(cfg.models)), cfg.models)
     ax.set_ylabel(f"saved activations per step (MiB), batch {cfg.batch}")
     ax.legend(fontsize=8)
@@ -87,8 +89,10 @@ def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
         parts = [(k, s.memory_report.get(f"{k}_bytes", 0)) for k in BREAKDOWN]
         parts.append(("rest of process", max(s.peak_rss - s.memory_report["arena_bytes"], 0)))
         for i, (kind, nbytes) in enumerate(parts):
-            ax.barh(y, nbytes / MIB, left=left, color=f"C{i}", label=kind if y == 0 else None)
+            color = "lightgrey" if kind == "rest of process" else f"C{i}"
+            ax.barh(y, nbytes / MIB, left=left, color=color, label=kind if y == 0 else None)
             left += nbytes / MIB
+        ax.text(left, y, f" {format_size(s.peak_rss)}", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [m for m, _ in rows])
     ax.set_xlabel(f"MiB (facto-edge, batch {cfg.batch}, codec {cfg.codecs[0]})")
     ax.legend(fontsize=7, ncol=4, loc="lower right")

@@ -18,48 +18,11 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from facto_edge.bench.machine import peak_rss_of
-from facto_edge.bench.systems import load_system
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    """What one worker runs: a system, an export, a batch size and a step count."""
-
-    system: str
-    model: str
-    model_dir: str
-    batch: int
-    codec: str
-    steps: int
-    warmup: int
-    count_saved: bool = False
-    lr: float = 0.01
-    momentum: float = 0.9
-    seed: int = 0
-    threads: int | None = None
-    budget: int | None = None
-
-    @property
-    def manifest(self) -> dict:
-        """The export's manifest.json (input shape, classes, trainable tensors)."""
-        return json.loads((Path(self.model_dir) / "manifest.json").read_text())
-
-
-@dataclass
-class Trainer:
-    """What a system module builds. `counted_step` is one training step that also returns
-    the saved-activation bytes of that step (None where the system cannot tell)."""
-
-    step: Callable[[np.ndarray, np.ndarray], float]
-    counted_step: Callable[[np.ndarray, np.ndarray], tuple[float, int | None]]
-    info: Callable[[], dict] = field(default=dict)
+from facto_edge.bench.systems import Trainer, WorkerArgs, load_system
 
 
 def random_batch(args: WorkerArgs) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import math
 
 from numba import prange
 
-from .dispatch import kernel
+from .dispatch import REASSOC, kernel
 
 
 @kernel
@@ -44,7 +44,7 @@ def invstd_of(var, eps, out):  # pragma: no cover - compiled
         out[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
-@kernel
+@kernel(fastmath=REASSOC)
 def batch_stats(x, eps, stats):  # pragma: no cover - compiled
     """stats[0] = per-channel mean of x, stats[1] = 1 / sqrt(biased variance + eps)."""
     nb, nc, npix = x.shape
@@ -73,7 +73,7 @@ def running_update(stats, eps, momentum, mean_in, var_in, mean_out, var_out):  #
         var_out[c] = var_in[c] * momentum + var * (1.0 - momentum)
 
 
-@kernel
+@kernel(fastmath=REASSOC)
 def bn_bwd(gy, x, scale, mean, invstd, batch, gx, gscale, gbias, need):  # pragma: no cover
     """Gradients of bn_fwd: need = (x, scale, bias) flags. With `batch` the statistics are
     the batch's, so gx also flows through the mean and variance."""

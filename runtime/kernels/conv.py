@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from .dispatch import kernel
+from .dispatch import REASSOC, kernel
 from .elementwise import add_bias
 
 
@@ -63,6 +63,13 @@ def _out_size(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool) -
 
 
 @njit(cache=True, inline="always")
+def _u(i):
+    """i (known >= 0) as an unsigned index: numba then skips its negative-index
+    wraparound, which keeps inner loops vectorizable."""
+    return np.uint64(i)
+
+
+@njit(cache=True, inline="always")
 def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
     """Outputs o in [lo, hi) read input o*stride + off inside [0, size)."""
     lo = 0 if off >= 0 else (-off + stride - 1) // stride
@@ -76,45 +83,57 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover
     """cols[(c*kh + i)*kw + j, (n*ho + oy)*wo + ox] = x[c, n, oy*sh + i*dh - pt,
     ox*sw + j*dw - pl] (zero outside x)."""
     nc, nb, h, w = x.shape
-    npix = ho * wo
     for t in prange(nc * nb):
         c, n = t // nb, t % nb
         for i in range(kh):
             ylo, yhi = _span(i * dh - pt, sh, h, ho)
             for j in range(kw):
-                xlo, xhi = _span(j * dw - pl, sw, w, wo)
-                row = cols[(c * kh + i) * kw + j, n * npix : (n + 1) * npix]
+                r = (c * kh + i) * kw + j
+                off = j * dw - pl
+                xlo, xhi = _span(off, sw, w, wo)
                 for oy in range(ho):
-                    base = oy * wo
+                    base = (n * ho + oy) * wo
                     if oy < ylo or oy >= yhi:
-                        row[base : base + wo] = 0.0
+                        for ox in range(wo):
+                            cols[r, base + ox] = 0.0
                         continue
-                    src = x[c, n, oy * sh + i * dh - pt]
-                    row[base : base + xlo] = 0.0
-                    for ox in range(xlo, xhi):
-                        row[base + ox] = src[ox * sw + j * dw - pl]
-                    row[base + xhi : base + wo] = 0.0
+                    iy = oy * sh + i * dh - pt
+                    for ox in range(xlo):
+                        cols[r, base + ox] = 0.0
+                    if sw == 1:  # unit stride: a vectorizable copy
+                        for ox in range(xlo, xhi):
+                            cols[r, base + ox] = x[c, n, iy, _u(ox + off)]
+                    else:
+                        for ox in range(xlo, xhi):
+                            cols[r, base + ox] = x[c, n, iy, _u(ox * sw + off)]
+                    for ox in range(xhi, wo):
+                        cols[r, base + ox] = 0.0
 
 
 @kernel
 def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover - compiled
     """gx = the adjoint of im2col applied to cols (overwrites gx)."""
     nc, nb, h, w = gx.shape
-    npix = ho * wo
     for t in prange(nc * nb):
         c, n = t // nb, t % nb
-        plane = gx[c, n]
-        plane[:, :] = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                gx[c, n, iy, ix] = 0.0
         for i in range(kh):
             ylo, yhi = _span(i * dh - pt, sh, h, ho)
             for j in range(kw):
-                xlo, xhi = _span(j * dw - pl, sw, w, wo)
-                row = cols[(c * kh + i) * kw + j, n * npix : (n + 1) * npix]
+                r = (c * kh + i) * kw + j
+                off = j * dw - pl
+                xlo, xhi = _span(off, sw, w, wo)
                 for oy in range(ylo, yhi):
-                    dst = plane[oy * sh + i * dh - pt]
-                    base = oy * wo
-                    for ox in range(xlo, xhi):
-                        dst[ox * sw + j * dw - pl] += row[base + ox]
+                    base = (n * ho + oy) * wo
+                    iy = oy * sh + i * dh - pt
+                    if sw == 1:
+                        for ox in range(xlo, xhi):
+                            gx[c, n, iy, _u(ox + off)] += cols[r, base + ox]
+                    else:
+                        for ox in range(xlo, xhi):
+                            gx[c, n, iy, _u(ox * sw + off)] += cols[r, base + ox]
 
 
 @kernel
@@ -166,7 +185,7 @@ def depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
                             drow[ox * sw + j * dw - pl] += wv * grow[ox]
 
 
-@kernel
+@kernel(fastmath=REASSOC)
 def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """gw = the weight gradient of depthwise_fwd (overwrites gw), summed in float64."""
     nm, nb, ho, wo = gy.shape
@@ -189,7 +208,7 @@ def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
                 gw[m, 0, i, j] = acc
 
 
-@kernel
+@kernel(fastmath=REASSOC)
 def channel_sum(g, out):  # pragma: no cover - compiled
     """out[c] = sum over a and p of g[a, c, p], accumulated in float64."""
     na, nc, npix = g.shape

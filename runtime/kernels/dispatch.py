@@ -17,15 +17,16 @@ import numpy as np
 from numba import njit
 
 PARALLEL_MIN = 1 << 16  # elements of the largest array argument
+REASSOC = {"reassoc"}  # fastmath flag for reductions: lets float64 sums vectorize
 
 
 class Kernel:
     """A serial and a parallel build of one function (both cached on disk)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, fastmath: bool | set[str] = False) -> None:
         self.py_func = fn
-        self.parallel = njit(cache=True, parallel=True)(fn)
-        self.serial = njit(cache=True)(_renamed(fn, "_serial"))
+        self.parallel = njit(cache=True, parallel=True, fastmath=fastmath)(fn)
+        self.serial = njit(cache=True, fastmath=fastmath)(_renamed(fn, "_serial"))
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
 
     def __call__(self, *args):
@@ -33,9 +34,12 @@ class Kernel:
         return (self.parallel if work >= PARALLEL_MIN else self.serial)(*args)
 
 
-def kernel(fn: Callable) -> Kernel:
-    """Compile `fn` serial and parallel; calls pick one by the size of their arrays."""
-    return Kernel(fn)
+def kernel(fn: Callable | None = None, *, fastmath: bool | set[str] = False):
+    """Compile `fn` serial and parallel; calls pick one by the size of their arrays.
+    `fastmath={"reassoc"}` lets sums vectorize (used for float64 accumulators)."""
+    if fn is None:
+        return lambda f: Kernel(f, fastmath)
+    return Kernel(fn, fastmath)
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:

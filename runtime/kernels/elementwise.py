@@ -1,10 +1,12 @@
-"""Elementwise helpers: broadcast-aware reductions for the backward of Add and Mul, and a
-finiteness check for input batches. ReLU/Clip masks live in `runtime/codecs.py`."""
+"""Elementwise kernels: ReLU/Clip forward fused with their 1-bit backward mask, per-channel
+bias and spreads, broadcast-aware reductions for the backward of Add and Mul, and a
+finiteness check for input batches. The mask layout is `codecs.mask_encode`'s (element i
+in bit i % 8 of byte i // 8), which also applies it backward (`codecs.mask_apply`)."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .dispatch import kernel
 
@@ -17,6 +19,30 @@ def count_nonfinite(x):  # pragma: no cover - compiled
         if not np.isfinite(x[i]):
             bad += 1
     return bad
+
+
+@njit(cache=True, inline="always")
+def _clip_byte(x, y, i0, count, lo, hi):
+    """Clip x[i0:i0+count] into y and return its mask bits (lo < x < hi) as one byte."""
+    byte = np.uint8(0)
+    for k in range(count):
+        v = x[i0 + k]
+        inside = v > lo and v < hi
+        y[i0 + k] = v if inside else (lo if v <= lo else hi)
+        byte |= np.uint8(inside) << np.uint8(k)
+    return byte
+
+
+@kernel
+def clip_mask_fwd(x, y, bits, lo, hi):  # pragma: no cover - compiled
+    """y = clip(x, lo, hi) and the mask of lo < x < hi, 1-D, in one pass (ReLU: lo=0)."""
+    n = x.size
+    full = n // 8
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    for b in prange(full):
+        bits[b] = _clip_byte(x, y, 8 * b, 8, lo32, hi32)
+    if n > 8 * full:
+        bits[full] = _clip_byte(x, y, 8 * full, n - 8 * full, lo32, hi32)
 
 
 @kernel

@@ -24,6 +24,7 @@ from facto_edge.bench import report as report_lib  # noqa: E402
 from facto_edge.bench.driver import run_worker  # noqa: E402
 from facto_edge.bench.saved import SavedTensorCounter  # noqa: E402
 from facto_edge.bench.summary import evaluate_targets  # noqa: E402
+from facto_edge.bench.systems import WorkerArgs  # noqa: E402
 
 SYSTEMS = ("pytorch-dense", "pytorch-factorized", "ort-training", "facto-edge")
 
@@ -62,13 +63,12 @@ def test_plan_interleaves_systems_and_measures_cold_once():
 
 
 def test_worker_failure_and_budget_overrun_become_records(tmp_path):
-    payload = {"system": "facto-edge", "model": "m", "model_dir": str(tmp_path / "absent"),
-               "batch": 2, "codec": "q4", "steps": 1, "warmup": 1}  # fmt: skip
+    payload = WorkerArgs("facto-edge", "m", str(tmp_path / "absent"), 2, "q4", 1, 1)
     failed = run_worker(payload, env=None, timeout_s=120, rss_limit=None)
     assert failed["ok"] is False and "absent" in failed["error"]
     stopped = run_worker(payload, env=None, timeout_s=120, rss_limit=1)
     assert stopped["ok"] is False and stopped["over_budget"]
-    assert stopped["error"].startswith("over budget")
+    assert stopped["error"].startswith("over budget") and stopped["peak_rss"] > 1
 
 
 def _run(system: str, kind: str = "main", **figures) -> Run:

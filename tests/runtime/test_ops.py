@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (one line per op test, as tinygrad's test_ops)
 """Every op of the runtime against torch: forward, and every gradient through the real
 executor (saved tensors through the fp32 codec, activations poisoned before backward so
 backward can only use what the op declared it keeps)."""
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from facto_edge.errors import UnsupportedOpError
-from facto_edge.runtime.codecs import get_codec
+from facto_edge.runtime.codecs import get_codec, mask_encode, mask_nbytes
 from facto_edge.runtime.executor import Executor
 from facto_edge.runtime.graph import Node, build_schedule
+from facto_edge.runtime.kernels.elementwise import clip_mask_fwd
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def i64(*v) -> np.ndarray:
 
 
 X4 = (2, 3, 7, 6)
+
 
 # fmt: off
 def test_conv_plain():
@@ -266,6 +269,17 @@ def test_xent_label_smoothing():
 def test_xent_sum():
     check_op("SoftmaxCrossEntropyLoss", {"reduction": "sum"}, [(5, 4), i64(0, 3, 1, 1, 2)], lambda s, y: F.cross_entropy(s, y, reduction="sum"))
 # fmt: on
+
+
+@pytest.mark.parametrize(("n", "lo", "hi"), [(37, 0.0, math.inf), (64, -0.5, 0.5)])
+def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    y, bits = np.empty_like(x), np.empty(mask_nbytes(x.shape), np.uint8)
+    clip_mask_fwd(x, y, bits, lo, hi)
+    ref = np.empty_like(bits)
+    mask_encode(x, ref, lo, hi)
+    np.testing.assert_array_equal(bits, ref)
+    np.testing.assert_array_equal(y, np.clip(x, lo, hi))
 
 
 def test_unsupported_op_names_type_and_node():

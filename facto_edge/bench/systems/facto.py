@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from facto_edge.bench.worker import Trainer, WorkerArgs
+from facto_edge.bench.systems import Trainer, WorkerArgs
 
 
 def build(args: WorkerArgs) -> Trainer:

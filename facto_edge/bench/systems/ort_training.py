@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.bench.worker import Trainer, WorkerArgs
+from facto_edge.bench.systems import Trainer, WorkerArgs
 from facto_edge.errors import FactoEdgeError
 
 

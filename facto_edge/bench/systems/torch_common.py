@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from facto_edge.bench.saved import SavedTensorCounter
-from facto_edge.bench.worker import Trainer, WorkerArgs
+from facto_edge.bench.systems import Trainer, WorkerArgs
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

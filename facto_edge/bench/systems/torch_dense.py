@@ -3,7 +3,7 @@ BatchNorm in train mode (batch statistics) — what users do today."""
 
 from __future__ import annotations
 
-from facto_edge.bench.worker import Trainer, WorkerArgs
+from facto_edge.bench.systems import Trainer, WorkerArgs
 
 
 def build(args: WorkerArgs) -> Trainer:

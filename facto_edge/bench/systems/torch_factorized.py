@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import facto_edge
-from facto_edge.bench.worker import Trainer, WorkerArgs
+from facto_edge.bench.systems import Trainer, WorkerArgs
 from facto_edge.errors import FactoEdgeError
 
 TORCH_REF = Path(facto_edge.__file__).resolve().parents[1] / "tools" / "torch_ref.py"

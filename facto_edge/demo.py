@@ -1,0 +1,264 @@
+"""`facto-edge demo`: the whole flow on real handwriting, in a few minutes on two cores.
+
+1. zoo: simple_cnn for 1 x 16 x 16 input;
+2. pretrain it in PyTorch on a source task, the digits turned a quarter turn, and give
+   it a fresh head (`pretrain.py`): the pretrained model a user would bring;
+3. export: factorize at rank 0.25 (Tucker-2 / SVD, only `last` factors train);
+4. fit and train: in a fresh process that imports only the runtime (no torch, no
+   scikit-learn), as a device would, fine-tune on the upright digits (scikit-learn's
+   1797 8 x 8 images, upscaled) inside the budget, then evaluate on the held-out test
+   part;
+5. report: test accuracy, the training process's peak resident memory against the budget,
+   and the bytes kept for backward against what dense PyTorch training of the original
+   model keeps (counted with torch.autograd.graph.saved_tensors_hooks on one batch).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from queue import Empty
+
+import numpy as np
+
+from facto_edge.budget import format_size, parse_size
+from facto_edge.errors import FactoEdgeError
+from facto_edge.train import Callback, RunInfo
+
+INPUT_SHAPE = (1, 16, 16)
+TRAIN_OPTIONS = {
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "schedule": "cosine",
+    "codec": "q4",
+}
+MARKER = "demo.json"
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured."""
+
+    out_dir: str
+    budget: int
+    epochs: int
+    batch_size: int
+    codec: str
+    source_accuracy: float  # pretrained model on the source task's test images
+    accuracy: float  # fine-tuned model on the digits' test split
+    loss: float
+    test_samples: int
+    peak_rss: int  # of the training process
+    arena_bytes: int
+    saved_bytes: int  # what backward keeps per step, facto-edge
+    dense_saved_bytes: int  # what dense PyTorch training keeps per step
+    train_seconds: float
+
+
+def _prepare_dir(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FactoEdgeError(
+                f"{out} exists, is not empty and holds no demo: choose another -o directory"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _digits(shape: tuple[int, int, int], mean: list[float], std: list[float], split: str):
+    from facto_edge.data import open_dataset
+
+    ds = open_dataset("digits:", shape, split=split, mean=mean, std=std, num_classes=10)
+    return ds.get(np.arange(len(ds)))
+
+
+def write_digits_npz(path: Path) -> Path:
+    """The built-in digits (8 x 8, [0, 1]) with their train/test split, as an .npz that a
+    process without scikit-learn can read."""
+    x, y = _digits((1, 8, 8), [0.0], [1.0], "train")
+    x_test, y_test = _digits((1, 8, 8), [0.0], [1.0], "test")
+    np.savez(path, x=x[:, 0], y=y, x_test=x_test[:, 0], y_test=y_test)
+    return path
+
+
+def dense_saved_bytes(model, batch_size: int) -> int:
+    """Bytes of the tensors PyTorch keeps for backward in one training step of `model`
+    (train mode, every parameter trainable), parameters themselves not counted."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.zeros(batch_size, *INPUT_SHAPE)
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    model.zero_grad()
+    model.eval()
+    return sum(kept.values())
+
+
+def pretrained_model(out: Path, seed: int, say: Say):
+    """(pretrained torch model with a fresh head, its TorchScript path, its accuracy on
+    the source task's test images)."""
+    import torch
+
+    from facto_edge import zoo
+    from facto_edge.pretrain import accuracy_torch, quarter_turn, reset_classifier, train_torch
+
+    torch.manual_seed(seed)
+    meta = zoo.metadata(INPUT_SHAPE, 10)
+    norm = meta["normalization"]
+    x, y = _digits(INPUT_SHAPE, norm["mean"], norm["std"], "train")
+    x_test, y_test = _digits(INPUT_SHAPE, norm["mean"], norm["std"], "test")
+    model = zoo.build("simple_cnn", seed=seed, in_channels=INPUT_SHAPE[0])
+    say("pretraining simple_cnn in PyTorch on the source task (digits turned 90 degrees)")
+    train_torch(model, quarter_turn(x), y, epochs=3, batch_size=32, lr=0.05, seed=seed)
+    source = accuracy_torch(model, quarter_turn(x_test), y_test)
+    reset_classifier(model)
+    return model, zoo.save_torchscript(model, out / "pretrained.pt", meta), source
+
+
+class _Forward(Callback):
+    """In the training process: sends every callback event to the parent."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def on_start(self, info: RunInfo) -> None:
+        self.queue.put(("on_start", replace(info, session=None)))
+
+    def on_epoch_start(self, epoch: int, batches: int) -> None:
+        self.queue.put(("on_epoch_start", epoch, batches))
+
+    def on_step(self, step) -> None:
+        self.queue.put(("on_step", step))
+
+    def on_epoch_end(self, metrics: dict) -> None:
+        self.queue.put(("on_epoch_end", metrics))
+
+    def on_warning(self, message: str) -> None:
+        self.queue.put(("on_warning", message))
+
+
+def _train_process(queue, model_dir: str, data: str, run_dir: str, options: dict) -> None:
+    """The training process: train, measure peak RSS, evaluate; results go to `queue`."""
+    from facto_edge.evaluate import evaluate
+    from facto_edge.train import train
+
+    try:
+        result = train(model_dir, data, run_dir, callbacks=[_Forward(queue)], plot=False, **options)
+        ev = evaluate(run_dir, data, split="test")
+        queue.put(("done", result.peak_rss, result.memory, ev.accuracy, ev.loss, ev.samples))
+    except (FactoEdgeError, KeyboardInterrupt) as e:
+        queue.put(("error", e))
+    except Exception as e:  # anything else: re-raised in the parent, with its text
+        queue.put(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+
+
+def _next_message(queue, proc) -> tuple:
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            if not proc.is_alive():
+                raise FactoEdgeError(
+                    f"the training process ended unexpectedly (exit code {proc.exitcode})"
+                ) from None
+
+
+def train_in_fresh_process(
+    model_dir: Path, data: Path, run_dir: Path, options: dict, callbacks: Sequence[Callback]
+) -> tuple:
+    """Run `train` and a test evaluation in a new interpreter (spawned: it imports only
+    what training needs), relaying its callbacks; returns its "done" message."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    args = (queue, str(model_dir), str(data), str(run_dir), options)
+    proc = ctx.Process(target=_train_process, args=args)
+    proc.start()
+    try:
+        while True:
+            message = _next_message(queue, proc)
+            if message[0] == "done":
+                return message
+            if message[0] == "error":
+                raise message[1]
+            for cb in callbacks:
+                getattr(cb, message[0])(*message[1:])
+    finally:
+        proc.join()
+
+
+def run_demo(
+    out_dir: str | Path = "facto-demo",
+    *,
+    budget: str | int = "256MB",
+    epochs: int = 8,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    say: Say | None = None,
+) -> DemoReport:
+    """Run the demo into `out_dir` (see the module docstring); `say` gets one line per
+    stage, `callbacks` the training events. A previous demo in `out_dir` is replaced."""
+    from facto_edge.exporters.export import export
+
+    say = say or (lambda msg: None)
+    budget_bytes = parse_size(budget)
+    out = Path(out_dir)
+    _prepare_dir(out)
+    (out / MARKER).write_text(json.dumps({"budget": budget_bytes, "seed": seed}))
+    model, pretrained, source = pretrained_model(out, seed, say)
+    say("exporting: Tucker-2/SVD factorization at rank 0.25, `last` factors trainable")
+    export(pretrained, out / "model.facto", rank=0.25, ort=False)
+    data = write_digits_npz(out / "digits.npz")
+    say(f"fine-tuning on the upright digits in a fresh process, budget {format_size(budget_bytes)}")
+    options = dict(TRAIN_OPTIONS, epochs=epochs, seed=seed, budget=budget_bytes)
+    done = train_in_fresh_process(out / "model.facto", data, out / "run", options, callbacks)
+    _, peak, memory, accuracy, loss, samples = done
+    report = DemoReport(
+        out_dir=str(out), budget=budget_bytes, epochs=epochs, batch_size=memory["batch_size"],
+        codec=memory["codec"], source_accuracy=source, accuracy=accuracy, loss=loss,
+        test_samples=samples, peak_rss=peak, arena_bytes=memory["arena_bytes"],
+        saved_bytes=memory["saved_bytes"],
+        dense_saved_bytes=dense_saved_bytes(model, memory["batch_size"]),
+        train_seconds=_train_seconds(out / "run"),
+    )  # fmt: skip
+    (out / "report.json").write_text(json.dumps(asdict(report), indent=2))
+    return report
+
+
+def _train_seconds(run_dir: Path) -> float:
+    from facto_edge.report import read_metrics_csv
+
+    return sum(row["train_seconds"] for row in read_metrics_csv(run_dir / "metrics.csv"))
+
+
+def format_report(r: DemoReport) -> str:
+    """The demo's closing report, a few lines."""
+    verdict = "within" if r.peak_rss <= r.budget else "OVER"
+    share = r.saved_bytes / r.dense_saved_bytes if r.dense_saved_bytes else float("nan")
+    return "\n".join(
+        [
+            f"accuracy      {100 * r.accuracy:.1f}% on {r.test_samples} held-out digits "
+            f"(chance 10%; pretrained on the turned digits: {100 * r.source_accuracy:.1f}%)",
+            f"memory        peak {format_size(r.peak_rss)} of the training process, {verdict} "
+            f"the {format_size(r.budget)} budget (arena {format_size(r.arena_bytes)})",
+            f"saved for backward  {format_size(r.saved_bytes)} per step ({r.codec}, batch "
+            f"{r.batch_size}) vs {format_size(r.dense_saved_bytes)} for dense PyTorch "
+            f"training ({share:.1%}; counted with torch saved_tensors_hooks)",
+            f"training      {r.epochs} epochs in {r.train_seconds:.1f} s; outputs in {r.out_dir}",
+        ]
+    )
