@@ -199,38 +199,14 @@ def check_matches(
             )
 
 
-# The TrainingSession exposes its trainable tensors (`parameters()`) and its learning rate,
-# but not yet its optimizer, its step counter (which seeds stochastic codec rounding) or
-# the BatchNormalization running statistics it updates. The three accessors below reach
-# them; they are the only code outside the runtime that does, and the hooks they stand for
-# (`session.optimizer`, a settable `session.step`, `session.buffers()`) belong there.
-
-
-def _optimizer(session):
-    return session._optimizer
-
-
-def _running_stats(session) -> dict[str, np.ndarray]:
-    """The live running mean/var arrays of every training-mode BatchNormalization."""
-    names = []
-    for node in session._graph.nodes:
-        if node.op_type == "BatchNormalization" and len(node.outputs) >= 3:
-            names += [i for o, i in zip(node.outputs[1:3], node.inputs[3:5], strict=True) if o]
-    return {name: session._params[name] for name in names if name in session._params}
-
-
-def _set_step(session, step: int) -> None:
-    session._step = step
-
-
 def capture(
     session, progress: Progress, config: dict, fingerprint: str, history: list[dict], partial: dict
 ) -> Checkpoint:
     """A checkpoint of `session` now: copies of its tensors and optimizer state."""
     return Checkpoint(
         params={k: v.copy() for k, v in session.parameters().items()},
-        buffers={k: v.copy() for k, v in _running_stats(session).items()},
-        optimizer=_optimizer(session).state_dict(),
+        buffers={k: v.copy() for k, v in session.buffers().items()},
+        optimizer=session.optimizer.state_dict(),
         progress=Progress(**vars(progress)),
         config=config,
         fingerprint=fingerprint,
@@ -239,23 +215,26 @@ def capture(
     )
 
 
-def restore(session, ckpt: Checkpoint, path: Path) -> None:
-    """Load `ckpt` into `session` (tensors, optimizer state, step), checking every shape
-    first so that a mismatched checkpoint changes nothing."""
-    params, buffers = session.parameters(), _running_stats(session)
+def _checked_tensors(session, ckpt: Checkpoint, path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(live array, saved array) pairs, every name and shape checked first."""
+    params, buffers = session.parameters(), session.buffers()
     check_matches(path, params, ckpt.params, "trainable tensor")
     check_matches(path, buffers, ckpt.buffers, "running statistic")
-    optimizer = _optimizer(session)
-    optimizer.load_state_dict(ckpt.optimizer)
-    for name, live in (params | buffers).items():
-        np.copyto(live, (ckpt.params | ckpt.buffers)[name])
-    _set_step(session, ckpt.progress.step)
+    saved = ckpt.params | ckpt.buffers
+    return [(live, saved[name]) for name, live in (params | buffers).items()]
+
+
+def restore(session, ckpt: Checkpoint, path: Path) -> None:
+    """Load `ckpt` into `session` (tensors, optimizer state, step) to continue the run;
+    everything is checked before anything changes, so a mismatch changes nothing."""
+    pairs = _checked_tensors(session, ckpt, path)
+    session.optimizer.load_state_dict(ckpt.optimizer)
+    for live, saved in pairs:
+        np.copyto(live, saved)
+    session.step = ckpt.progress.step
 
 
 def load_weights(session, ckpt: Checkpoint, path: Path) -> None:
     """Load only the trained tensors of `ckpt` into `session` (for evaluation)."""
-    params, buffers = session.parameters(), _running_stats(session)
-    check_matches(path, params, ckpt.params, "trainable tensor")
-    check_matches(path, buffers, ckpt.buffers, "running statistic")
-    for name, live in (params | buffers).items():
-        np.copyto(live, (ckpt.params | ckpt.buffers)[name])
+    for live, saved in _checked_tensors(session, ckpt, path):
+        np.copyto(live, saved)

@@ -87,9 +87,10 @@ def write_digits_npz(path: Path) -> Path:
     return path
 
 
-def dense_saved_bytes(model, batch_size: int) -> int:
+def dense_saved_bytes(model, batch_size: int, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
     """Bytes of the tensors PyTorch keeps for backward in one training step of `model`
-    (train mode, every parameter trainable), parameters themselves not counted."""
+    (train mode, every parameter trainable) on a batch of `input_shape` images, each
+    storage counted once and the parameters not at all."""
     import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -101,7 +102,7 @@ def dense_saved_bytes(model, batch_size: int) -> int:
             kept[storage.data_ptr()] = storage.nbytes()
         return t
 
-    x = torch.zeros(batch_size, *INPUT_SHAPE)
+    x = torch.zeros(batch_size, *input_shape)
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x).sum().backward()

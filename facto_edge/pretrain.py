@@ -29,9 +29,20 @@ def train_torch(
     batch_size: int = 32,
     lr: float = 0.05,
     seed: int = 0,
+    threads: int | None = 1,
 ) -> list[float]:
     """Train every parameter of `model` (train mode, SGD with momentum 0.9) on (x, y);
-    returns the mean loss per epoch and leaves the model in eval mode."""
+    returns the mean loss per epoch and leaves the model in eval mode. `threads` caps
+    torch's intra-op threads while it runs (1 is fastest for models this small)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return _train_epochs(model, x, y, epochs, batch_size, lr, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_epochs(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float, seed: int):
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)

@@ -32,13 +32,19 @@ class TqdmProgress(Callback):
         self.arena_mb = info.memory["arena_bytes"] / 2**20
         self.start_batch = info.start.batch
         verb = f"resuming at epoch {info.start.epoch + 1}" if info.resumed else "training"
-        budget = f", budget {format_size(info.fit.budget)}" if info.fit else ""
         self.echo(
             f"{verb}: {info.train_samples} images ({info.val_samples} held out), "
             f"batch {info.config['batch_size']}, {info.batches_per_epoch} steps per epoch, "
-            f"codec {info.config['codec']}, arena {format_size(info.memory['arena_bytes'])}"
-            f"{budget} -> {info.run_dir}"
+            f"codec {info.config['codec']}, arena {format_size(info.memory['arena_bytes'])} "
+            f"-> {info.run_dir}"
         )
+        if info.fit:
+            f = info.fit
+            self.echo(
+                f"fits the budget: runtime {format_size(f.fixed_cost)} + buffers "
+                f"{format_size(f.arena_bytes)} = {format_size(f.estimated_peak)} of "
+                f"{format_size(f.budget)}"
+            )
 
     def on_epoch_start(self, epoch: int, batches: int) -> None:
         self.bar = tqdm(

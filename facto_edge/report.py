@@ -35,7 +35,7 @@ def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.8g}"
     return str(value)
 
 
@@ -123,11 +123,12 @@ def format_history(history: Sequence[dict]) -> str:
 
 
 def format_memory(memory: dict, budget: int | None, peak_rss: int | None) -> str:
-    """Arena bytes by kind, and the process's peak RSS against the budget."""
-    kinds = ("weights", "grads", "optimizer", "activations", "saved", "workspace")
-    parts = [f"{k} {format_size(memory[f'{k}_bytes'])}" for k in kinds if f"{k}_bytes" in memory]
-    lines = [f"arena {format_size(memory['arena_bytes'])}: " + ", ".join(parts)]
-    if peak_rss is not None:
-        against = f" of the {format_size(budget)} budget" if budget else ""
-        lines.append(f"peak resident memory {format_size(peak_rss)}{against}")
+    """Session buffers by kind, and the process's peak RSS against the budget."""
+    kinds = {k[: -len("_bytes")]: v for k, v in memory.items() if k.endswith("_bytes")}
+    total = kinds.pop("arena")
+    parts = ", ".join(f"{kind} {format_size(n)}" for kind, n in kinds.items())
+    lines = [f"buffers {format_size(total)}: {parts}"]
+    if peak_rss:
+        against = f" (budget {format_size(budget)})" if budget else ""
+        lines.append(f"peak resident memory while training {format_size(peak_rss)}{against}")
     return "\n".join(lines)

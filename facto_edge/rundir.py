@@ -124,6 +124,7 @@ def _start(run: RunDir, model_dir: Path, config: dict, fingerprint: str) -> None
     if run.model.exists():
         shutil.rmtree(run.model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_COPY}.", dir=run.path))
+    tmp.chmod(0o755)
     try:
         for name in MODEL_FILES:
             shutil.copyfile(model_dir / name, tmp / name)
@@ -132,7 +133,7 @@ def _start(run: RunDir, model_dir: Path, config: dict, fingerprint: str) -> None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(run.path)
-    record = {"model": str(model_dir), "fingerprint": fingerprint, "config": config}
+    record = {"model": str(model_dir.resolve()), "fingerprint": fingerprint, "config": config}
     write_text_atomic(run.run_file, json.dumps(record, indent=2))
 
 

@@ -92,7 +92,7 @@ class TrainResult:
     epochs: int
     memory: dict
     fit: Fit | None
-    peak_rss: int
+    peak_rss: int  # bytes, the process's peak until the last epoch ended
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -459,19 +459,21 @@ def train(
             ckpt is not None,
         )
     )  # fmt: skip
-    _run(loop, plot)
+    peak = _run(loop, plot)
     return TrainResult(
-        run.path, loop.history, loop.progress, epochs, memory, fit, peak_rss_bytes(),
+        run.path, loop.history, loop.progress, epochs, memory, fit, peak,
         list(train_ds.skipped),
     )  # fmt: skip
 
 
-def _run(loop: _Loop, plot: bool) -> None:
-    """Run the epochs; on Ctrl-C checkpoint (if no step was cut short) and re-raise."""
+def _run(loop: _Loop, plot: bool) -> int:
+    """Run the epochs and return the peak RSS they reached (measured before the plot is
+    drawn); on Ctrl-C checkpoint (if no step was cut short) and re-raise."""
     try:
         with _deferred_sigint() as interrupts:
             loop.interrupts = interrupts
             loop.run_epochs()
+        return peak_rss_bytes()
     except KeyboardInterrupt:
         if loop.consistent:
             loop.save()

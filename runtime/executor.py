@@ -9,11 +9,14 @@ slot name (`ws:<slot>`), sized for the largest user, since only one node runs at
 Forward encodes each input a node keeps (`ops.keep_input`) through the codec into its
 saved buffer; backward decodes it into workspace just before the node runs. A tensor used
 by several nodes gets its gradient summed: the first backward node to reach it writes the
-gradient buffer, later ones write scratch that is then added in.
+gradient buffer, later ones write scratch that is then added in. The input of a
+pass-through op (Add, Identity, Dropout) whose gradient has no other writer shares the
+output's gradient buffer, so that op backward copies nothing.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from .bound import F32, U8, Bound, Site, logical, stored_shape
 from .graph import Schedule
+from .kernels.dispatch import PARALLEL_LOCK
 from .ops import OpDef, lookup
 from .shapes import Shape
 
@@ -43,7 +47,7 @@ class Executor:
     `params` are the initializers (bound as they are), `feeds` the shapes and dtypes of
     the graph inputs, `root` the value whose gradient `backward` starts from; the caller
     fills `values[feed]` before `forward` and `grads[root]` before `backward`. Rank-4
-    activations are stored channel-major (see ops.py); `logical()` gives ONNX views.
+    activations are stored channel-major (see bound.py); `logical()` gives ONNX views.
     """
 
     def __init__(
@@ -95,19 +99,24 @@ class Executor:
         return sites
 
     def _grad_buffers(self, schedule, sites, params, root: str, alloc: Alloc) -> dict:
-        wanted = [root] + [
-            v
-            for n in schedule.backward
-            for v, f in zip(n.inputs, sites[n.name].need, strict=True)
-            if f
-        ]
-        grads = {}
-        for v in dict.fromkeys(wanted):
+        """A gradient buffer per tensor that needs one. The input of a pass-through op
+        (OpDef.passthrough) with no other gradient contributor shares its output's."""
+        writers = Counter(v for _, _, v in _needed(schedule, sites))
+        grads = {root: alloc(f"grad:{root}", self.values[root].shape, F32, "activations")}
+        for node, i, v in _needed(schedule, sites):
+            out = node.outputs[0]
+            if v in grads:
+                continue
+            if self._can_alias(lookup(node), i, v, out, writers, params):
+                grads[v] = grads[out]
+                continue
             kind = "grads" if v in params else "activations"
             grads[v] = alloc(f"grad:{v}", self.values[v].shape, F32, kind)
-            if kind == "grads":
-                grads[v].fill(0.0)  # stays zero if v does not reach the root
         return grads
+
+    def _can_alias(self, op: OpDef, i: int, v: str, out: str, writers, params) -> bool:
+        same = self.values[v].shape == self.values[out].shape
+        return i in op.passthrough and writers[v] == 1 and v not in params and same
 
     def logical(self, name: str) -> np.ndarray:
         """The ONNX view of value `name`."""
@@ -138,7 +147,7 @@ class Executor:
             if s.source is None:
                 b.saved[s.key] = alloc(name, (s.nbytes,), U8, "saved")
                 continue
-            buf = alloc(name, (self._codec.nbytes(b.site.ins[s.source]),), U8, "saved")
+            buf = alloc(name, (self._codec.nbytes(b.x[s.source].shape),), U8, "saved")
             st.encode.append((b.x[s.source], buf))
             st.decode.append((buf, b.ws[f"decode{s.source}"]))
             b.saved[s.key] = b.ws[f"decode{s.source}"]
@@ -152,32 +161,37 @@ class Executor:
             st.op.forward(st.b, training)
             if training:
                 for x, buf in st.encode:
-                    codec.encode(x, buf, seed + k)
+                    with PARALLEL_LOCK:
+                        codec.encode(x, buf, seed + k)
 
     def backward(self) -> None:
         """Run backward from grads[root], writing every gradient buffer."""
         codec = self._codec
         for st in self._backward:
             for buf, out in st.decode:
-                codec.decode(buf, out)
+                with PARALLEL_LOCK:
+                    codec.decode(buf, out)
             st.op.backward(st.b)
             for scratch, g in st.accumulate:
                 np.add(g, scratch, out=g)
 
 
+def _needed(schedule: Schedule, sites: dict[str, Site]):
+    """(node, input position, value) of every gradient backward writes, in order."""
+    for node in schedule.backward:
+        for i, (v, f) in enumerate(zip(node.inputs, sites[node.name].need, strict=True)):
+            if f:
+                yield node, i, v
+
+
 def _shared_grads(schedule: Schedule, sites: dict[str, Site]) -> dict[str, tuple[int, ...]]:
     """Per backward node, the inputs whose gradient an earlier backward node wrote."""
     written: set[str] = set()
-    shared = {}
-    for node in schedule.backward:
-        mine = []
-        for i, (v, f) in enumerate(zip(node.inputs, sites[node.name].need, strict=True)):
-            if not f:
-                continue
-            if v in written:
-                mine.append(i)
-            written.add(v)
-        shared[node.name] = tuple(mine)
+    shared: dict[str, tuple[int, ...]] = {}
+    for node, i, v in _needed(schedule, sites):
+        if v in written:
+            shared[node.name] = (*shared.get(node.name, ()), i)
+        written.add(v)
     return shared
 
 

@@ -35,7 +35,8 @@ from .codecs import (
     mask_nbytes,
 )
 from .graph import Node
-from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd
+from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd, conv_workspace
+from .kernels.dispatch import PARALLEL_LOCK
 from .kernels.elementwise import clip_mask_fwd, reduce_to
 from .kernels.gemm import gemm_bwd, gemm_fwd, matmul_bwd_operand
 from .kernels.loss import softmax_xent_bwd, softmax_xent_fwd
@@ -67,6 +68,7 @@ class OpDef:
     backward: Callable[[Bound], None]
     saved: Callable[[Site], tuple[Saved, ...]] = _nothing
     workspace: Callable[[Site], Workspace] = _no_workspace
+    passthrough: tuple[int, ...] = ()  # inputs whose gradient is gy when shapes match
 
 
 def _keep_operands(site: Site) -> tuple[Saved, ...]:
@@ -90,24 +92,20 @@ def _conv_geom(site: Site):
 
 
 def _conv_ws(site: Site) -> Workspace:
-    x = site.ins[0]
-    g = _conv_geom(site)
-    if g.depthwise(x[1]) or (g.pointwise and g.groups == 1):
-        return {}
-    n, _, ho, wo = site.outs[0]
-    return {"cols": ((x[1] * g.kh * g.kw, n * ho * wo), F32)}
+    shapes_ = conv_workspace(_conv_geom(site), site.ins[0], site.outs[0])
+    return {key: (shape, F32) for key, shape in shapes_.items()}
 
 
 def _conv_fwd(b: Bound, training: bool) -> None:
-    conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws.get("cols"), _conv_geom(b.site))
+    conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws, _conv_geom(b.site))
 
 
 def _conv_bwd(b: Bound) -> None:
     g, gb = _conv_geom(b.site), opt(b.gx, 2)
     if b.gx[1] is not None or gb is not None:
-        conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws.get("cols"), g)
+        conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws, g)
     if b.gx[0] is not None:
-        conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws.get("cols"), g)
+        conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws, g)
 
 
 # Gemm, MatMul ----------------------------------------------------------------------------
@@ -159,7 +157,7 @@ def _add_fwd(b: Bound, training: bool) -> None:
 
 def _add_bwd(b: Bound) -> None:
     for i, g in enumerate(b.gx):
-        if g is not None:
+        if g is not None and g is not b.gy:  # gy itself: the executor shared the buffer
             reduce_to(b.gy, b.like_output(i, g))
 
 
@@ -193,7 +191,8 @@ def _clip_fwd(b: Bound, training: bool) -> None:
 
 
 def _mask_bwd(b: Bound) -> None:
-    mask_apply(b.saved["mask"], b.gy, b.gx[0])
+    with PARALLEL_LOCK:
+        mask_apply(b.saved["mask"], b.gy, b.gx[0])
 
 
 # Pooling ---------------------------------------------------------------------------------
@@ -216,12 +215,14 @@ def _maxpool_fwd(b: Bound, training: bool) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
     maxpool_fwd(b.x[0], b.y[0], arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     if training and "argmax" in b.saved:
-        argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
+        with PARALLEL_LOCK:
+            argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
 
 
 def _maxpool_bwd(b: Bound) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
-    argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
+    with PARALLEL_LOCK:
+        argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
     maxpool_bwd(b.gy, arg, b.gx[0], g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
 
 
@@ -288,7 +289,7 @@ OPS: dict[str, OpDef] = {
     "Conv": OpDef(shapes.conv, _conv_fwd, _conv_bwd, _keep_operands, _conv_ws),
     "Gemm": OpDef(shapes.gemm, _gemm_fwd, _gemm_bwd, _keep_operands),
     "MatMul": OpDef(shapes.matmul, _matmul_fwd, _matmul_bwd, _keep_operands, _matmul_ws),
-    "Add": OpDef(shapes.broadcast, _add_fwd, _add_bwd),
+    "Add": OpDef(shapes.broadcast, _add_fwd, _add_bwd, passthrough=(0, 1)),
     "Mul": OpDef(shapes.broadcast, _mul_fwd, _mul_bwd, _keep_operands, _mul_ws),
     "Relu": OpDef(shapes.same, _clip_fwd, _mask_bwd, _keep_mask),
     "Clip": OpDef(shapes.clip, _clip_fwd, _mask_bwd, _keep_mask),
@@ -297,8 +298,8 @@ OPS: dict[str, OpDef] = {
     "GlobalAveragePool": OpDef(shapes.global_pool, _gap_fwd, _gap_bwd),
     "Flatten": OpDef(shapes.flatten, mv.copy_fwd, mv.copy_bwd),
     "Reshape": OpDef(shapes.reshape, mv.copy_fwd, mv.copy_bwd),
-    "Identity": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd),
-    "Dropout": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd),
+    "Identity": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd, passthrough=(0,)),
+    "Dropout": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd, passthrough=(0,)),
     "Pad": OpDef(shapes.pad, mv.pad_fwd, mv.pad_bwd),
     "Slice": OpDef(shapes.slice_, mv.slice_fwd, mv.slice_bwd),
     "Concat": OpDef(shapes.concat, mv.concat_fwd, mv.concat_bwd),

@@ -25,7 +25,8 @@ def copy_fwd(b: Bound, training: bool) -> None:
 
 
 def copy_bwd(b: Bound) -> None:
-    _copy_reshaped(b.lgx(0), b.lgy())
+    if b.gx[0] is not b.gy:  # gy itself: the executor shared the buffer
+        _copy_reshaped(b.lgx(0), b.lgy())
 
 
 def pad_fwd(b: Bound, training: bool) -> None:

@@ -48,6 +48,7 @@ class Run:
     saved_bytes: int | None = None
     peak_rss: int | None = None
     info: dict = field(default_factory=dict)
+    load: float | None = None
 
     @property
     def images_per_s(self) -> float | None:
@@ -184,12 +185,13 @@ class Driver:
         env = dict(os.environ)
         if self.cfg.threads:
             env.update({var: str(self.cfg.threads) for var in THREAD_VARIABLES})
+        load = load_average()[0]
         with contextlib.ExitStack() as stack:
             if spec.kind == "cold":
                 cache = tempfile.TemporaryDirectory(prefix="numba-cold-", dir=self.work_dir)
                 env["NUMBA_CACHE_DIR"] = stack.enter_context(cache)
             record = run_worker(self.worker_args(spec, model_dir), env, self.cfg.timeout_s, limit)
-        return _to_run(spec, record, self.cfg.budget)
+        return dataclasses.replace(_to_run(spec, record, self.cfg.budget), load=load)
 
     def worker_args(self, spec: RunSpec, model_dir: Path) -> WorkerArgs:
         cfg = self.cfg

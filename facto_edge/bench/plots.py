@@ -30,8 +30,15 @@ def _models_axes(n: int, ylabel: str):
     return fig, axes[0]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, legend_from=None, ncol: int = 3) -> Path:
+    """Save `fig`, with the legend of axes `legend_from` below the plots."""
+    bottom = 0.0
+    if legend_from is not None:
+        handles, labels = legend_from.get_legend_handles_labels()
+        rows = -(-len(labels) // ncol)
+        bottom = min(0.4, (0.12 + 0.2 * rows) / fig.get_size_inches()[1])
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -50,11 +57,14 @@ def sweep_plot(result: BenchResult, path: Path, memory: bool) -> Path:
             if memory and out:
                 ax.plot([r.spec.batch for r in out], [r.peak_rss / MIB for r in out], "x",
                         color=line[0].get_color(), markersize=9)  # fmt: skip
+        if not memory:
+            ax.set_ylim(bottom=0)
         if memory and cfg.budget:
             ax.axhline(cfg.budget / MIB, color="red", linestyle="--", label="budget")
         ax.set_title(model)
-    axes[0].legend(fontsize=7)
-    return _save(fig, path)
+    if memory:
+        axes[0].plot([], [], "x", color="grey", label="stopped at the budget")
+    return _save(fig, path, legend_from=axes[0])
 
 
 def saved_plot(result: BenchResult, path: Path) -> Path:
@@ -71,8 +81,7 @@ def saved_plot(result: BenchResult, path: Path) -> Path:
         ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(cfg.models)), cfg.models)
     ax.set_ylabel(f"saved activations per step (MiB), batch {cfg.batch}")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, legend_from=ax)
 
 
 def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
@@ -83,7 +92,7 @@ def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
     rows = [(m, s) for m, s in rows if s.memory_report and s.peak_rss]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(8.0, 1.2 + 0.7 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9.0, 1.6 + 0.7 * len(rows)))
     for y, (_, s) in enumerate(rows):
         left = 0.0
         parts = [(k, s.memory_report.get(f"{k}_bytes", 0)) for k in BREAKDOWN]
@@ -95,8 +104,8 @@ def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
         ax.text(left, y, f" {format_size(s.peak_rss)}", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [m for m, _ in rows])
     ax.set_xlabel(f"MiB (facto-edge, batch {cfg.batch}, codec {cfg.codecs[0]})")
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
-    return _save(fig, path)
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.12)
+    return _save(fig, path, legend_from=ax, ncol=7)
 
 
 def write_plots(result: BenchResult, out_dir: Path) -> list[Path]:

@@ -1,11 +1,13 @@
 """2-D convolution over channel-major activations: x is stored [C, N, H, W] (the NCHW
 tensor with its first two axes swapped), so that a whole batch is one matrix [C, N*H*W]
-and every convolution is a single BLAS matmul per direction: im2col/col2im lowering for
-kxk, a plain matmul for pointwise (1x1, stride 1, no padding), and a direct path for
-depthwise convolutions (groups == C_in), where per-channel matmuls would be tiny.
+and a convolution is one BLAS matmul per direction. Paths (`conv_path`): a plain matmul
+for pointwise convolutions (1x1, stride 1, no padding); im2col/col2im lowering onto a
+matmul for k x k, with im2col over zero-padded planes (kernels/conv_padded.py) for
+stride-1 k x k with wide output planes, whose row-by-row copies would cost more than the
+matmul; a direct kernel for depthwise convolutions (groups == C_in).
 
-Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]; `cols`, the
-workspace the caller gives, is [C*kh*kw, N*Ho*Wo].
+Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]. The
+workspace each path needs is `conv_workspace(...)`, given back as a dict of arrays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import conv_padded as padded
+from .conv_padded import uidx
 from .dispatch import REASSOC, kernel
 from .elementwise import add_bias
 
@@ -63,13 +67,6 @@ def _out_size(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool) -
 
 
 @njit(cache=True, inline="always")
-def _u(i):
-    """i (known >= 0) as an unsigned index: numba then skips its negative-index
-    wraparound, which keeps inner loops vectorizable."""
-    return np.uint64(i)
-
-
-@njit(cache=True, inline="always")
 def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
     """Outputs o in [lo, hi) read input o*stride + off inside [0, size)."""
     lo = 0 if off >= 0 else (-off + stride - 1) // stride
@@ -102,10 +99,10 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover
                         cols[r, base + ox] = 0.0
                     if sw == 1:  # unit stride: a vectorizable copy
                         for ox in range(xlo, xhi):
-                            cols[r, base + ox] = x[c, n, iy, _u(ox + off)]
+                            cols[r, base + ox] = x[c, n, iy, uidx(ox + off)]
                     else:
                         for ox in range(xlo, xhi):
-                            cols[r, base + ox] = x[c, n, iy, _u(ox * sw + off)]
+                            cols[r, base + ox] = x[c, n, iy, uidx(ox * sw + off)]
                     for ox in range(xhi, wo):
                         cols[r, base + ox] = 0.0
 
@@ -130,10 +127,10 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cove
                     iy = oy * sh + i * dh - pt
                     if sw == 1:
                         for ox in range(xlo, xhi):
-                            gx[c, n, iy, _u(ox + off)] += cols[r, base + ox]
+                            gx[c, n, iy, uidx(ox + off)] += cols[r, base + ox]
                     else:
                         for ox in range(xlo, xhi):
-                            gx[c, n, iy, _u(ox * sw + off)] += cols[r, base + ox]
+                            gx[c, n, iy, uidx(ox * sw + off)] += cols[r, base + ox]
 
 
 @kernel
@@ -232,10 +229,35 @@ def _check(x_shape: tuple, w_shape: tuple, y_shape: tuple, g: ConvGeom) -> None:
         raise ValueError(f"conv2d: x {x_shape}, w {w_shape}, y {y_shape} disagree with {g}")
 
 
-def _matmul_path(g: ConvGeom, c_in: int) -> str:
+PADDED_MIN_WIDTH = 16  # output columns from which padded-plane im2col beats plain im2col
+
+
+def conv_path(g: ConvGeom, c_in: int, wo: int) -> str:
+    """Which implementation runs a convolution: pointwise, im2col, padded or depthwise."""
     if g.depthwise(c_in):
         return "depthwise"
-    return "pointwise" if g.pointwise and g.groups == 1 else "im2col"
+    if g.pointwise and g.groups == 1:
+        return "pointwise"
+    if g.groups == 1 and g.sh == g.sw == 1 and wo >= PADDED_MIN_WIDTH:
+        return "padded"
+    return "im2col"
+
+
+def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tuple]:
+    """Workspace shapes (float32) of a convolution of logical NCHW shapes x -> y."""
+    n, c, h, w = x_shape
+    m, ho, wo = y_shape[1:]
+    path = conv_path(g, c, wo)
+    if path == "im2col":
+        return {"cols": (c * g.kh * g.kw, n * ho * wo)}
+    if path == "padded":
+        hp, wp = h + g.pt + g.pb, w + g.pl + g.pr
+        return {
+            "xpad": (c, n, hp * wp + (g.kw - 1) * g.dw),
+            "cols": (c * g.kh * g.kw, n * ho * wp),
+            "ypad": (m, n * ho * wp),
+        }
+    return {}
 
 
 def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
@@ -243,53 +265,83 @@ def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
     return a.reshape(groups, a.shape[0] // groups, -1)
 
 
-def conv2d_fwd(x, w, b, y, cols, g: ConvGeom) -> None:
-    """y = conv(x, w) + b (b may be None; `cols` unused unless the path is im2col)."""
+def _wp(g: ConvGeom, w: int) -> int:
+    return w + g.pl + g.pr
+
+
+def _lower_padded(x: np.ndarray, ws: dict, g: ConvGeom, wp: int, ho: int) -> None:
+    """ws["cols"] = the padded-plane im2col of x (through ws["xpad"])."""
+    padded.pad_planes(x, ws["xpad"], g.pt, g.pl, wp)
+    padded.im2col_padded(ws["xpad"], ws["cols"], g.kh, g.kw, g.dh, g.dw, wp, ho * wp)
+
+
+def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
+    """y = conv(x, w) + b (b may be None) using the workspace arrays `ws`."""
     _check(x.shape, w.shape, y.shape, g)
     m, n, ho, wo = y.shape
-    path = _matmul_path(g, x.shape[0])
+    path = conv_path(g, x.shape[0], wo)
     if path == "depthwise":
         depthwise_fwd(x, w, y, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     elif path == "pointwise":
         np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
+    elif path == "padded":
+        wp = _wp(g, x.shape[3])
+        _lower_padded(x, ws, g, wp, ho)
+        np.matmul(w.reshape(m, -1), ws["cols"], out=ws["ypad"])
+        padded.crop(ws["ypad"].reshape(m, n, -1), y, 0, 0, wp)
     else:
+        cols = ws["cols"]
         im2col(x, cols, *_geom_args(g, ho, wo))
         np.matmul(_by_group(w, g.groups), _by_group(cols, g.groups), out=_by_group(y, g.groups))
     if b is not None:
         add_bias(y.reshape(1, m, -1), b)
 
 
-def conv2d_bwd_input(gy, w, gx, cols, g: ConvGeom) -> None:
-    """gx = d conv(x, w) / dx applied to gy (overwrites gx); `cols` is col2im's workspace."""
+def conv2d_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
+    """gx = d conv(x, w) / dx applied to gy (overwrites gx)."""
     _check(gx.shape, w.shape, gy.shape, g)
     m, n, ho, wo = gy.shape
-    path = _matmul_path(g, gx.shape[0])
+    path = conv_path(g, gx.shape[0], wo)
     if path == "depthwise":
         depthwise_bwd_input(gy, w, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     elif path == "pointwise":
         np.matmul(w.reshape(m, -1).T, gy.reshape(m, -1), out=gx.reshape(gx.shape[0], -1))
+    elif path == "padded":
+        wp = _wp(g, gx.shape[3])
+        padded.pad_planes(gy, ws["ypad"].reshape(m, n, -1), 0, 0, wp)
+        np.matmul(w.reshape(m, -1).T, ws["ypad"], out=ws["cols"])
+        args = (g.kh, g.kw, g.dh, g.dw, wp, ho * wp)
+        padded.col2im_padded(ws["cols"], ws["xpad"], *args)
+        padded.crop(ws["xpad"], gx, g.pt, g.pl, wp)
     else:
+        cols = ws["cols"]
         wt = _by_group(w, g.groups).transpose(0, 2, 1)
         np.matmul(wt, _by_group(gy, g.groups), out=_by_group(cols, g.groups))
         col2im(cols, gx, *_geom_args(g, ho, wo))
 
 
-def conv2d_bwd_weight(gy, x, gw, gb, cols, g: ConvGeom) -> None:
-    """gw = d loss / d w and gb = d loss / d b (either may be None) from gy and the input
-    x; `cols` is im2col's workspace."""
+def conv2d_bwd_weight(gy, x, gw, gb, ws: dict, g: ConvGeom) -> None:
+    """gw = d loss / d w and gb = d loss / d b (either may be None) from gy and the
+    input x."""
     m = gy.shape[0]
     if gb is not None:
         channel_sum(gy.reshape(1, m, -1), gb)
     if gw is None:
         return
     _check(x.shape, gw.shape, gy.shape, g)
-    path = _matmul_path(g, x.shape[0])
+    path = conv_path(g, x.shape[0], gy.shape[3])
     if path == "depthwise":
         depthwise_bwd_weight(gy, x, gw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
         return
+    if path == "padded":
+        wp = _wp(g, x.shape[3])
+        _lower_padded(x, ws, g, wp, gy.shape[2])
+        padded.pad_planes(gy, ws["ypad"].reshape(m, gy.shape[1], -1), 0, 0, wp)
+        np.matmul(ws["ypad"], ws["cols"].T, out=gw.reshape(m, -1))
+        return
     src = x.reshape(x.shape[0], -1)
     if path == "im2col":
-        im2col(x, cols, *_geom_args(g, gy.shape[2], gy.shape[3]))
-        src = cols
+        im2col(x, ws["cols"], *_geom_args(g, gy.shape[2], gy.shape[3]))
+        src = ws["cols"]
     gs = _by_group(src, g.groups).transpose(0, 2, 1)
     np.matmul(_by_group(gy, g.groups), gs, out=_by_group(gw, g.groups))

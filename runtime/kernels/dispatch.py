@@ -6,10 +6,16 @@ slice (milliseconds) when another process holds a core, so only big calls go par
     def add_bias(y, b): ...        # written with prange, as for @njit(parallel=True)
 
     add_bias(y, b)                 # parallel when the largest array has >= PARALLEL_MIN
+
+A thread can ask for serial builds only (`serial_in_this_thread`): the session's lanes,
+which each train a slice of the batch on one core, do. Numba's workqueue threading layer
+aborts when two threads launch parallel kernels at once, so kernels that are parallel in
+any case (the codecs') are called holding `PARALLEL_LOCK`.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 from collections.abc import Callable
 
@@ -18,6 +24,13 @@ from numba import njit
 
 PARALLEL_MIN = 1 << 16  # elements of the largest array argument
 REASSOC = {"reassoc"}  # fastmath flag for reductions: lets float64 sums vectorize
+PARALLEL_LOCK = threading.Lock()
+_local = threading.local()
+
+
+def serial_in_this_thread(serial: bool) -> None:
+    """Make every Kernel called from this thread run its serial build (or not)."""
+    _local.serial = serial
 
 
 class Kernel:
@@ -25,11 +38,14 @@ class Kernel:
 
     def __init__(self, fn: Callable, fastmath: bool | set[str] = False) -> None:
         self.py_func = fn
-        self.parallel = njit(cache=True, parallel=True, fastmath=fastmath)(fn)
-        self.serial = njit(cache=True, fastmath=fastmath)(_renamed(fn, "_serial"))
+        flags = {"cache": True, "nogil": True, "fastmath": fastmath}
+        self.parallel = njit(parallel=True, **flags)(fn)
+        self.serial = njit(**flags)(_renamed(fn, "_serial"))
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
 
     def __call__(self, *args):
+        if getattr(_local, "serial", False):
+            return self.serial(*args)
         work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
         return (self.parallel if work >= PARALLEL_MIN else self.serial)(*args)
 

@@ -8,7 +8,7 @@ import math
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softmax_xent_fwd(logits, labels, smoothing, logp, losses):  # pragma: no cover - compiled
     """logp = log_softmax(logits); losses[n] = cross-entropy of sample n."""
     nb, nk = logits.shape
@@ -27,7 +27,7 @@ def softmax_xent_fwd(logits, labels, smoothing, logp, losses):  # pragma: no cov
         losses[n] = -(1.0 - smoothing) * (logits[n, labels[n]] - lse) - smoothing * total / nk
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softmax_xent_bwd(logp, labels, smoothing, scale, glogits):  # pragma: no cover - compiled
     """glogits = scale * (softmax - target)."""
     nb, nk = logp.shape

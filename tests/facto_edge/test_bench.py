@@ -109,14 +109,14 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
         models=("simple_cnn",), input_shape=(3, 16, 16), batch=4, steps=2, warmup=1,
         repeats=1, sweep=(2, 4), sweep_steps=1, cold_start=False, budget=300 * 10**6,
         threads=1, command="pytest",
-    )  # fmt: skip
+    )
     events = []
     result = run_bench(cfg, tmp_path / "work", progress=lambda *e: events.append(e))
     report = write_outputs(result, tmp_path / "docs" / "bench")
 
     assert events[-1][0] == events[-1][1] == len(plan_runs(cfg, "simple_cnn")) + 1
     failed = [(r.spec.system, r.spec.kind, r.error) for r in result.runs
-              if not r.ok and not (r.spec.kind == "sweep" and r.over_budget)]  # fmt: skip
+              if not r.ok and not (r.spec.kind == "sweep" and r.over_budget)]
     assert not failed
     for system in SYSTEMS:
         sweep = [r for r in result.runs if r.spec.kind == "sweep" and r.spec.system == system]
@@ -134,7 +134,7 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
     results_table = next(t for t in tables if "saved activations / step" in t[0])
     assert [row[1].split(" (")[0] for row in results_table[2:]] == [
         "PyTorch dense", "PyTorch factorized", "ONNX Runtime training", "facto-edge"
-    ]  # fmt: skip
+    ]
     for name in ("memory_vs_batch", "throughput_vs_batch", "saved_bytes", "memory_breakdown"):
         png = tmp_path / "docs" / "bench" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -148,7 +148,7 @@ def test_facto_edge_worker_imports_no_framework(tmp_path):
     # The facto-edge measurement must not pay for torch or onnxruntime in its peak RSS.
     code = ("import sys, facto_edge.bench.worker, facto_edge.bench.systems.facto; "
             "print([m for m in ('torch', 'onnxruntime', 'tensorly', 'matplotlib') "
-            "if m in sys.modules])")  # fmt: skip
+            "if m in sys.modules])")
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

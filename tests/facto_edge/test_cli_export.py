@@ -42,7 +42,9 @@ def test_zoo_then_export_prints_layer_table(tmp_path):
     assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
     again = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort")
     assert again.exit_code != 0 and "--force" in again.output
-    assert run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort", "--force").exit_code == 0
+    assert (
+        run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort", "--force").exit_code == 0
+    )
 
 
 def test_missing_file(tmp_path):
@@ -86,8 +88,9 @@ class Recurrent(nn.Module):
         return self.fc(out[:, -1])
 
 
-@pytest.mark.parametrize("module, layer", [(Deconv, "'up' is a ConvTranspose2d"),
-                                           (Recurrent, "'rnn' is a LSTM")])
+@pytest.mark.parametrize(
+    "module, layer", [(Deconv, "'up' is a ConvTranspose2d"), (Recurrent, "'rnn' is a LSTM")]
+)
 def test_unsupported_layer_is_named(tmp_path, module, layer):
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.script(module().eval()), str(path))

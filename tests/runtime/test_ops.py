@@ -155,6 +155,17 @@ def test_conv_frozen_weight():
 def test_conv_weight_only():
     check_op("Conv", {"pads": (1, 1, 1, 1)}, [X(X4), W((4, 3, 3, 3)), C((4,))], lambda x, w, b: F.conv2d(x, w, b, padding=1))
 
+WIDE = (2, 3, 5, 18)  # >= 16 output columns: the direct (padded-plane) path
+
+def test_conv_direct():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [WIDE, W((4, 3, 3, 3)), W((4,))], lambda x, w, b: F.conv2d(x, w, b, padding=1))
+
+def test_conv_direct_asymmetric_dilated():
+    check_op("Conv", {"pads": (2, 0, 1, 3), "dilations": (1, 2)}, [WIDE, W((4, 3, 2, 3))], lambda x, w: F.conv2d(F.pad(x, (0, 3, 2, 1)), w, dilation=(1, 2)))
+
+def test_conv_direct_frozen():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [WIDE, C((4, 3, 3, 3))], lambda x, w: F.conv2d(x, w, padding=1))
+
 def test_gemm_transb_bias():
     check_op("Gemm", {"transB": 1}, [(4, 6), W((5, 6)), W((5,))], lambda a, b, c: a @ b.T + c)
 
@@ -259,6 +270,9 @@ def test_bn_training():
 
 def test_bn_training_bias_only():
     check_op("BatchNormalization", {"training_mode": 1}, [X(X4), C((3,)), W((3,)), C((3,)), f32(0.5, 1.0, 2.0)], lambda x, w, b, m, v: F.batch_norm(x, None, None, w, b, training=True))
+
+def test_bn_training_rank2():
+    check_op("BatchNormalization", {"training_mode": 1}, [(6, 3), W((3,)), W((3,)), C((3,)), f32(0.5, 1.0, 2.0)], lambda x, w, b, m, v: F.batch_norm(x, None, None, w, b, training=True), grad_atol=3e-4)
 
 def test_xent_mean():
     check_op("SoftmaxCrossEntropyLoss", {}, [(5, 4), i64(0, 3, 1, 1, 2)], lambda s, y: F.cross_entropy(s, y))

@@ -81,6 +81,28 @@ def test_smaller_last_batch_matches_a_session_of_that_size():
     assert_grads_match(grads, ref_grads, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [8, 7, 1])
+def test_lanes_match_one_lane(monkeypatch, n):
+    model, manifest = tiny_model(stem_trainable=True)
+    x, y = batch(n, seed=5)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    lanes = TrainingSession((model, manifest), batch_size=8, threads=2)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    one = TrainingSession((model, manifest), batch_size=8, threads=2)
+    assert (lanes._lanes, one._lanes) == (2, 1)
+    for _ in range(2):  # the second step also checks that lane gradients do not pile up
+        loss, grads = lanes.compute_gradients(x, y)
+        ref_loss, ref_grads = one.compute_gradients(x, y)
+        assert loss == pytest.approx(ref_loss, rel=1e-6)
+        assert_grads_match(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(lanes.predict(x), one.predict(x), rtol=1e-6, atol=1e-7)
+
+
+def test_batch_statistics_need_one_lane(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert TrainingSession(tiny_model("train"), batch_size=8, threads=2)._lanes == 1
+
+
 def test_train_step_is_sgd_with_momentum():
     model, manifest = tiny_model()
     x, y = batch(4)
@@ -120,6 +142,8 @@ def test_batchnorm_running_statistics_follow_onnx():
     np.testing.assert_allclose(mean, 0.1 * h.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
     var = 0.9 + 0.1 * h.var((0, 2, 3), unbiased=False).numpy()
     np.testing.assert_allclose(s._params["bn.var"], var, rtol=1e-4)
+    assert s.buffers().keys() == {"bn.mean", "bn.var"}
+    assert s.buffers()["bn.mean"] is mean and s.step == 1
 
 
 def test_lossy_codec_trains_close_to_fp32():

@@ -1,0 +1,164 @@
+"""Device selection: `resolve_device("cpu" | "cuda") -> Backend`, resolved once when a
+session binds, so that nothing in a step asks which device it runs on.
+
+A Backend is a table: the op table of its device (op type -> OpDef, one lookup per node
+at bind time), the kernel module of each op family, the codec and optimizer factories,
+and the few array primitives the executor and session need beside the ops (zero-fill,
+gradient accumulation, copies to and from the host).
+
+Asking for CUDA where it cannot run raises DeviceError naming what is missing: numba's
+CUDA target (the numba-cuda package, `pip install 'facto-edge[cuda]'`), the NVIDIA
+driver, or a GPU. The CUDA simulator (NUMBA_ENABLE_CUDASIM=1, set before numba.cuda is
+first imported) counts as a device, for tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+
+import numpy as np
+
+from facto_edge.errors import DeviceError, UnsupportedOpError
+
+from .graph import Node
+from .ops import OpDef
+
+DEVICES = ("cpu", "cuda")
+KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "bn", "loss")
+FAMILIES = (*KERNEL_FAMILIES, "codecs", "optimizers")
+INSTALL_HINT = "install it with: pip install 'facto-edge[cuda]'"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The kernels and primitives of one device. `ops` maps ONNX op types to OpDefs,
+    `kernels` op families (FAMILIES) to kernel modules; the functions work on that
+    device's arrays (numpy for cpu, numba device arrays for cuda)."""
+
+    name: str
+    ops: Mapping[str, OpDef]
+    kernels: Mapping[str, ModuleType]
+    get_codec: Callable
+    make_optimizer: Callable
+    fill: Callable[[object, float], None]
+    accumulate: Callable[[object, object], None]  # g += scratch
+    to_device: Callable[[np.ndarray, object], None]  # host array -> device array
+    to_host: Callable[[object], np.ndarray]
+    simulated: bool = False
+
+    def lookup(self, node: Node) -> OpDef:
+        """The OpDef of `node` on this device, or UnsupportedOpError."""
+        op = self.ops.get(node.op_type)
+        if op is None:
+            raise UnsupportedOpError(
+                f"{node.op_type} node {node.name!r}: op type {node.op_type} is not supported "
+                f"on {self.name}; supported: {', '.join(self.ops)}"
+            )
+        return op
+
+
+def resolve_device(name: str) -> Backend:
+    """The Backend of device `name` ("cpu" or "cuda"), or DeviceError saying what is
+    missing."""
+    if name == "cpu":
+        return _cpu()
+    if name == "cuda":
+        return _cuda()
+    raise DeviceError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
+
+
+def _modules(package: str, names: Mapping[str, str]) -> Mapping[str, ModuleType]:
+    return MappingProxyType(
+        {family: importlib.import_module(f"{package}.{mod}") for family, mod in names.items()}
+    )
+
+
+def _cpu() -> Backend:
+    from . import codecs, optimizers
+    from .ops import OPS
+
+    kernels = dict(_modules(__package__ + ".kernels", {f: f for f in KERNEL_FAMILIES}))
+    kernels.update(codecs=codecs, optimizers=optimizers)
+    return Backend(
+        name="cpu",
+        ops=MappingProxyType(OPS),
+        kernels=MappingProxyType(kernels),
+        get_codec=codecs.get_codec,
+        make_optimizer=optimizers.make_optimizer,
+        fill=lambda a, value: a.fill(value),
+        accumulate=lambda g, scratch: np.add(g, scratch, out=g),
+        to_device=lambda host, dev: np.copyto(dev, host),
+        to_host=np.array,
+    )
+
+
+def _cuda() -> Backend:
+    simulated = check_cuda()
+    from .kernels.cuda import codecs, elementwise, optimizers
+    from .kernels.cuda.ops import CUDA_OPS
+
+    return Backend(
+        name="cuda",
+        ops=MappingProxyType(CUDA_OPS),
+        kernels=_modules(__package__ + ".kernels.cuda", {f: f for f in FAMILIES}),
+        get_codec=codecs.get_codec,
+        make_optimizer=optimizers.make_optimizer,
+        fill=elementwise.fill,
+        accumulate=elementwise.add_into,
+        to_device=lambda host, dev: dev.copy_to_device(np.ascontiguousarray(host, dev.dtype)),
+        to_host=lambda dev: dev.copy_to_host(),
+        simulated=simulated,
+    )
+
+
+def check_cuda() -> bool:
+    """Raise DeviceError unless CUDA can run here; True under the CUDA simulator."""
+    try:
+        from numba import cuda
+    except ImportError as e:
+        raise DeviceError(f"device='cuda' needs numba's CUDA target ({e}); {INSTALL_HINT}") from e
+    import numba
+
+    if numba.config.ENABLE_CUDASIM:
+        return True
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise DeviceError(
+            "device='cuda' needs the numba-cuda package (numba's maintained CUDA target), "
+            f"which is not installed; {INSTALL_HINT}"
+        )
+    _check_driver_and_gpu(cuda)
+    return False
+
+
+def _check_driver_and_gpu(cuda: ModuleType) -> None:
+    from numba.cuda.cudadrv.error import CudaSupportError
+
+    try:
+        available = cuda.is_available()
+        count = len(cuda.gpus) if available else 0
+    except CudaSupportError as e:
+        available, count, reason = False, 0, str(e)
+    else:
+        reason = _driver_error()
+    if available and count:
+        return
+    if not available and "NO_DEVICE" not in reason:
+        raise DeviceError(
+            "device='cuda' needs an NVIDIA driver, and numba found none that works "
+            f"({reason.strip() or 'driver initialization failed'}); install the driver "
+            "(on Jetson: JetPack) or use device='cpu'"
+        )
+    raise DeviceError(
+        "device='cuda' needs an NVIDIA GPU, and the driver reports none; use device='cpu'"
+    )
+
+
+def _driver_error() -> str:
+    """numba's reason for failing to initialize the CUDA driver, or ''."""
+    from numba.cuda.cudadrv.driver import driver
+
+    return str(driver.initialization_error or "")
