@@ -12,6 +12,7 @@ import platform
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from facto_edge.errors import BudgetError
@@ -154,3 +155,47 @@ def measure_runtime_fixed_cost(refresh: bool = False) -> int:
     except OSError:
         pass
     return cost
+
+
+# Peak RSS of training runs beyond the fixed cost and the arena, measured with
+# tools/bench_memory.py --margin (docs/memory.md): the loaded graph (the ONNX model and
+# its initializers), the session's Python objects, BLAS and Numba buffers of the first
+# steps. SAFETY_BASE covers the largest excess seen, with room to spare.
+SAFETY_BASE = 24 << 20
+SAFETY_PER_WEIGHT = 3  # the ONNX proto, the loaded initializers, and load-time copies
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """How a budget splits: the runtime's fixed cost, a safety margin for what the
+    process holds outside the arena, and what is left for the arena."""
+
+    budget: int
+    fixed: int
+    margin: int
+
+    @property
+    def arena(self) -> int:
+        return self.budget - self.fixed - self.margin
+
+    def too_small(self, arena_bytes: int, at: str) -> BudgetError:
+        """The error for a budget below fixed + margin + `arena_bytes` (needed `at` ...)."""
+        need = self.fixed + self.margin + arena_bytes
+        smallest = -(-need // (1 << 20))
+        return BudgetError(
+            f"a budget of {format_size(self.budget)} is too small: training needs at least "
+            f"{format_size(need)} (runtime {format_size(self.fixed)} + margin "
+            f"{format_size(self.margin)} + arena {format_size(arena_bytes)} {at}); "
+            f"give --budget {smallest}MiB or more"
+        )
+
+
+def safety_margin(weights_bytes: int) -> int:
+    """Bytes a training process holds at its peak beyond the fixed runtime cost and the
+    arena, for a model whose initializers take `weights_bytes`."""
+    return SAFETY_BASE + SAFETY_PER_WEIGHT * weights_bytes
+
+
+def allowance(budget: int | str, weights_bytes: int) -> Allowance:
+    """Split `budget` (bytes or a size such as "512MB") for a model of `weights_bytes`."""
+    return Allowance(parse_size(budget), measure_runtime_fixed_cost(), safety_margin(weights_bytes))

@@ -1,11 +1,11 @@
 """Fit training into a memory budget: check a batch size, or pick the largest that fits.
 
-`--budget` is the whole process's peak resident memory. The estimate of a run's peak is
-the runtime's measured fixed cost (`budget.measure_runtime_fixed_cost`) plus the bytes of
-the session's buffers (`TrainingSession.memory_report()["arena_bytes"]`). Buffers grow
-linearly with the batch size, so two probe sessions (batch 1 and 2) give the line, and
-the largest power of two under the budget is picked; the caller confirms it with
-`check_fits` on the session it builds.
+`--budget` is the whole process's peak resident memory. Where the TrainingSession takes a
+budget it plans its own arena against it (and splits a batch into micro-batches when it
+must); otherwise a run's peak is estimated here as the runtime's measured fixed cost
+(`budget.measure_runtime_fixed_cost`) plus the session's arena
+(`memory_report()["arena_bytes"]`). `--batch-size auto` is the largest power of two whose
+session fits whole (no micro-batches), found by bisection over real sessions.
 """
 
 from __future__ import annotations
@@ -24,20 +24,19 @@ SessionFactory = Callable[[int], object]
 
 @dataclass(frozen=True)
 class Fit:
-    """A batch size and what it is expected to cost against the budget."""
+    """A batch size and what it is expected to cost against the budget; the session may
+    run the batch as `accumulate` micro-batches of `micro_batch` to fit."""
 
     batch_size: int
     budget: int
     fixed_cost: int
     arena_bytes: int
+    micro_batch: int | None = None
+    accumulate: int = 1
 
     @property
     def estimated_peak(self) -> int:
         return self.fixed_cost + self.arena_bytes
-
-
-def arena_of(session) -> int:
-    return int(session.memory_report()["arena_bytes"])
 
 
 def _over_budget(budget: int, fixed: int, arena: int, batch: int, min_fit: int) -> BudgetError:
@@ -49,27 +48,55 @@ def _over_budget(budget: int, fixed: int, arena: int, batch: int, min_fit: int) 
     )
 
 
-def check_fits(session, batch_size: int, budget: int) -> Fit:
+def fit_of(session, budget: int) -> Fit:
+    """What a built session costs against `budget` (it is not checked)."""
+    report = session.memory_report()
+    return Fit(
+        batch_size=int(report["batch_size"]),
+        budget=budget,
+        fixed_cost=measure_runtime_fixed_cost(),
+        arena_bytes=int(report["arena_bytes"]),
+        micro_batch=report.get("micro_batch"),
+        accumulate=int(report.get("accumulate", 1)),
+    )
+
+
+def check_fits(session, budget: int) -> Fit:
     """The fit of a built session; BudgetError if it cannot fit the budget."""
-    fixed, arena = measure_runtime_fixed_cost(), arena_of(session)
-    if fixed + arena > budget:
-        raise _over_budget(budget, fixed, arena, batch_size, fixed + arena)
-    return Fit(batch_size, budget, fixed, arena)
+    fit = fit_of(session, budget)
+    if fit.estimated_peak > budget:
+        raise _over_budget(
+            budget, fit.fixed_cost, fit.arena_bytes, fit.batch_size, fit.estimated_peak
+        )
+    return fit
 
 
-def fit_batch_size(make_session: SessionFactory, budget: int, max_batch: int) -> Fit:
-    """The largest power-of-two batch size (at most `max_batch`, MAX_AUTO_BATCH) whose
-    sessions fit `budget`; `make_session(b)` builds a session of batch size b."""
-    fixed = measure_runtime_fixed_cost()
-    one, two = arena_of(make_session(1)), arena_of(make_session(2))
-    per_sample, base = max(two - one, 1), one - max(two - one, 0)
-    if fixed + one > budget:
-        raise _over_budget(budget, fixed, one, 1, fixed + one)
-    limit = min(max_batch, MAX_AUTO_BATCH)
-    batch = 1
-    while batch * 2 <= limit and fixed + base + per_sample * batch * 2 <= budget:
-        batch *= 2
-    return Fit(batch, budget, fixed, base + per_sample * batch)
+def _fits_whole(make: SessionFactory, batch: int, budget: int) -> bool:
+    """Whether a session of `batch` fits `budget` without splitting it into micro-batches."""
+    try:
+        session = make(batch)
+    except BudgetError:
+        return False
+    if session.memory_report().get("accumulate", 1) > 1:
+        return False
+    return getattr(make, "owns_budget", False) or fit_of(session, budget).estimated_peak <= budget
+
+
+def fit_batch_size(make: SessionFactory, budget: int, max_batch: int) -> int:
+    """The largest power-of-two batch size (at most `max_batch` and MAX_AUTO_BATCH) whose
+    session fits `budget` whole, by bisection over the powers of two; `make(b)` builds a
+    session of batch size b. BudgetError, saying what would fit, if not even 1 does."""
+    sizes = [1 << k for k in range(9) if 1 << k <= min(max_batch, MAX_AUTO_BATCH)]
+    lo, hi, best = 0, len(sizes) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if _fits_whole(make, sizes[mid], budget):
+            best, lo = sizes[mid], mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        check_fits(make(1), budget)  # raises, with the figures
+    return best or 1
 
 
 def peak_rss_bytes() -> int:

@@ -40,10 +40,12 @@ class TqdmProgress(Callback):
         )
         if info.fit:
             f = info.fit
+            micro = (
+                f", as {f.accumulate} micro-batches of {f.micro_batch}" if f.accumulate > 1 else ""
+            )  # noqa: E501
             self.echo(
-                f"fits the budget: runtime {format_size(f.fixed_cost)} + buffers "
-                f"{format_size(f.arena_bytes)} = {format_size(f.estimated_peak)} of "
-                f"{format_size(f.budget)}"
+                f"budget {format_size(f.budget)}: runtime {format_size(f.fixed_cost)} + arena "
+                f"{format_size(f.arena_bytes)} = {format_size(f.estimated_peak)}{micro}"
             )
 
     def on_epoch_start(self, epoch: int, batches: int) -> None:

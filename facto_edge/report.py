@@ -123,11 +123,14 @@ def format_history(history: Sequence[dict]) -> str:
 
 
 def format_memory(memory: dict, budget: int | None, peak_rss: int | None) -> str:
-    """Session buffers by kind, and the process's peak RSS against the budget."""
-    kinds = {k[: -len("_bytes")]: v for k, v in memory.items() if k.endswith("_bytes")}
-    total = kinds.pop("arena")
-    parts = ", ".join(f"{kind} {format_size(n)}" for kind, n in kinds.items())
-    lines = [f"buffers {format_size(total)}: {parts}"]
+    """The session's arena and its buffers by kind, and the peak RSS against the budget."""
+    kinds = ("weights", "grads", "optimizer", "activation", "saved", "workspace")
+    parts = ", ".join(
+        f"{kind} {format_size(memory[f'{kind}_bytes'])}"
+        for kind in kinds
+        if f"{kind}_bytes" in memory
+    )
+    lines = [f"arena {format_size(memory['arena_bytes'])} (buffers by kind: {parts})"]
     if peak_rss:
         against = f" (budget {format_size(budget)})" if budget else ""
         lines.append(f"peak resident memory while training {format_size(peak_rss)}{against}")

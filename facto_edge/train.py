@@ -36,7 +36,7 @@ from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
-from facto_edge.fit import Fit, check_fits, fit_batch_size, peak_rss_bytes
+from facto_edge.fit import Fit, check_fits, fit_batch_size, fit_of, peak_rss_bytes
 from facto_edge.manifest import Manifest
 from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
@@ -178,7 +178,8 @@ def _deferred_sigint() -> Iterator[_Interrupts]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The options that define a run; a resume must repeat them (`epochs` may change).
+    """The options that define a run; a resume must repeat them. `epochs` may change on
+    resume (a cosine or step schedule then stretches to the new total from that step on).
     `batch_size` is "auto" only until the run resolves it."""
 
     data: str
@@ -241,8 +242,9 @@ def _data_key(data: str) -> str:
 
 
 def _session_factory(model_dir: str | Path, cfg: TrainConfig, budget: int | None):
-    """`make(batch_size)` building sessions with the run's options (and the budget, where
-    the session takes one)."""
+    """`make(batch_size)` building sessions with the run's options and, where the session
+    takes one, the budget: it then plans its arena (and micro-batches) to fit, and
+    `make.owns_budget` is True."""
     from facto_edge.runtime import TrainingSession
 
     extra = {}
@@ -256,6 +258,7 @@ def _session_factory(model_dir: str | Path, cfg: TrainConfig, budget: int | None
             label_smoothing=cfg.label_smoothing, seed=cfg.seed, **extra,
         )  # fmt: skip
 
+    make.owns_budget = "budget" in extra
     return make
 
 
@@ -268,8 +271,7 @@ def _resolve_batch(cfg: TrainConfig, make, budget: int | None, n_train: int, sav
         return int(saved["batch_size"]), None
     if budget is None:
         return min(DEFAULT_BATCH, n_train), None
-    fit = fit_batch_size(make, budget, max_batch=n_train)
-    return fit.batch_size, fit
+    return fit_batch_size(make, budget, max_batch=n_train), None
 
 
 def _saved_config(out_dir: str | Path, resume: bool) -> dict | None:
@@ -444,7 +446,9 @@ def train(
     cfg = replace(cfg, batch_size=batch)
     session = make(batch)
     if budget_bytes is not None:
-        fit = check_fits(session, batch, budget_bytes)
+        fit = (
+            fit_of(session, budget_bytes) if make.owns_budget else check_fits(session, budget_bytes)
+        )
     run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
     loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
     if ckpt is not None:

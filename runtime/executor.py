@@ -175,6 +175,33 @@ class Executor:
             for scratch, g in st.accumulate:
                 np.add(g, scratch, out=g)
 
+    def step_arrays(self) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+        """For the memory planner (memory.py): the arrays each step touches, forward
+        steps then backward steps in run order, and the arrays the caller touches around
+        a step (graph inputs, values no node reads, the root gradient). Backward reads
+        activations only through saved buffers, so its inputs' values are not listed."""
+        fwd = [_touched(st, forward=True) for st in self._forward]
+        bwd = [_touched(st, forward=False) for st in self._backward]
+        read = {v for st in self._forward for v in st.b.site.node.inputs}
+        io = [
+            a
+            for v, a in self.values.items()
+            if v not in self._params and (v not in self._producer or v not in read)
+        ]
+        return fwd + bwd, io + [st.b.gy for st in self._backward[:1]]
+
+
+def _touched(st: _Step, forward: bool) -> list[np.ndarray]:
+    """The arrays one step may read or write in its forward or backward run."""
+    b = st.b
+    out = [*b.ws.values(), *b.saved.values()]
+    if forward:
+        out += [a for a in (*b.x, *b.y) if a is not None] + [buf for _, buf in st.encode]
+    elif b.gy is not None:
+        out += [b.gy, *(g for g in b.gx if g is not None)]
+        out += [a for pair in (*st.decode, *st.accumulate) for a in pair]
+    return out
+
 
 def _needed(schedule: Schedule, sites: dict[str, Site]):
     """(node, input position, value) of every gradient backward writes, in order."""

@@ -60,14 +60,6 @@ class Schedule:
     backward: tuple[Node, ...]
     need: dict[str, tuple[bool, ...]]
 
-    def needs_grad(self, value: str) -> bool:
-        """Whether some backward node writes a gradient for `value`."""
-        return any(
-            flag and name == value
-            for node in self.backward
-            for name, flag in zip(node.inputs, self.need[node.name], strict=True)
-        )
-
 
 def load_graph(source: ModelSource) -> Graph:
     """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair."""

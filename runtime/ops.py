@@ -31,13 +31,12 @@ from .codecs import (
     argmax_decode,
     argmax_encode,
     argmax_nbytes,
-    mask_apply,
     mask_nbytes,
 )
 from .graph import Node
 from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd, conv_workspace
 from .kernels.dispatch import PARALLEL_LOCK
-from .kernels.elementwise import clip_mask_fwd, reduce_to
+from .kernels.elementwise import clip_mask_fwd, mask_bwd, reduce_to
 from .kernels.gemm import gemm_bwd, gemm_fwd, matmul_bwd_operand
 from .kernels.loss import softmax_xent_bwd, softmax_xent_fwd
 from .kernels.pool import (
@@ -191,8 +190,7 @@ def _clip_fwd(b: Bound, training: bool) -> None:
 
 
 def _mask_bwd(b: Bound) -> None:
-    with PARALLEL_LOCK:
-        mask_apply(b.saved["mask"], b.gy, b.gx[0])
+    mask_bwd(b.saved["mask"], b.gy.reshape(-1), b.gx[0].reshape(-1))
 
 
 # Pooling ---------------------------------------------------------------------------------

@@ -22,14 +22,13 @@ batch-statistics BatchNormalization need the whole batch: one lane.
 
 from __future__ import annotations
 
-import math
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from facto_edge.budget import allowance
 from facto_edge.errors import DataError, DeviceError, FactoEdgeError
 
 from .bound import F32
@@ -38,6 +37,7 @@ from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
+from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
 from .optimizers import make_optimizer
 
 LABELS, LOSS = "facto:labels", "facto:loss"
@@ -70,24 +70,20 @@ class TrainingSession:
         seed: int = 0,
         threads: int | None = None,
         device: str = "cpu",
+        budget: int | str | None = None,
+        accumulate: int | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads, device)
-        threads = threads or numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(threads)
+        if accumulate is not None and not (isinstance(accumulate, int) and accumulate >= 1):
+            raise FactoEdgeError(f"accumulate must be a positive int, found {accumulate!r}")
+        self._threads = threads or numba.config.NUMBA_NUM_THREADS
+        numba.set_num_threads(self._threads)
         self.batch_size = batch_size
         self._graph = load_graph(model_dir)
-        self._lanes = _lane_count(threads, batch_size, self._graph.nodes)
-        self._pool = None
-        if self._lanes > 1:
-            self._pool = ThreadPoolExecutor(
-                self._lanes - 1, initializer=serial_in_this_thread, initargs=(True,)
-            )
         self._codec = get_codec(codec)
         self._seed, self._step = seed, 0
-        self._buffers: dict[str, tuple[np.ndarray, str]] = {}
-        self._params = {
-            name: self._place(name, value) for name, value in self._graph.initializers.items()
-        }
+        options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        self._optimizer_args = (optimizer, options)
         loss = Node(
             "SoftmaxCrossEntropyLoss",
             LOSS,
@@ -97,27 +93,23 @@ class TrainingSession:
         )
         self._schedule = build_schedule([*self._graph.nodes, loss], self._graph.trainable, LOSS)
         self._running_names = self._running_stat_names()
-        self._executors: dict[tuple[int, int], Executor] = {}
-        self._feedback: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        lanes = [self._executor(b - a, k) for k, a, b in self._slices(batch_size)]
-        self._grads = {t: self._grad(lanes[0], t) for t in self._graph.trainable}
-        self._optimizer = make_optimizer(
-            optimizer,
-            self.parameters(),
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            alloc=lambda name, shape, dtype: self._alloc(f"opt:{name}", shape, dtype, "optimizer"),
-        )
+        self._plans: dict[tuple[int, int], MemoryPlan] = {}
+        self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
+        self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate))
+        self._bind(self._micro, self._accumulate)
+        self._buffers = self._memory.buffers
+        self._pool = None
+        if self._lanes > 1:
+            self._pool = ThreadPoolExecutor(
+                self._lanes - 1, initializer=serial_in_this_thread, initargs=(True,)
+            )
 
     # Public API ------------------------------------------------------------------------
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on the batch (x, y); returns the mean loss before the step."""
-        loss = self._run(x, y)
+        loss = self._run(x, y, update_stats=True)
         self._optimizer.step(self._grads)
-        for new, current in self._feedback.get(x.shape[0], ()):
-            np.copyto(current, new)
         self._step += 1
         return loss
 
@@ -133,7 +125,7 @@ class TrainingSession:
         """Logits [n, classes] of x (any n; run in chunks of batch_size), eval mode."""
         self._check_x(x, limit=None)
         out = np.empty((x.shape[0], self._graph.num_classes), np.float32)
-        chunk_size = -(-self.batch_size // self._lanes)  # what lane 0 holds
+        chunk_size = -(-self._micro // self._lanes)  # what lane 0 holds
         for start in range(0, x.shape[0], chunk_size):
             chunk = x[start : start + chunk_size]
             ex = self._executor(chunk.shape[0])
@@ -175,27 +167,96 @@ class TrainingSession:
     def lr(self, value: float) -> None:
         self._optimizer.lr = value
 
+    @property
+    def memory_plan(self) -> MemoryPlan:
+        """The arena plan the session's buffers live in (runtime/memory.py)."""
+        return self._memory.plan
+
     def memory_report(self) -> dict:
-        """Bytes held per kind of buffer (`<kind>_bytes`), and in all (`arena_bytes`)."""
-        by_kind = Counter({kind: 0 for kind in REPORT_KEYS})
-        for buf, kind in self._buffers.values():
-            by_kind[kind] += buf.nbytes
+        """The arena's figures: bytes requested per kind of buffer (`<kind>_bytes`), the
+        planned arena (`arena_bytes`), its `lower_bound` (most bytes live at one step) and
+        `linear_bytes` (every buffer apart), the most activation bytes live at once
+        (`peak_activation_bytes`) and bytes that had to live outside the arena
+        (`unplanned_bytes`, 0 unless a batch needed more than planned)."""
+        plan = self._memory.plan
+        by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
-        report["arena_bytes"] = sum(by_kind.values())
-        return report | {"batch_size": self.batch_size, "codec": self._codec.name}
+        return report | {
+            "arena_bytes": plan.arena_bytes,
+            "lower_bound": plan.lower_bound,
+            "linear_bytes": plan.linear_bytes,
+            "peak_activation_bytes": plan.peak_live("activations"),
+            "unplanned_bytes": sum(self._memory.unplanned.values()),
+            "batch_size": self.batch_size,
+            "micro_batch": self._micro,
+            "accumulate": self._accumulate,
+            "codec": self._codec.name,
+        }
 
     # Binding ---------------------------------------------------------------------------
 
     def _alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
-        """The one place buffers come from: a zeroed `shape` view named `name` of `kind`.
-        A later request for the same name reuses that buffer (it must fit)."""
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if name not in self._buffers:
-            self._buffers[name] = (np.zeros(max(nbytes, 1), np.uint8), kind)
-        buf, have = self._buffers[name]
-        assert have == kind and nbytes <= buf.size, (name, kind, have, nbytes, buf.size)
-        return buf[:nbytes].view(dtype).reshape(shape)
+        """The one place buffers come from: a zeroed `shape` view named `name` of `kind`,
+        from the dry run's recorder or the planned arena (runtime/memory.py). A later
+        request for the same name reuses that buffer (it must fit)."""
+        return self._memory.alloc(name, tuple(shape), np.dtype(dtype), kind)
+
+    def _bind(self, micro: int, accumulate: int) -> list[Executor]:
+        """Bind every buffer, through self._memory, for micro-batches of `micro` samples
+        (`accumulate` of them per step); returns the lanes' executors."""
+        self._lanes = _lane_count(self._threads, micro, self._graph.nodes)
+        self._params = {
+            name: self._place(name, value) for name, value in self._graph.initializers.items()
+        }
+        self._executors: dict[tuple[int, int], Executor] = {}
+        self._feedback: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        lanes = [self._executor(b - a, k) for k, a, b in self._slices(micro)]
+        self._lane_grads = {t: self._grad(lanes[0], t) for t in self._graph.trainable}
+        self._grads = self._lane_grads
+        if accumulate > 1:  # micro-batches add up their gradients here
+            self._grads = {
+                t: self._alloc(f"acc:{t}", g.shape, F32, "grads")
+                for t, g in self._lane_grads.items()
+            }
+        name, options = self._optimizer_args
+        self._optimizer = make_optimizer(
+            name,
+            self.parameters(),
+            **options,
+            alloc=lambda name, shape, dtype: self._alloc(f"opt:{name}", shape, dtype, "optimizer"),
+        )
+        return lanes
+
+    def _plan(self, micro: int, accumulate: int) -> MemoryPlan:
+        """The arena plan of binding for micro-batches of `micro` (a dry run, cached)."""
+        if (micro, accumulate) not in self._plans:
+            self._memory = Recorder()
+            lanes = self._bind(micro, accumulate)
+            steps = [f"fwd {n.name}" for n in self._schedule.forward]
+            steps += [f"bwd {n.name}" for n in self._schedule.backward]
+            self._plans[micro, accumulate] = plan_memory(self._memory, lanes, steps)
+        return self._plans[micro, accumulate]
+
+    def _fit(self, batch: int, budget: int | str | None, accumulate: int | None) -> tuple[int, int]:
+        """(micro-batch size, micro-batches per step): `accumulate` as given (default 1)
+        or, with a budget, the fewest micro-batches whose arena fits what the budget
+        leaves after the runtime's fixed cost and a safety margin; BudgetError if none."""
+        if budget is None:
+            k = accumulate or 1
+            return -(-batch // k), k
+        weights = sum(a.nbytes for a in self._graph.initializers.values())
+        room = allowance(budget, weights)
+        high = batch if accumulate is None else -(-batch // accumulate)
+
+        def arena(micro: int) -> int:
+            return self._plan(micro, -(-batch // micro)).arena_bytes
+
+        micro = largest_fitting(arena, room.arena, high)
+        if micro is None or (accumulate is not None and micro < high):
+            at = high if accumulate is not None else 1
+            raise room.too_small(arena(at), f"at micro-batches of {at}, codec {self._codec.name}")
+        k = -(-batch // micro)
+        return -(-batch // k), k
 
     def _place(self, name: str, value: np.ndarray) -> np.ndarray:
         arr = self._alloc(f"param:{name}", value.shape, value.dtype, "weights")
@@ -244,25 +305,44 @@ class TrainingSession:
         for node in self._graph.nodes:
             if node.op_type == "BatchNormalization" and len(node.outputs) >= 3:
                 for out, inp in zip(node.outputs[1:3], node.inputs[3:5], strict=True):
-                    if out and inp in self._params:
+                    if out and inp in self._graph.initializers:
                         pairs.append((out, inp))
         return pairs
 
     # Steps -----------------------------------------------------------------------------
 
-    def _run(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Forward and backward of (x, y) over the lanes: the mean loss, with the
-        parameter gradients in self._grads."""
+    def _run(self, x: np.ndarray, y: np.ndarray, update_stats: bool = False) -> float:
+        """Forward and backward of (x, y), in micro-batches of self._micro: the mean loss,
+        with the parameter gradients of the mean loss in self._grads. `update_stats`
+        moves the running statistics of training-mode BatchNormalizations forward."""
         self._check_x(x, limit=self.batch_size)
         self._check_y(y, x.shape[0])
-        n = x.shape[0]
+        n, loss = x.shape[0], 0.0
+        for part, start in enumerate(range(0, n, self._micro)):
+            stop = start + self._micro
+            loss += self._run_micro(x[start:stop], y[start:stop], n, part)
+            if update_stats:
+                for new, current in self._feedback.get(min(stop, n) - start, ()):
+                    np.copyto(current, new)
+            if self._grads is not self._lane_grads:
+                for name, acc in self._grads.items():
+                    if part:
+                        np.add(acc, self._lane_grads[name], out=acc)
+                    else:
+                        np.copyto(acc, self._lane_grads[name])
+        return loss
+
+    def _run_micro(self, x: np.ndarray, y: np.ndarray, n: int, part: int) -> float:
+        """Forward and backward of micro-batch `part` (x, y) of a batch of n over the
+        lanes: its share of the mean loss, with its gradients in lane 0's buffers."""
         jobs = []
-        for lane, a, b in self._slices(n):
+        for lane, a, b in self._slices(x.shape[0]):
             ex = self._executor(b - a, lane)
             self._feed_x(ex, x[a:b])
             np.copyto(ex.values[LABELS], y[a:b], casting="unsafe")
             ex.grads[LOSS][...] = (b - a) / n
-            jobs.append((ex, hash((self._seed, self._step, lane)) & (2**62 - 1)))
+            seed = hash((self._seed, self._step, lane + part * self._lanes)) & (2**62 - 1)
+            jobs.append((ex, seed))
         others = [self._pool.submit(_forward_backward, *job) for job in jobs[1:]]
         serial_in_this_thread(len(jobs) > 1)
         try:
@@ -272,7 +352,7 @@ class TrainingSession:
             for f in others:
                 f.result()
         for ex, _ in jobs[1:]:
-            for name, g in self._grads.items():
+            for name, g in self._lane_grads.items():
                 if name in ex.grads:
                     np.add(g, ex.grads[name], out=g)
         return sum(float(ex.values[LOSS]) * float(ex.grads[LOSS]) for ex, _ in jobs)

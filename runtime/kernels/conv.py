@@ -154,7 +154,7 @@ def depthwise_fwd(x, w, y, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compil
                     srow = src[oy * sh + i * dh - pt]
                     orow = out[oy]
                     for ox in range(xlo, xhi):
-                        orow[ox] += wv * srow[ox * sw + j * dw - pl]
+                        orow[ox] += wv * srow[uidx(ox * sw + j * dw - pl)]
 
 
 @kernel
@@ -179,7 +179,7 @@ def depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
                         drow = dst[oy * sh + i * dh - pt]
                         grow = g[oy]
                         for ox in range(xlo, xhi):
-                            drow[ox * sw + j * dw - pl] += wv * grow[ox]
+                            drow[uidx(ox * sw + j * dw - pl)] += wv * grow[ox]
 
 
 @kernel(fastmath=REASSOC)
@@ -201,7 +201,7 @@ def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
                         srow = src[oy * sh + i * dh - pt]
                         grow = gy[m, n, oy]
                         for ox in range(xlo, xhi):
-                            acc += grow[ox] * srow[ox * sw + j * dw - pl]
+                            acc += grow[ox] * srow[uidx(ox * sw + j * dw - pl)]
                 gw[m, 0, i, j] = acc
 
 

@@ -120,12 +120,31 @@ def test_ctrl_c_waits_for_the_step_then_checkpoints(digits_model, small_npz, tmp
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+def fixed_cost(monkeypatch, mib: int) -> None:
+    """Pretend the runtime's measured fixed cost is `mib` MiB (wherever it is read)."""
+    for module in ("facto_edge.fit", "facto_edge.budget"):
+        monkeypatch.setattr(f"{module}.measure_runtime_fixed_cost", lambda: mib << 20)
+
+
 def test_budget_refused_before_anything_is_written(digits_model, small_npz, tmp_path, monkeypatch):
-    monkeypatch.setattr("facto_edge.fit.measure_runtime_fixed_cost", lambda: 200 << 20)
+    fixed_cost(monkeypatch, 200)
     out = tmp_path / "run"
-    with pytest.raises(BudgetError, match=r"give --budget .* or more"):
+    with pytest.raises(BudgetError, match=r"--budget"):
         run(digits_model, small_npz, out, epochs=1, budget="201MiB")
     assert not out.exists()
+
+
+def tightest_budget(model) -> int:
+    """The smallest whole MiB budget at which a batch-1 session fits (fixed cost 200 MiB)."""
+    from facto_edge.runtime import TrainingSession
+
+    for mib in range(200, 300):
+        try:
+            TrainingSession(model, batch_size=1, codec="q4", budget=mib << 20)
+            return mib << 20
+        except BudgetError:
+            continue
+    raise AssertionError("no budget fits")
 
 
 def test_auto_batch_is_the_largest_power_of_two_that_fits(
@@ -133,16 +152,13 @@ def test_auto_batch_is_the_largest_power_of_two_that_fits(
 ):
     from facto_edge.runtime import TrainingSession
 
-    monkeypatch.setattr("facto_edge.fit.measure_runtime_fixed_cost", lambda: 200 << 20)
-    arena = {
-        b: TrainingSession(
-            digits_model, batch_size=b, optimizer="adamw", codec="q4"
-        ).memory_report()["arena_bytes"]
-        for b in (16, 32)
-    }
-    budget = (200 << 20) + (arena[16] + arena[32]) // 2
-    result = run(
-        digits_model, small_npz, tmp_path / "run", epochs=1, batch_size="auto", budget=budget
-    )
-    assert result.fit.batch_size == 16 and result.fit.estimated_peak <= budget
-    assert math.isclose(result.fit.arena_bytes, arena[16], rel_tol=0.05)
+    fixed_cost(monkeypatch, 200)
+    roomy = run(digits_model, small_npz, tmp_path / "a", epochs=1, batch_size="auto", budget="1GiB")
+    assert roomy.fit.batch_size == 128  # the largest power of two in 180 images
+    budget = tightest_budget(digits_model) + (1 << 20)
+    tight = run(digits_model, small_npz, tmp_path / "b", epochs=1, batch_size="auto", budget=budget)
+    b = tight.fit.batch_size
+    assert 1 <= b < 128 and tight.fit.accumulate == 1
+    twice = TrainingSession(digits_model, batch_size=2 * b, codec="q4", budget=budget)
+    assert twice.memory_report()["accumulate"] > 1  # 2b would not fit whole
+    assert tight.history[-1]["step"] == math.ceil(180 / b)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from facto_edge.errors import UnsupportedOpError
-from facto_edge.runtime.codecs import get_codec, mask_encode, mask_nbytes
+from facto_edge.runtime.codecs import get_codec, mask_apply, mask_encode, mask_nbytes
 from facto_edge.runtime.executor import Executor
 from facto_edge.runtime.graph import Node, build_schedule
-from facto_edge.runtime.kernels.elementwise import clip_mask_fwd
+from facto_edge.runtime.kernels.elementwise import clip_mask_fwd, mask_bwd
 
 
 @dataclass(frozen=True)
@@ -294,6 +294,10 @@ def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
     mask_encode(x, ref, lo, hi)
     np.testing.assert_array_equal(bits, ref)
     np.testing.assert_array_equal(y, np.clip(x, lo, hi))
+    g, ref_g = np.empty_like(x), np.empty_like(x)
+    mask_bwd(bits, x, g)
+    mask_apply(ref, x, ref_g)
+    np.testing.assert_array_equal(g, ref_g)
 
 
 def test_unsupported_op_names_type_and_node():

@@ -159,7 +159,8 @@ def test_memory_report_accounts_for_every_buffer():
     s = TrainingSession(tiny_model(), batch_size=4, momentum=0.9)
     r = s.memory_report()
     kinds = ("weights", "grads", "optimizer", "activation", "saved", "workspace")
-    assert r["arena_bytes"] == sum(r[f"{k}_bytes"] for k in kinds)
+    requested = sum(r[f"{k}_bytes"] for k in kinds)
+    assert r["lower_bound"] <= r["arena_bytes"] <= requested <= r["linear_bytes"]
     trainable_bytes = sum(p.nbytes for p in s.parameters().values())
     assert r["grads_bytes"] == trainable_bytes
     assert r["optimizer_bytes"] == trainable_bytes == s._optimizer.state_bytes()

@@ -23,16 +23,20 @@ _GRID_CAP = MAX_BLOCKS if SIM else 65535
 
 
 @cuda.jit(device=True, inline=True)
-def _op_ld(a, sw, trans, l0, l1, i, k):
-    """op(a)[l0, l1, i, k] with batch broadcasting; 0 outside the matrix."""
+def _op_ld(a, sw, trans, j0, j1, i, k):
+    """op(a)[i, k] of batch entry (j0, j1) of a; 0 outside the matrix."""
     rows, cols = (a.shape[3], a.shape[2]) if trans else (a.shape[2], a.shape[3])
     if i >= rows or k >= cols:
         return float32(0.0)
+    r, q = (k, i) if trans else (i, k)
+    return a[j1, j0, r, q] if sw else a[j0, j1, r, q]
+
+
+@cuda.jit(device=True, inline=True)
+def _batch(a, sw, l0, l1):
+    """Batch entry of a for output batch (l0, l1), with broadcasting."""
     b0, b1 = (a.shape[1], a.shape[0]) if sw else (a.shape[0], a.shape[1])
-    j0, j1 = bidx(l0, b0), bidx(l1, b1)
-    if trans:
-        return ld4(a, sw, j0, j1, k, i)
-    return ld4(a, sw, j0, j1, i, k)
+    return bidx(l0, b0), bidx(l1, b1)
 
 
 @cuda.jit(cache=True)
@@ -44,16 +48,16 @@ def _matmul(a, sa, ta, b, sb, tb, c, sc, d, sd, alpha, beta):  # pragma: no cove
     m, n = c.shape[2], c.shape[3]
     kk = a.shape[2] if ta else a.shape[3]
     tm, tn = (m + TILE - 1) // TILE, (n + TILE - 1) // TILE
-    dl = d.shape
-    d0, d1 = (dl[1], dl[0]) if sd else (dl[0], dl[1])
     for t in range(cuda.blockIdx.x, l0n * l1n * tm * tn, cuda.gridDim.x):
         bt, r = t // (tm * tn), t % (tm * tn)
         l0, l1 = bt // l1n, bt % l1n
+        a0, a1 = _batch(a, sa, l0, l1)
+        b0, b1 = _batch(b, sb, l0, l1)
         row, col = (r // tn) * TILE + ty, (r % tn) * TILE + tx
         acc = float32(0.0)
         for k0 in range(0, kk, TILE):
-            ta_s[ty, tx] = _op_ld(a, sa, ta, l0, l1, row, k0 + tx)
-            tb_s[ty, tx] = _op_ld(b, sb, tb, l0, l1, k0 + ty, col)
+            ta_s[ty, tx] = _op_ld(a, sa, ta, a0, a1, row, k0 + tx)
+            tb_s[ty, tx] = _op_ld(b, sb, tb, b0, b1, k0 + ty, col)
             cuda.syncthreads()
             for k in range(TILE):
                 acc += ta_s[ty, k] * tb_s[k, tx]
@@ -61,8 +65,8 @@ def _matmul(a, sa, ta, b, sb, tb, c, sc, d, sd, alpha, beta):  # pragma: no cove
         if row < m and col < n:
             v = alpha * acc
             if beta != 0:
-                j0, j1 = bidx(l0, d0), bidx(l1, d1)
-                v += beta * ld4(d, sd, j0, j1, bidx(row, dl[2]), bidx(col, dl[3]))
+                d0, d1 = _batch(d, sd, l0, l1)
+                v += beta * ld4(d, sd, d0, d1, bidx(row, d.shape[2]), bidx(col, d.shape[3]))
             st4(c, sc, l0, l1, row, col, v)
 
 

@@ -1,0 +1,545 @@
+"""The CUDA backend against the CPU backend: every op's forward and gradients, the
+codecs, masks and argmax packing, the optimizers, and device selection.
+
+The kernel tests need numba.cuda on a GPU or under the CUDA simulator. The simulator is
+chosen when numba.cuda is first imported, so a plain run of this file (no GPU, no
+NUMBA_ENABLE_CUDASIM) skips them and `test_kernels_under_simulator` reruns the file in a
+subprocess with NUMBA_ENABLE_CUDASIM=1. On a GPU machine (tools/cuda_check.py) they run
+on the device, with the `gpu`-marked tests too. Shapes are tiny: the simulator runs one
+Python thread per CUDA thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from facto_edge.errors import DeviceError
+from facto_edge.runtime import codecs as host_codecs
+from facto_edge.runtime import device as device_mod
+from facto_edge.runtime import optimizers as host_optimizers
+from facto_edge.runtime.bound import Bound, Site, stored_shape
+from facto_edge.runtime.graph import Node
+from facto_edge.runtime.ops import OPS
+
+SIM = bool(numba.config.ENABLE_CUDASIM)
+
+
+def _cuda_mode() -> str | None:
+    """'sim', 'gpu', or None when CUDA kernels cannot run in this process."""
+    if SIM:
+        return "sim"
+    try:
+        device_mod.check_cuda()
+    except DeviceError:
+        return None
+    return "gpu"
+
+
+MODE = _cuda_mode()
+needs_cuda = pytest.mark.skipif(
+    MODE is None, reason="no CUDA device here; test_kernels_under_simulator runs these"
+)
+gpu = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _simulator():
+    """Under the simulator: a short GIL switch interval (its block manager polls its
+    threads holding the GIL, so barriers are several times faster), and fixes of two
+    thread races of numba 0.68's simulator that made reductions flaky."""
+    if not SIM:
+        yield
+        return
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    with pytest.MonkeyPatch.context() as mp:
+        _fix_simulator_races(mp)
+        yield
+    sys.setswitchinterval(old)
+
+
+def _fix_simulator_races(mp: pytest.MonkeyPatch) -> None:
+    """(1) FakeCUDAShared.array looks up and creates a block's array without a lock, so
+    two threads can get different "shared" arrays; (2) swapped_cuda_module, which
+    points a device function's module at the fake cuda module, restores the real one
+    when any thread leaves, under threads still inside (fixed upstream in numba-cuda,
+    NVIDIA/numba-cuda#690): here with a lock and a count per module."""
+    from numba.cuda.simulator import kernel, kernelapi
+    from numba.np import numpy_support
+
+    lock = threading.RLock()
+
+    def shared_array(self, shape, dtype):
+        if isinstance(dtype, numba.types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            if key not in self._allocations:
+                self._allocations[key] = np.empty(shape, dtype)
+            return self._allocations[key]
+
+    inside: dict[int, tuple[int, dict]] = {}
+
+    @contextlib.contextmanager
+    def swapped(fn, fake):
+        from numba import cuda
+
+        globs = fn.__globals__
+        with lock:
+            count, orig = inside.get(id(globs), (0, None))
+            if count == 0:
+                orig = {k: v for k, v in globs.items() if v is cuda}
+                globs.update(dict.fromkeys(orig, fake))
+            inside[id(globs)] = (count + 1, orig)
+        try:
+            yield
+        finally:
+            with lock:
+                count, orig = inside[id(globs)]
+                inside[id(globs)] = (count - 1, orig)
+                if count == 1:
+                    globs.update(orig)
+
+    mp.setattr(kernelapi.FakeCUDAShared, "array", shared_array)
+    mp.setattr(kernel, "swapped_cuda_module", swapped)
+
+
+def test_kernels_under_simulator():
+    """Rerun this file under the CUDA simulator (a fresh process: the flag is read when
+    numba.cuda is imported)."""
+    if SIM:
+        pytest.skip("already running under the simulator")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+# Device selection ------------------------------------------------------------------------
+
+
+def test_unknown_device_is_named():
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
+        device_mod.resolve_device("tpu")
+
+
+def test_cpu_backend_table():
+    b = device_mod.resolve_device("cpu")
+    assert b.name == "cpu" and set(b.kernels) == set(device_mod.FAMILIES)
+    assert b.lookup(Node("Conv", "c", ("x", "w"), ("y",))) is OPS["Conv"]
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="checks the errors of a machine without CUDA")
+def test_missing_numba_cuda_is_named(monkeypatch):
+    monkeypatch.setattr(device_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DeviceError, match="numba-cuda package.*facto-edge\\[cuda\\]"):
+        device_mod.resolve_device("cuda")
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="checks the errors of a machine without CUDA")
+def test_missing_driver_is_named(monkeypatch):
+    monkeypatch.setattr(device_mod.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(DeviceError, match="needs an NVIDIA driver"):
+        device_mod.resolve_device("cuda")
+
+
+@pytest.mark.skipif(SIM or MODE == "gpu", reason="checks the errors of a machine without CUDA")
+def test_missing_gpu_is_named(monkeypatch):
+    from numba import cuda
+
+    monkeypatch.setattr(device_mod.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "gpus", [], raising=False)
+    with pytest.raises(DeviceError, match="needs an NVIDIA GPU"):
+        device_mod.resolve_device("cuda")
+
+
+@needs_cuda
+def test_cuda_backend_covers_the_op_table():
+    b = device_mod.resolve_device("cuda")
+    assert b.name == "cuda" and b.simulated == SIM
+    assert set(b.ops) == set(OPS) and set(b.kernels) == set(device_mod.FAMILIES)
+    for op_type, op in b.ops.items():
+        cpu = OPS[op_type]
+        assert (op.infer, op.saved) == (cpu.infer, cpu.saved), op_type
+        assert op.forward is not cpu.forward and op.backward is not cpu.backward, op_type
+
+
+@gpu
+@pytest.mark.skipif(MODE != "gpu", reason="needs a real CUDA GPU")
+def test_resolve_device_on_a_gpu():
+    from numba import cuda
+
+    b = device_mod.resolve_device("cuda")
+    assert not b.simulated and len(cuda.gpus) >= 1
+    free_before = cuda.current_context().get_memory_info()[0]
+    a = cuda.device_array(64 << 20, np.uint8)
+    assert cuda.current_context().get_memory_info()[0] <= free_before - (64 << 20)
+    del a
+
+
+# One op on both backends -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class W:
+    """A trainable initializer of this shape (random)."""
+
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class C:
+    """A frozen initializer of this shape (random)."""
+
+    shape: tuple[int, ...]
+
+
+def _inputs(shapes_, rng) -> tuple[list, list, list]:
+    """(values, persistent flags, need-grad flags) of an op's inputs: a tuple is an
+    activation needing a gradient, W/C initializers, an ndarray a constant."""
+    values, persistent, need = [], [], []
+    for s in shapes_:
+        if s is None or isinstance(s, np.ndarray):
+            values.append(s)
+            persistent.append(s is not None)
+            need.append(False)
+            continue
+        shape = s if isinstance(s, tuple) else s.shape
+        values.append(rng.standard_normal(shape).astype(np.float32))
+        persistent.append(isinstance(s, W | C))
+        need.append(not isinstance(s, C))
+    return values, persistent, need
+
+
+def _site(op_type: str, attrs: dict, values, persistent, need, n_out: int) -> Site:
+    names = tuple("" if v is None else f"in{i}" for i, v in enumerate(values))
+    flags = frozenset(i for i, p in enumerate(persistent) if p)
+    node = Node(op_type, "node", names, tuple(f"out{k}" for k in range(n_out)), attrs, flags)
+    ins = [None if v is None else tuple(v.shape) for v in values]
+    consts = [v if p else None for v, p in zip(values, persistent, strict=True)]
+    outs = OPS[op_type].infer(node, ins, consts)
+    return Site(node, tuple(ins), tuple(map(tuple, outs)), tuple(consts), tuple(need))
+
+
+def _stored(a: np.ndarray, cm: bool) -> np.ndarray:
+    return np.array(a.swapaxes(0, 1) if cm else a, order="C")
+
+
+def _bind(op, site: Site, values, gy: np.ndarray) -> Bound:
+    """Host buffers of one node: inputs as stored, zeroed outputs, gradients, saved bytes
+    and workspace; an input backward keeps is kept as is (the codecs are tested apart)."""
+    x = [None if v is None else _stored(v, site.cm_in(i)) for i, v in enumerate(values)]
+    y = [np.zeros(stored_shape(s), np.float32) for s in site.outs]
+    gx = [
+        np.zeros(stored_shape(s, i in site.node.persistent), np.float32) if n else None
+        for i, (s, n) in enumerate(zip(site.ins, site.need, strict=True))
+    ]
+    saved = {
+        s.key: np.zeros(s.nbytes, np.uint8) if s.source is None else x[s.source]
+        for s in op.saved(site)
+    }
+    ws = {k: np.zeros(shape, dtype) for k, (shape, dtype) in op.workspace(site).items()}
+    return Bound(site, x, y, gx, _stored(gy, site.cm_out(0)), saved, ws)
+
+
+def _to_device(b: Bound, op) -> Bound:
+    """The device twin of host bound buffers (fresh device copies of each array), with
+    the CUDA op's own workspace."""
+    from numba import cuda
+
+    def dev(a):
+        return None if a is None else cuda.to_device(a)
+
+    x = [dev(a) for a in b.x]
+    saved = {
+        k: x[int(k[2:])] if k.startswith("in") else dev(a) for k, a in b.saved.items()
+    }
+    ws = {k: cuda.to_device(np.zeros(s, d)) for k, (s, d) in op.workspace(b.site).items()}
+    gx = [dev(a) for a in b.gx]
+    return Bound(b.site, x, [dev(a) for a in b.y], gx, dev(b.gy), saved, ws)
+
+
+def _host(a, cm: bool) -> np.ndarray:
+    h = a if isinstance(a, np.ndarray) else a.copy_to_host()
+    return h.swapaxes(0, 1) if cm else h
+
+
+def _outputs(b: Bound) -> dict[str, np.ndarray]:
+    out = {f"y{k}": _host(a, b.site.cm_out(k)) for k, a in enumerate(b.y) if a is not None}
+    for i, g in enumerate(b.gx):
+        if g is not None:
+            out[f"gx{i}"] = _host(g, b.site.cm_in(i))
+    return out
+
+
+def check_cuda_op(op_type, attrs, shapes_, n_out=1, atol=1e-5, seed=0, training=True):
+    """Run one `op_type` node forward (training) and backward on the CPU and CUDA op
+    tables from the same inputs and output gradient; outputs and input gradients agree."""
+    from facto_edge.runtime.kernels.cuda.ops import CUDA_OPS
+
+    rng = np.random.default_rng(seed)
+    values, persistent, need = _inputs(shapes_, rng)
+    site = _site(op_type, dict(attrs), values, persistent, need, n_out)
+    gy = rng.standard_normal(site.outs[0]).astype(np.float32)
+    cpu, gpu_op = OPS[op_type], CUDA_OPS[op_type]
+    hb = _bind(cpu, site, values, gy)
+    db = _to_device(hb, gpu_op)
+    for op, b in ((cpu, hb), (gpu_op, db)):
+        op.forward(b, training)
+        if training and any(site.need):
+            op.backward(b)
+    want, got = _outputs(hb), _outputs(db)
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=1e-5, err_msg=key)
+    return want
+
+
+def f32(*v) -> np.ndarray:
+    return np.array(v if len(v) > 1 else v[0], np.float32)
+
+
+def i64(*v) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+X4 = (2, 3, 5, 6)  # a tiny NCHW activation
+XC = (2, 3, 4, 5)  # a tinier one for convolutions (each runs three tiled matmuls)
+
+# fmt: off
+CONV_CASES = {
+    "3x3 pad": ({"pads": [1, 1, 1, 1]}, [XC, W((4, 3, 3, 3)), W((4,))]),
+    "stride dilation": ({"strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 0, 2]}, [XC, W((4, 3, 3, 2))]),  # noqa: E501
+    "grouped": ({"group": 3, "pads": [1, 1, 1, 1]}, [(2, 6, 4, 5), W((6, 2, 3, 3))]),
+    "depthwise x2": ({"group": 3, "strides": [2, 2], "pads": [1, 1, 1, 1]}, [XC, W((6, 1, 3, 3)), W((6,))]),  # noqa: E501
+    "pointwise": ({}, [XC, W((4, 3, 1, 1)), C((4,))]),
+    "1x1 stride": ({"strides": [2, 2]}, [XC, C((4, 3, 1, 1))]),
+    "frozen weight": ({"pads": [1, 1, 1, 1]}, [XC, C((4, 3, 3, 3))]),
+}
+OP_CASES = {
+    "gemm": ("Gemm", {"transB": 1}, [(3, 5), W((4, 5)), W((4,))]),
+    "gemm transA alpha beta": ("Gemm", {"transA": 1, "alpha": 0.5, "beta": 2.0}, [(5, 3), W((5, 4)), W((3, 4))]),  # noqa: E501
+    "gemm row bias": ("Gemm", {}, [(3, 5), C((5, 4)), W((1, 4))]),
+    "matmul": ("MatMul", {}, [(3, 5), W((5, 4))]),
+    "matmul batch broadcast": ("MatMul", {}, [(2, 3, 5), (5, 4)]),
+    "matmul 4d": ("MatMul", {}, [(2, 3, 4, 5), W((5, 2))]),
+    "add": ("Add", {}, [X4, X4]),
+    "add channel bias": ("Add", {}, [X4, W((3, 1, 1))]),
+    "add 2d broadcast": ("Add", {}, [(3, 4), (1, 4)]),
+    "mul": ("Mul", {}, [X4, X4]),
+    "mul channel scale": ("Mul", {}, [X4, W((1, 3, 1, 1))]),
+    "relu": ("Relu", {}, [X4]),
+    "relu 2d": ("Relu", {}, [(3, 7)]),
+    "relu6": ("Clip", {}, [X4, f32(0.0), f32(0.5)]),
+    "clip min only": ("Clip", {}, [X4, f32(-0.3), None]),
+    "maxpool": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [X4]),
+    "maxpool overlap pad": ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, [X4]),  # noqa: E501
+    "maxpool ceil dilation": ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1, "dilations": [1, 2]}, [X4]),  # noqa: E501
+    "avgpool": ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}, [X4]),
+    "avgpool pad exclude": ("AveragePool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, [X4]),  # noqa: E501
+    "avgpool pad include ceil": ("AveragePool", {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1, "ceil_mode": 1}, [X4]),  # noqa: E501
+    "global avgpool": ("GlobalAveragePool", {}, [X4]),
+    "flatten": ("Flatten", {"axis": 1}, [X4]),
+    "flatten axis 2": ("Flatten", {"axis": 2}, [X4]),
+    "reshape": ("Reshape", {}, [X4, i64(2, -1)]),
+    "reshape to 4d": ("Reshape", {}, [(2, 30), i64(2, 5, 3, 2)]),
+    "identity": ("Identity", {}, [X4]),
+    "dropout": ("Dropout", {}, [X4]),
+    "pad": ("Pad", {}, [X4, i64(0, 1, 2, 1, 0, 0, 1, 2), f32(0.5)]),
+    "pad negative": ("Pad", {}, [X4, i64(0, 0, -1, 1, 0, -1, 2, -2)]),
+    "slice": ("Slice", {}, [X4, i64(1, 1), i64(3, 6), i64(1, 3), i64(1, 2)]),
+    "slice reversed": ("Slice", {}, [X4, i64(-1), i64(-100), i64(2), i64(-2)]),
+    "concat channels": ("Concat", {"axis": 1}, [X4, (2, 2, 5, 6)]),
+    "concat 2d": ("Concat", {"axis": 0}, [(2, 4), (3, 4)]),
+    "bn inference": ("BatchNormalization", {}, [X4, W((3,)), W((3,)), C((3,)), np.abs(np.arange(1.0, 4.0, dtype=np.float32))]),  # noqa: E501
+    "bn inference frozen scale": ("BatchNormalization", {}, [X4, C((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
+    "bn 2d": ("BatchNormalization", {"epsilon": 1e-3}, [(4, 3), W((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
+    "xent": ("SoftmaxCrossEntropyLoss", {"reduction": "mean"}, [(4, 5), i64(0, 4, 2, 2)]),
+    "xent smoothing sum": ("SoftmaxCrossEntropyLoss", {"reduction": "sum", "label_smoothing": 0.1}, [(4, 5), i64(1, 3, 0, 2)]),  # noqa: E501
+}
+# fmt: on
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv(case):
+    attrs, shapes_ = CONV_CASES[case]
+    check_cuda_op("Conv", attrs, shapes_)
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", OP_CASES)
+def test_op(case):
+    op_type, attrs, shapes_ = OP_CASES[case]
+    check_cuda_op(op_type, attrs, shapes_)
+
+
+@needs_cuda
+def test_bn_training_with_running_stats():
+    var = np.abs(np.arange(1.0, 4.0, dtype=np.float32))
+    shapes_ = [X4, W((3,)), W((3,)), C((3,)), var]
+    out = check_cuda_op("BatchNormalization", {"training_mode": 1, "momentum": 0.8}, shapes_, 3)
+    assert {"y1", "y2", "gx0", "gx1", "gx2"} <= out.keys()
+
+
+@needs_cuda
+@pytest.mark.parametrize("op_type", ["Relu", "MaxPool", "BatchNormalization"])
+def test_eval_forward(op_type):
+    attrs = {"kernel_shape": [2, 2], "strides": [2, 2]} if op_type == "MaxPool" else {}
+    shapes_ = [X4] + ([C((3,)), C((3,)), C((3,)), f32(1.0, 2.0, 0.5)] if op_type[0] == "B" else [])
+    check_cuda_op(op_type, attrs, shapes_, training=False)
+
+
+# Codecs, masks, argmax -------------------------------------------------------------------
+
+
+def _activation(seed: int = 0) -> np.ndarray:
+    """Values a codec meets: ReLU zeros, fp16 subnormals and extremes, a constant row."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, 3, 5, 5)) * 3).astype(np.float32)
+    x[0, 0] = np.maximum(x[0, 0], 0)
+    x[0, 1, 0, :4] = (3e-8, -6e-8, 1e-5, 65504.0)
+    x[1, 2] = 0.25
+    return x
+
+
+@needs_cuda
+@pytest.mark.parametrize("rounding", host_codecs.ROUNDINGS)
+@pytest.mark.parametrize("name, group", [("fp32", 64), ("fp16", 64), ("q8", 64), ("q4", 64), ("q2", 64), ("q4", 7), ("q2", 3), ("q8", 25)])  # fmt: skip  # noqa: E501
+def test_codec_matches_cpu(name, group, rounding):
+    """Same bytes as the CPU codec under the simulator (exact arithmetic); on a GPU, FMA
+    contraction may move a code by one step, so decoded values agree within a step."""
+    from numba import cuda
+
+    from facto_edge.runtime.kernels.cuda import codecs as dev_codecs
+
+    if name.startswith("fp") and rounding != "nearest":
+        pytest.skip("rounding applies to the block codecs")
+    x = _activation()
+    cpu = host_codecs.get_codec(name, group, rounding)
+    dev = dev_codecs.get_codec(name, group, rounding)
+    want = np.zeros(cpu.nbytes(x.shape), np.uint8)
+    cpu.encode(x, want, seed=5)
+    got = cuda.to_device(np.zeros_like(want))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # uint64 hash overflow (simulator)
+        dev.encode(cuda.to_device(x), got, seed=5)
+    decoded = cuda.device_array(x.shape, np.float32)
+    dev.decode(cuda.to_device(want), decoded)
+    ref = np.empty_like(x)
+    cpu.decode(want, ref)
+    if MODE == "sim" or name.startswith("fp"):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    else:
+        step = np.abs(x).max() / (2 ** int(name[1:]) - 1) * 2
+        np.testing.assert_allclose(_decoded(cpu, got, x), ref, atol=step)
+    np.testing.assert_array_equal(decoded.copy_to_host(), ref)
+
+
+def _decoded(cpu, buf, like: np.ndarray) -> np.ndarray:
+    out = np.empty_like(like)
+    cpu.decode(buf.copy_to_host(), out)
+    return out
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["fp32", "fp16", "q4"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e6])
+def test_codec_errors(name, bad):
+    from numba import cuda
+
+    from facto_edge.errors import NumericalError
+    from facto_edge.runtime.kernels.cuda import codecs as dev_codecs
+
+    x = _activation()
+    x[1, 1, 2, 2] = bad
+    codec = dev_codecs.get_codec(name, deferred=True)
+    buf = cuda.device_array(codec.nbytes(x.shape), np.uint8)
+    codec.encode(cuda.to_device(x), buf)
+    if name == "fp32" and math.isfinite(bad):
+        codec.errors.check(name)  # fp32 holds 1e6
+        return
+    match = "NaN/Inf" if not math.isfinite(bad) else "fp16 range"
+    with pytest.raises(NumericalError, match=match):
+        codec.errors.check(name)
+    codec.errors.check(name)  # the check reset the count
+
+
+@needs_cuda
+def test_masks_and_argmax_match_cpu():
+    from numba import cuda
+
+    from facto_edge.runtime.kernels.cuda import codecs as dev_codecs
+
+    x = _activation()
+    want = np.zeros(host_codecs.mask_nbytes(x.shape), np.uint8)
+    host_codecs.mask_encode(x, want, 0.0, 6.0)
+    got = cuda.device_array(want.size, np.uint8)
+    dev_codecs.mask_encode(cuda.to_device(x), got, 0.0, 6.0)
+    np.testing.assert_array_equal(got.copy_to_host(), want)
+    flags = cuda.device_array(x.shape, np.uint8)
+    dev_codecs.mask_decode(got, flags)
+    np.testing.assert_array_equal(flags.copy_to_host(), (x > 0) & (x < 6))
+    idx = np.random.default_rng(1).integers(0, 9, (2, 3, 3, 3)).astype(np.uint8)
+    packed = np.zeros(host_codecs.argmax_nbytes(idx.shape, 3), np.uint8)
+    host_codecs.argmax_encode(idx, packed, 3)
+    dev_packed = cuda.device_array(packed.size, np.uint8)
+    dev_codecs.argmax_encode(cuda.to_device(idx), dev_packed, 3)
+    np.testing.assert_array_equal(dev_packed.copy_to_host(), packed)
+    back = cuda.device_array(idx.shape, np.uint8)
+    dev_codecs.argmax_decode(dev_packed, back, 3)
+    np.testing.assert_array_equal(back.copy_to_host(), idx)
+
+
+# Optimizers ------------------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "sgd": ("sgd", {"momentum": 0.0}),
+    "sgd momentum wd": ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+    "sgd nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "adamw": ("adamw", {"weight_decay": 0.1, "eps": 1e-6}),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", OPTIMIZERS)
+def test_optimizer_matches_cpu(case):
+    from numba import cuda
+
+    from facto_edge.runtime.kernels.cuda import optimizers as dev_optimizers
+
+    name, kwargs = OPTIMIZERS[case]
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": f32(0.5, -1.0)}
+    host_p = {k: v.copy() for k, v in params.items()}
+    dev_p = {k: cuda.to_device(v) for k, v in params.items()}
+    cpu = host_optimizers.make_optimizer(name, host_p, lr=0.1, **kwargs)
+    dev = dev_optimizers.make_optimizer(name, dev_p, lr=0.1, **kwargs)
+    for _ in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+        cpu.step(grads)
+        dev.step({k: cuda.to_device(v) for k, v in grads.items()})
+    exact = MODE == "sim"
+    for k in params:
+        np.testing.assert_allclose(dev_p[k].copy_to_host(), host_p[k], rtol=0 if exact else 1e-6)
+    state, want = dev.state_dict(), cpu.state_dict()
+    assert state.keys() == want.keys() and dev.state_bytes() == cpu.state_bytes()
+    for k in want:
+        np.testing.assert_allclose(state[k], want[k], rtol=0 if exact else 1e-6)
+    dev.load_state_dict(want)
+    assert dev.step_count == 3
