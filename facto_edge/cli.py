@@ -285,5 +285,14 @@ def demo(budget, output, epochs, seed) -> None:
     click.echo(format_report(report))
 
 
+def _register_subcommands() -> None:
+    """Commands defined beside their library code (each module imports no torch at load)."""
+    from facto_edge.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()
