@@ -265,7 +265,7 @@ def export_onnx(path, output, merge) -> None:
 @main.command()
 @click.option("--budget", default="256MB", show_default=True, help="Peak memory of training.")
 @click.option("-o", "--output", default="facto-demo", show_default=True, type=click.Path())
-@click.option("--epochs", default=8, show_default=True)
+@click.option("--epochs", default=10, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @friendly_errors
 def demo(budget, output, epochs, seed) -> None:

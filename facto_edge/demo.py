@@ -33,7 +33,7 @@ INPUT_SHAPE = (1, 16, 16)
 TRAIN_OPTIONS = {
     "batch_size": 32,
     "optimizer": "sgd",
-    "lr": 0.05,
+    "lr": 0.02,
     "schedule": "cosine",
     "codec": "q4",
 }
@@ -207,7 +207,7 @@ def run_demo(
     out_dir: str | Path = "facto-demo",
     *,
     budget: str | int = "256MB",
-    epochs: int = 8,
+    epochs: int = 10,
     seed: int = 0,
     callbacks: Sequence[Callback] = (),
     say: Say | None = None,

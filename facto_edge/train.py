@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from facto_edge.budget import parse_size
+from facto_edge.budget import format_size, parse_size
 from facto_edge.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
 from facto_edge.data import iterate_batches, open_for_model, split_validation
 from facto_edge.data.dataset import Dataset
@@ -464,6 +464,12 @@ def train(
         )
     )  # fmt: skip
     peak = _run(loop, plot)
+    if budget_bytes is not None and peak > budget_bytes:
+        cbs.on_warning(
+            f"the process peaked at {format_size(peak)}, over the {format_size(budget_bytes)} "
+            "budget: what the arena does not plan counts too (the data loader and the "
+            "libraries it imports, e.g. scikit-learn for 'digits:')"
+        )
     return TrainResult(
         run.path, loop.history, loop.progress, epochs, memory, fit, peak,
         list(train_ds.skipped),

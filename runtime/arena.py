@@ -4,7 +4,8 @@ Everything whose size depends on the model or the batch lives here (see DESIGN.m
 "Memory: one arena, planned ahead"). After construction, `view` never allocates tensor
 memory: it returns numpy views into the one buffer (only the small view object itself is
 created). The buffer's start is 64-byte aligned, so planner offsets (multiples of 64)
-give 64-byte aligned views.
+give 64-byte aligned views. A CPU arena starts zeroed, and its pages take resident memory
+only once written.
 """
 
 import math
@@ -25,7 +26,7 @@ class Arena:
         self.nbytes = int(nbytes)
         self.device = device
         if device == "cpu":
-            raw = np.empty(self.nbytes + ALIGN, np.uint8)
+            raw = np.zeros(self.nbytes + ALIGN, np.uint8)  # calloc: untouched pages cost nothing
             start = -raw.ctypes.data % ALIGN
         elif device == "cuda":
             raw, start = _cuda_buffer(self.nbytes + ALIGN), 0

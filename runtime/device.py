@@ -24,6 +24,7 @@ import numpy as np
 
 from facto_edge.errors import DeviceError, UnsupportedOpError
 
+from .bound import logical
 from .graph import Node
 from .ops import OpDef
 
@@ -44,10 +45,12 @@ class Backend:
     kernels: Mapping[str, ModuleType]
     get_codec: Callable
     make_optimizer: Callable
-    fill: Callable[[object, float], None]
+    fill: Callable[[object, float], None]  # a[...] = value
     accumulate: Callable[[object, object], None]  # g += scratch
-    to_device: Callable[[np.ndarray, object], None]  # host array -> device array
-    to_host: Callable[[object], np.ndarray]
+    copy: Callable[[object, object], None]  # copy(src, dst), same size
+    put: Callable[..., None]  # put(array, host, channel_major=False): host -> array
+    get: Callable[[object], np.ndarray]  # a host copy
+    zeros: Callable[[int], object]  # a zeroed uint8 buffer of n bytes
     simulated: bool = False
 
     def lookup(self, node: Node) -> OpDef:
@@ -91,15 +94,28 @@ def _cpu() -> Backend:
         make_optimizer=optimizers.make_optimizer,
         fill=lambda a, value: a.fill(value),
         accumulate=lambda g, scratch: np.add(g, scratch, out=g),
-        to_device=lambda host, dev: np.copyto(dev, host),
-        to_host=np.array,
+        copy=lambda src, dst: np.copyto(dst, src.reshape(dst.shape)),
+        put=_put_host,
+        get=np.array,
+        zeros=lambda n: np.zeros(n, np.uint8),
     )
+
+
+def _put_host(a: np.ndarray, host: np.ndarray, channel_major: bool = False) -> None:
+    np.copyto(logical(a, channel_major), host, casting="unsafe")
 
 
 def _cuda() -> Backend:
     simulated = check_cuda()
+    from numba import cuda
+
     from .kernels.cuda import codecs, elementwise, optimizers
     from .kernels.cuda.ops import CUDA_OPS
+
+    def zeros(n: int):
+        a = cuda.device_array(max(n, 1), np.uint8)
+        elementwise.fill(a, 0)
+        return a[:n]
 
     return Backend(
         name="cuda",
@@ -109,10 +125,31 @@ def _cuda() -> Backend:
         make_optimizer=optimizers.make_optimizer,
         fill=elementwise.fill,
         accumulate=elementwise.add_into,
-        to_device=lambda host, dev: dev.copy_to_device(np.ascontiguousarray(host, dev.dtype)),
-        to_host=lambda dev: dev.copy_to_host(),
+        copy=elementwise.copy,
+        put=_Staging(cuda).put,
+        get=lambda a: a.copy_to_host(),
+        zeros=zeros,
         simulated=simulated,
     )
+
+
+class _Staging:
+    """Copies host arrays to the device through one pinned host buffer per shape and
+    dtype, made on first use, so that feeding a batch allocates nothing afterwards; the
+    buffer also turns an NCHW batch channel-major."""
+
+    def __init__(self, cuda: ModuleType) -> None:
+        self._cuda = cuda
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def put(self, a, host: np.ndarray, channel_major: bool = False) -> None:
+        """a (a device array) = host, given in a's logical layout."""
+        key = (tuple(a.shape), np.dtype(a.dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = self._cuda.pinned_array(a.shape, a.dtype)
+        np.copyto(logical(buf, channel_major), host, casting="unsafe")
+        a.copy_to_device(buf)
 
 
 def check_cuda() -> bool:
@@ -149,7 +186,7 @@ def _check_driver_and_gpu(cuda: ModuleType) -> None:
     if not available and "NO_DEVICE" not in reason:
         raise DeviceError(
             "device='cuda' needs an NVIDIA driver, and numba found none that works "
-            f"({reason.strip() or 'driver initialization failed'}); install the driver "
+            f"({' '.join(reason.split()) or 'driver initialization failed'}); install the driver "
             "(on Jetson: JetPack) or use device='cpu'"
         )
     raise DeviceError(

@@ -6,9 +6,20 @@
     logits = s.predict(x)
 
 Every buffer (weights, gradients, optimizer state, activations, saved tensors, workspace)
-is allocated once, through `TrainingSession._alloc`, when the session binds its schedule
-for a batch size; steps reuse them. The loss is softmax cross-entropy averaged over the
-batch (ONNX SoftmaxCrossEntropyLoss, reduction mean) with optional label smoothing.
+comes from `TrainingSession._alloc` when the session binds its schedule, and lives in one
+arena planned ahead (runtime/memory.py): a dry run records every buffer and its lifetime,
+the planner places them, and the real binding hands out views of the arena; steps reuse
+them and allocate nothing. The loss is softmax cross-entropy averaged over the batch (ONNX
+SoftmaxCrossEntropyLoss, reduction mean) with optional label smoothing.
+
+Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
+"512MB") the session binds for the fewest micro-batches per step whose arena fits what the
+budget leaves after the runtime's measured fixed cost and a safety margin
+(facto_edge/budget.py), and raises BudgetError, naming the smallest budget that fits, when
+even one sample per micro-batch does not. `accumulate=k` asks for k micro-batches per step
+outright. The micro-batches' gradients add up to those of the mean loss over the whole
+batch, as one big batch gives (batch-statistics BatchNormalization excepted: it sees each
+micro-batch alone, as in PyTorch).
 
 Threads: by default every kernel is split across the cores (numba threads, and OpenBLAS's
 own). When BLAS runs single-threaded (OPENBLAS_NUM_THREADS=1, which the session reads but
@@ -97,6 +108,7 @@ class TrainingSession:
         self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
         self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate))
         self._bind(self._micro, self._accumulate)
+        self._graph.initializers = dict(self._params)  # frees the loaded copies
         self._buffers = self._memory.buffers
         self._pool = None
         if self._lanes > 1:
@@ -241,22 +253,22 @@ class TrainingSession:
         """(micro-batch size, micro-batches per step): `accumulate` as given (default 1)
         or, with a budget, the fewest micro-batches whose arena fits what the budget
         leaves after the runtime's fixed cost and a safety margin; BudgetError if none."""
-        if budget is None:
-            k = accumulate or 1
-            return -(-batch // k), k
+        if budget is None or accumulate is not None:
+            micro, k = _split(batch, accumulate or 1)
+            if budget is None:
+                return micro, k
         weights = sum(a.nbytes for a in self._graph.initializers.values())
         room = allowance(budget, weights)
-        high = batch if accumulate is None else -(-batch // accumulate)
 
         def arena(micro: int) -> int:
-            return self._plan(micro, -(-batch // micro)).arena_bytes
+            return self._plan(*_split(batch, -(-batch // micro))).arena_bytes
 
-        micro = largest_fitting(arena, room.arena, high)
-        if micro is None or (accumulate is not None and micro < high):
-            at = high if accumulate is not None else 1
-            raise room.too_small(arena(at), f"at micro-batches of {at}, codec {self._codec.name}")
-        k = -(-batch // micro)
-        return -(-batch // k), k
+        if accumulate is None:
+            micro = largest_fitting(arena, room.arena, batch) or 1
+        if arena(micro) > room.arena:
+            what = f"at micro-batches of {micro}, codec {self._codec.name}"
+            raise room.too_small(arena(micro), what)
+        return _split(batch, -(-batch // micro))
 
     def _place(self, name: str, value: np.ndarray) -> np.ndarray:
         arr = self._alloc(f"param:{name}", value.shape, value.dtype, "weights")
@@ -382,6 +394,12 @@ class TrainingSession:
         k = self._graph.num_classes
         if y.min() < 0 or y.max() >= k:
             raise DataError(f"labels must lie in [0, {k}), found [{y.min()}, {y.max()}]")
+
+
+def _split(batch: int, parts: int) -> tuple[int, int]:
+    """(micro-batch size, micro-batches) of a batch cut into at most `parts` even parts."""
+    micro = -(-batch // parts)
+    return micro, -(-batch // micro)
 
 
 def _forward_backward(ex: Executor, seed: int) -> None:

@@ -19,7 +19,6 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -179,6 +178,22 @@ def test_cuda_backend_covers_the_op_table():
         assert op.forward is not cpu.forward and op.backward is not cpu.backward, op_type
 
 
+@pytest.mark.parametrize("name", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_backend_primitives(name):
+    b = device_mod.resolve_device(name)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    a = b.zeros(4 * x.size).view(np.float32).reshape(3, 2, 2, 2)  # stored channel-major
+    np.testing.assert_array_equal(b.get(a), 0)
+    b.put(a, x, channel_major=True)
+    np.testing.assert_array_equal(b.get(a), x.swapaxes(0, 1))
+    c = b.zeros(4 * x.size).view(np.float32).reshape(a.shape)
+    b.copy(a, c)
+    b.accumulate(c, a)
+    b.fill(a, 0.5)
+    np.testing.assert_array_equal(b.get(c), 2 * x.swapaxes(0, 1))
+    np.testing.assert_array_equal(b.get(a), 0.5)
+
+
 @gpu
 @pytest.mark.skipif(MODE != "gpu", reason="needs a real CUDA GPU")
 def test_resolve_device_on_a_gpu():
@@ -266,9 +281,7 @@ def _to_device(b: Bound, op) -> Bound:
         return None if a is None else cuda.to_device(a)
 
     x = [dev(a) for a in b.x]
-    saved = {
-        k: x[int(k[2:])] if k.startswith("in") else dev(a) for k, a in b.saved.items()
-    }
+    saved = {k: x[int(k[2:])] if k.startswith("in") else dev(a) for k, a in b.saved.items()}
     ws = {k: cuda.to_device(np.zeros(s, d)) for k, (s, d) in op.workspace(b.site).items()}
     gx = [dev(a) for a in b.gx]
     return Bound(b.site, x, [dev(a) for a in b.y], gx, dev(b.gy), saved, ws)
