@@ -129,6 +129,14 @@ def export_onnx(path: str | Path, out: str | Path, *, merge: bool = False) -> On
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         _set_initializers(proto.graph, ckpt.params | ckpt.buffers, ckpt_path)
+    return export_proto(proto, manifest, out, merge=merge)
+
+
+def export_proto(
+    proto: onnx.ModelProto, manifest: Manifest, out: str | Path, *, merge: bool = False
+) -> OnnxExport:
+    """Write `proto` (an exported model holding the weights to keep; changed in place) to
+    `out` as an inference ONNX model; `merge` rebuilds factorized layers into dense ones."""
     _inference_batchnorm(proto.graph)
     merged = [layer.name for layer in manifest.layers if merge and layer.method != "dense"]
     for layer in manifest.layers:

@@ -99,7 +99,7 @@ def _session(model_dir, budget: int, batch: int, bits: int, accumulate: int | No
 
 def _report(model_dir, budget: int, session, bits: int) -> PlanReport:
     m = session.memory_report()
-    room = allowance(budget, m["weights_bytes"])
+    room = allowance(budget)
     return PlanReport(
         str(model_dir), budget, session.batch_size, m["micro_batch"], m["accumulate"], bits,
         room.fixed, room.margin, m, session.memory_plan,

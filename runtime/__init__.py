@@ -15,6 +15,9 @@ import numba
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+from .codecs import get_codec  # noqa: E402
+from .replay import ReplayBuffer  # noqa: E402
 from .session import TrainingSession  # noqa: E402
+from .stream import StreamingTrainer  # noqa: E402
 
-__all__ = ["TrainingSession"]
+__all__ = ["ReplayBuffer", "StreamingTrainer", "TrainingSession", "get_codec"]

@@ -34,6 +34,7 @@ batch-statistics BatchNormalization need the whole batch: one lane.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -42,6 +43,7 @@ import numpy as np
 from facto_edge.budget import allowance
 from facto_edge.errors import DataError, DeviceError, FactoEdgeError
 
+from . import session_io
 from .bound import F32
 from .codecs import get_codec
 from .executor import Executor
@@ -91,6 +93,7 @@ class TrainingSession:
         numba.set_num_threads(self._threads)
         self.batch_size = batch_size
         self._graph = load_graph(model_dir)
+        self._source, self._callbacks = model_dir, []
         self._codec = get_codec(codec)
         self._seed, self._step = seed, 0
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
@@ -123,6 +126,8 @@ class TrainingSession:
         loss = self._run(x, y, update_stats=True)
         self._optimizer.step(self._grads)
         self._step += 1
+        for fn in self._callbacks:
+            fn({"step": self._step, "loss": loss, "lr": self.lr})
         return loss
 
     def compute_gradients(
@@ -205,6 +210,84 @@ class TrainingSession:
             "codec": self._codec.name,
         }
 
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:
+        """Mean cross-entropy and accuracy on (x, y) in eval mode.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            float32 ``[n, *input_shape]``, any n (run in chunks).
+        y : numpy.ndarray
+            int labels ``[n]``.
+        batch_size : int, optional
+            Samples per chunk (default: the session's batch_size).
+
+        Returns
+        -------
+        dict
+            ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``samples`` (int).
+        """
+        self._check_y(y, x.shape[0])
+        return session_io.evaluate(self, x, y, batch_size)
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> str:
+        """Write ``directory/checkpoint.npz`` atomically: trained tensors, running
+        statistics, optimizer state and step (facto_edge/checkpoint.py format).
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Folder to write into (created if missing).
+
+        Returns
+        -------
+        str
+            Path of the checkpoint file.
+        """
+        return str(session_io.save(self, directory))
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Restore a checkpoint written by `save_checkpoint` to continue exactly.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Folder holding ``checkpoint.npz``.
+
+        Raises
+        ------
+        CheckpointError
+            If it is missing, corrupt or from another model (nothing is changed).
+        """
+        session_io.load(self, directory)
+
+    def export_onnx(self, path: str | os.PathLike, merge: bool = False) -> str:
+        """Write the current weights as an inference ONNX model.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.onnx`` file to write (atomically).
+        merge : bool
+            Rebuild each factorized layer into the dense layer it replaced.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        return str(session_io.export(self, self._source, path, merge))
+
+    def add_callback(self, fn: Callable[[dict], None]) -> None:
+        """Call ``fn({"step": int, "loss": float, "lr": float})`` after every train_step.
+
+        Parameters
+        ----------
+        fn : callable
+            Receives the metrics of the step just taken; keep it cheap.
+        """
+        self._callbacks.append(fn)
+
     # Binding ---------------------------------------------------------------------------
 
     def _alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
@@ -257,8 +340,7 @@ class TrainingSession:
             micro, k = _split(batch, accumulate or 1)
             if budget is None:
                 return micro, k
-        weights = sum(a.nbytes for a in self._graph.initializers.values())
-        room = allowance(budget, weights)
+        room = allowance(budget)
 
         def arena(micro: int) -> int:
             return self._plan(*_split(batch, -(-batch // micro))).arena_bytes

@@ -9,14 +9,14 @@ import math
 
 from numba import cuda, float64
 
-from .launch import THREADS, blocks, tree_sum
+from .launch import THREADS, blocks, tree_sum, unravel4
 
 
 @cuda.jit(cache=True)
 def _bn_fwd(x, scale, bias, mean, invstd, y):  # pragma: no cover - compiled
     nb, nc, npix = x.shape
     for t in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        n, c, p = t // (nc * npix), (t // npix) % nc, t % npix
+        _, n, c, p = unravel4(t, nb, nc, npix)
         a = scale[c] * invstd[c]
         b = bias[c] - mean[c] * a
         y[n, c, p] = x[n, c, p] * a + b
@@ -26,7 +26,7 @@ def _bn_fwd(x, scale, bias, mean, invstd, y):  # pragma: no cover - compiled
 def _channel_scale(g, scale, invstd, out):  # pragma: no cover - compiled
     nb, nc, npix = g.shape
     for t in range(cuda.grid(1), g.size, cuda.gridsize(1)):
-        n, c, p = t // (nc * npix), (t // npix) % nc, t % npix
+        _, n, c, p = unravel4(t, nb, nc, npix)
         out[n, c, p] = g[n, c, p] * (scale[c] * invstd[c])
 
 

@@ -15,58 +15,15 @@ import math
 
 from numba import cuda, float32, int64, uint64
 
+from .. import codec_kernels as host
 from ..codec_kernels import _KEY_HI, _KEY_LO, ROUND_DOWN, ROUND_NEAREST, ROUND_UP
 
 NONFINITE, OUT_OF_RANGE = 0, 1
 
 
-@cuda.jit(device=True)
-def f32_bits_to_f16_bits(u, mode):
-    """float32 bits -> half bits, nearest-even (0), up (1) or down (-1), by integers."""
-    sign = (u >> 16) & 0x8000
-    a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:
-        return sign | 0x7C00 | (0x200 if a > 0x7F800000 else 0)
-    if a >= 0x38800000:
-        h = (a - 0x38000000) >> 13
-        rem = a & 0x1FFF
-        half = 0x1000
-    else:
-        shift = 126 - (a >> 23)
-        mant = (a & 0x7FFFFF) | 0x800000
-        if shift > 24:
-            h, rem, half = 0, 1, 2
-        else:
-            h = mant >> shift
-            rem = mant & ((1 << shift) - 1)
-            half = 1 << (shift - 1)
-    away = (mode == ROUND_UP and sign == 0) or (mode == ROUND_DOWN and sign != 0)
-    if mode == ROUND_NEAREST:
-        h += 1 if rem > half or (rem == half and (h & 1) == 1) else 0
-    elif away:
-        h += 1 if rem != 0 else 0
-    elif h >= 0x7C00:
-        h = 0x7BFF
-    return sign | min(h, 0x7C00)
-
-
-@cuda.jit(device=True)
-def f16_bits_to_f32_bits(h):
-    """Half bits -> float32 bits (exact)."""
-    sign = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 31:
-        return sign | 0x7F800000 | (m << 13)
-    if e == 0:
-        if m == 0:
-            return sign
-        e = 1
-        while (m & 0x400) == 0:
-            m <<= 1
-            e -= 1
-        m &= 0x3FF
-    return sign | ((e + 112) << 23) | (m << 13)
+# integer-only conversions: the CPU kernels' own code, compiled for the device
+f32_bits_to_f16_bits = cuda.jit(device=True)(host.f32_bits_to_f16_bits.py_func)
+f16_bits_to_f32_bits = cuda.jit(device=True)(host.f16_bits_to_f32_bits.py_func)
 
 
 @cuda.jit(device=True)

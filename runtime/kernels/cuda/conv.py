@@ -15,24 +15,7 @@ from numba import cuda, float64
 from ..conv import ConvGeom, _check
 from .elementwise import add_bias
 from .gemm import matmul
-from .launch import THREADS, blocks, tree_sum
-
-
-@cuda.jit(device=True, inline=True)
-def _tap(o_pos, k, stride, dil, pad, size):
-    """Input coordinate read by output o_pos at tap k, or -1 outside [0, size)."""
-    i = o_pos * stride + k * dil - pad
-    return i if 0 <= i < size else -1
-
-
-@cuda.jit(device=True, inline=True)
-def _source(i_pos, k, stride, dil, pad, n_out):
-    """Output coordinate whose tap k reads input i_pos, or -1 when none does."""
-    q = i_pos + pad - k * dil
-    if q < 0 or q % stride:
-        return -1
-    q //= stride
-    return q if q < n_out else -1
+from .launch import THREADS, blocks, source_of, tap, tree_sum, unravel4
 
 
 @cuda.jit(cache=True)
@@ -43,8 +26,8 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cove
         r, q = t // ncols, t % ncols
         c, ij = r // (kh * kw), r % (kh * kw)
         n, p = q // (ho * wo), q % (ho * wo)
-        iy = _tap(p // wo, ij // kw, sh, dh, pt, h)
-        ix = _tap(p % wo, ij % kw, sw, dw, pl, w)
+        iy = tap(p // wo, ij // kw, sh, dh, pt, h)
+        ix = tap(p % wo, ij % kw, sw, dw, pl, w)
         cols[r, q] = x[c, n, iy, ix] if iy >= 0 and ix >= 0 else 0.0
 
 
@@ -52,14 +35,14 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cove
 def _col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cover
     nc, nb, h, w = gx.shape
     for t in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        c, n, iy, ix = t // (nb * h * w), (t // (h * w)) % nb, (t // w) % h, t % w
+        c, n, iy, ix = unravel4(t, nb, h, w)
         acc = float64(0.0)
         for i in range(kh):
-            oy = _source(iy, i, sh, dh, pt, ho)
+            oy = source_of(iy, i, sh, dh, pt, ho)
             if oy < 0:
                 continue
             for j in range(kw):
-                ox = _source(ix, j, sw, dw, pl, wo)
+                ox = source_of(ix, j, sw, dw, pl, wo)
                 if ox >= 0:
                     acc += cols[(c * kh + i) * kw + j, (n * ho + oy) * wo + ox]
         gx[c, n, iy, ix] = acc
@@ -71,12 +54,12 @@ def _depthwise_fwd(x, w, y, sh, sw, pt, pl, dh, dw):  # pragma: no cover
     nc, _, h, wd = x.shape
     kh, kw, mult = w.shape[2], w.shape[3], nm // nc
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        m, n, oy, ox = t // (nb * ho * wo), (t // (ho * wo)) % nb, (t // wo) % ho, t % wo
+        m, n, oy, ox = unravel4(t, nb, ho, wo)
         acc = float64(0.0)
         for i in range(kh):
-            iy = _tap(oy, i, sh, dh, pt, h)
+            iy = tap(oy, i, sh, dh, pt, h)
             for j in range(kw):
-                ix = _tap(ox, j, sw, dw, pl, wd)
+                ix = tap(ox, j, sw, dw, pl, wd)
                 if iy >= 0 and ix >= 0:
                     acc += w[m, 0, i, j] * x[m // mult, n, iy, ix]
         y[m, n, oy, ox] = acc
@@ -88,13 +71,13 @@ def _depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover
     nc, _, h, wd = gx.shape
     kh, kw, mult = w.shape[2], w.shape[3], nm // nc
     for t in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        c, n, iy, ix = t // (nb * h * wd), (t // (h * wd)) % nb, (t // wd) % h, t % wd
+        c, n, iy, ix = unravel4(t, nb, h, wd)
         acc = float64(0.0)
         for m in range(c * mult, (c + 1) * mult):
             for i in range(kh):
-                oy = _source(iy, i, sh, dh, pt, ho)
+                oy = source_of(iy, i, sh, dh, pt, ho)
                 for j in range(kw):
-                    ox = _source(ix, j, sw, dw, pl, wo)
+                    ox = source_of(ix, j, sw, dw, pl, wo)
                     if oy >= 0 and ox >= 0:
                         acc += w[m, 0, i, j] * gy[m, n, oy, ox]
         gx[c, n, iy, ix] = acc
@@ -112,7 +95,7 @@ def _depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cove
         acc = float64(0.0)
         for q in range(tid, nb * ho * wo, THREADS):
             n, oy, ox = q // (ho * wo), (q // wo) % ho, q % wo
-            iy, ix = _tap(oy, i, sh, dh, pt, h), _tap(ox, j, sw, dw, pl, wd)
+            iy, ix = tap(oy, i, sh, dh, pt, h), tap(ox, j, sw, dw, pl, wd)
             if iy >= 0 and ix >= 0:
                 acc += gy[m, n, oy, ox] * x[m // mult, n, iy, ix]
         buf[tid] = acc

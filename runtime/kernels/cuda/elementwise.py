@@ -61,16 +61,16 @@ def _copy(src, dst):  # pragma: no cover - compiled
 def _add_bias(y, b):  # pragma: no cover - compiled
     nb, nc, npix = y.shape
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = (t // npix) % nc
-        y[t // (nc * npix), c, t % npix] += b[c]
+        _, n, c, p = unravel4(t, nb, nc, npix)
+        y[n, c, p] += b[c]
 
 
 @cuda.jit(cache=True)
 def _spread(g, scale, out):  # pragma: no cover - compiled
     nb, nc, npix = out.shape
     for t in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        n, c = t // (nc * npix), (t // npix) % nc
-        out[n, c, t % npix] = g[n, c] * scale
+        _, n, c, p = unravel4(t, nb, nc, npix)
+        out[n, c, p] = g[n, c] * scale
 
 
 @cuda.jit(cache=True)

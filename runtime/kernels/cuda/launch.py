@@ -78,6 +78,23 @@ def unravel4(k, d1, d2, d3):
     return k // d1, k % d1, i2, i3
 
 
+@cuda.jit(device=True, inline=True)
+def tap(o_pos, k, stride, dil, pad, size):
+    """Input coordinate that output o_pos reads at window tap k, or -1 outside [0, size)."""
+    i = o_pos * stride + k * dil - pad
+    return i if 0 <= i < size else -1
+
+
+@cuda.jit(device=True, inline=True)
+def source_of(i_pos, k, stride, dil, pad, n_out):
+    """Output coordinate whose window tap k reads input i_pos, or -1 when none does."""
+    q = i_pos + pad - k * dil
+    if q < 0 or q % stride:
+        return -1
+    q //= stride
+    return q if q < n_out else -1
+
+
 @cuda.jit(device=True)
 def tree_sum(buf, tid):
     """Sum of buf[0:THREADS] (shared, one value per thread); every thread gets it."""

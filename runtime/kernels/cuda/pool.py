@@ -10,7 +10,7 @@ import math
 from numba import cuda, float64
 
 from .elementwise import spread
-from .launch import THREADS, blocks, tree_sum
+from .launch import THREADS, blocks, source_of, tree_sum, unravel4
 
 
 @cuda.jit(cache=True)
@@ -18,7 +18,7 @@ def _maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
     na, nb, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        a, b, oy, ox = t // (nb * ho * wo), (t // (ho * wo)) % nb, (t // wo) % ho, t % wo
+        a, b, oy, ox = unravel4(t, nb, ho, wo)
         best = -math.inf
         at = 0
         for i in range(kh):
@@ -34,29 +34,19 @@ def _maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
         arg[a, b, oy, ox] = at
 
 
-@cuda.jit(device=True, inline=True)
-def _out_of(i_pos, k, stride, dil, pad, n_out):
-    """Output coordinate whose window tap k reads input i_pos, or -1."""
-    q = i_pos + pad - k * dil
-    if q < 0 or q % stride:
-        return -1
-    q //= stride
-    return q if q < n_out else -1
-
-
 @cuda.jit(cache=True)
 def _maxpool_bwd(gy, arg, gx, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover
     na, nb, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
     for t in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        a, b, iy, ix = t // (nb * h * w), (t // (h * w)) % nb, (t // w) % h, t % w
+        a, b, iy, ix = unravel4(t, nb, h, w)
         acc = float64(0.0)
         for i in range(kh):
             if iy + pt - i * dh < 0:
                 break
-            oy = _out_of(iy, i, sh, dh, pt, ho)
+            oy = source_of(iy, i, sh, dh, pt, ho)
             for j in range(kw):
-                ox = _out_of(ix, j, sw, dw, pl, wo)
+                ox = source_of(ix, j, sw, dw, pl, wo)
                 if oy >= 0 and ox >= 0 and arg[a, b, oy, ox] == i * kw + j:
                     acc += gy[a, b, oy, ox]
         gx[a, b, iy, ix] = acc
@@ -75,7 +65,7 @@ def _avgpool_fwd(x, y, kh, kw, sh, sw, pt, pl, pb, pr, include_pad):  # pragma: 
     na, nb, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        a, b, oy, ox = t // (nb * ho * wo), (t // (ho * wo)) % nb, (t // wo) % ho, t % wo
+        a, b, oy, ox = unravel4(t, nb, ho, wo)
         y0, y1, fy = _window(oy, sh, pt, kh, h, pb)
         x0, x1, fx = _window(ox, sw, pl, kw, w, pr)
         acc = float64(0.0)
@@ -91,7 +81,7 @@ def _avgpool_bwd(gy, gx, kh, kw, sh, sw, pt, pl, pb, pr, include_pad):  # pragma
     na, nb, h, w = gx.shape
     ho, wo = gy.shape[2], gy.shape[3]
     for t in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
-        a, b, iy, ix = t // (nb * h * w), (t // (h * w)) % nb, (t // w) % h, t % w
+        a, b, iy, ix = unravel4(t, nb, h, w)
         acc = float64(0.0)
         for oy in range(max(0, (iy + pt - kh + sh) // sh), min(ho, (iy + pt) // sh + 1)):
             y0, y1, fy = _window(oy, sh, pt, kh, h, pb)
