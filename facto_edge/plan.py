@@ -175,7 +175,11 @@ def plan_training(
         best = _fit_batch(model_dir, budget_bytes, batch_size, tries, options)
     if best is None:  # let the session say what the smallest budget is
         TrainingSession(
-            model_dir, batch_size=1, codec=f"q{tries[-1]}", budget=budget_bytes, **options
+            model_dir,
+            batch_size=batch_size or 1,
+            codec=f"q{tries[-1]}",
+            budget=budget_bytes,
+            **options,
         )
-        raise AssertionError("a session of one sample fits, yet no plan was found")
+        raise AssertionError("the smallest session fits, yet no plan was found")
     return _report(model_dir, budget_bytes, *best)

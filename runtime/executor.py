@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bound import F32, U8, Bound, Site, logical, stored_shape
+from .device import Backend, resolve_device
 from .graph import Schedule
 from .kernels.dispatch import PARALLEL_LOCK
-from .ops import OpDef, lookup
+from .ops import OpDef
 from .shapes import Shape
 
 Alloc = Callable[[str, Shape, np.dtype, str], np.ndarray]
@@ -48,6 +49,8 @@ class Executor:
     the graph inputs, `root` the value whose gradient `backward` starts from; the caller
     fills `values[feed]` before `forward` and `grads[root]` before `backward`. Rank-4
     activations are stored channel-major (see bound.py); `logical()` gives ONNX views.
+    `backend` (runtime/device.py, default cpu) supplies the op table and the array
+    primitives; `alloc` must hand out arrays of its device.
     """
 
     def __init__(
@@ -58,7 +61,10 @@ class Executor:
         root: str,
         codec,
         alloc: Alloc,
+        backend: Backend | None = None,
     ) -> None:
+        backend = backend or resolve_device("cpu")
+        self._lookup, self._accumulate = backend.lookup, backend.accumulate
         self._codec = codec
         self.values: dict[str, np.ndarray] = dict(params)
         self._params = params
@@ -67,7 +73,7 @@ class Executor:
         sites = self._infer(schedule, params, alloc)
         self.grads = self._grad_buffers(schedule, sites, params, root, alloc)
         self._steps = {
-            n.name: _Step(lookup(n), self._bind(sites[n.name])) for n in schedule.forward
+            n.name: _Step(self._lookup(n), self._bind(sites[n.name])) for n in schedule.forward
         }
         self._forward = [self._steps[n.name] for n in schedule.forward]
         self._backward = [self._steps[n.name] for n in schedule.backward]
@@ -81,10 +87,10 @@ class Executor:
         self._producer = {v: i for i, n in enumerate(schedule.forward) for v in n.outputs}
 
     def _infer(self, schedule: Schedule, params: dict, alloc: Alloc) -> dict[str, Site]:
-        shapes = {name: self.logical(name).shape for name in self.values}
+        shapes = {name: self._logical_shape(name) for name in self.values}
         sites = {}
         for node in schedule.forward:
-            op = lookup(node)
+            op = self._lookup(node)
             ins = [shapes[v] if v else None for v in node.inputs]
             consts = [
                 params[v] if i in node.persistent else None for i, v in enumerate(node.inputs)
@@ -107,7 +113,7 @@ class Executor:
             out = node.outputs[0]
             if v in grads:
                 continue
-            if self._can_alias(lookup(node), i, v, out, writers, params):
+            if self._can_alias(self._lookup(node), i, v, out, writers, params):
                 grads[v] = grads[out]
                 continue
             kind = "grads" if v in params else "activations"
@@ -128,6 +134,10 @@ class Executor:
 
     def _channel_major(self, name: str) -> bool:
         return self.values[name].ndim == 4 and name not in self._params
+
+    def _logical_shape(self, name: str) -> Shape:
+        shape = tuple(self.values[name].shape)
+        return (shape[1], shape[0], *shape[2:]) if self._channel_major(name) else shape
 
     def _bind(self, site: Site) -> Bound:
         x = [self.values[v] if v else None for v in site.node.inputs]
@@ -166,14 +176,14 @@ class Executor:
 
     def backward(self) -> None:
         """Run backward from grads[root], writing every gradient buffer."""
-        codec = self._codec
+        codec, accumulate = self._codec, self._accumulate
         for st in self._backward:
             for buf, out in st.decode:
                 with PARALLEL_LOCK:
                     codec.decode(buf, out)
             st.op.backward(st.b)
             for scratch, g in st.accumulate:
-                np.add(g, scratch, out=g)
+                accumulate(g, scratch)
 
     def step_arrays(self) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
         """For the memory planner (memory.py): the arrays each step touches, forward

@@ -96,7 +96,8 @@ def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
         if n.op_type == "Constant":
             inits[n.output[0]] = _constant_value(attrs, n.name)
             continue
-        nodes.append(_make_node(n, attrs, f"{n.op_type}_{i}", inits))
+        node = _make_node(n, attrs, f"{n.op_type}_{i}", inits)
+        nodes.append(_batch_statistics(node, manifest["trainable"]))
     inputs = [v.name for v in g.input if v.name not in inits]
     if len(inputs) != 1 or len(g.output) < 1:
         raise ExportError(f"expected one graph input and an output, found inputs {inputs}")
@@ -119,6 +120,19 @@ def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
 def _make_node(n: onnx.NodeProto, attrs: dict, fallback: str, inits: dict) -> Node:
     persistent = frozenset(i for i, v in enumerate(n.input) if v in inits)
     return Node(n.op_type, n.name or fallback, tuple(n.input), tuple(n.output), attrs, persistent)
+
+
+def _batch_statistics(node: Node, trainable: list[str]) -> Node:
+    """A BatchNormalization whose scale trains runs in training form (batch statistics,
+    running statistics updated), as in the ORT training graph, even where model.onnx
+    stores it in inference form for plain inference."""
+    if node.op_type != "BatchNormalization" or node.inputs[1] not in trainable:
+        return node
+    outputs = node.outputs
+    if len(outputs) == 1:
+        outputs = (*outputs, f"{node.name}.running_mean_out", f"{node.name}.running_var_out")
+    attrs = {**node.attrs, "training_mode": 1}
+    return Node(**{**node.__dict__, "attrs": attrs, "outputs": outputs})
 
 
 def _unique_names(nodes: list[Node]) -> list[Node]:

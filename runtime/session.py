@@ -78,6 +78,8 @@ class TrainingSession:
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         codec: str = "fp32",
         label_smoothing: float = 0.0,
         seed: int = 0,
@@ -96,7 +98,8 @@ class TrainingSession:
         self._source, self._callbacks = model_dir, []
         self._codec = get_codec(codec)
         self._seed, self._step = seed, 0
-        options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                   "betas": betas, "eps": eps}  # fmt: skip
         self._optimizer_args = (optimizer, options)
         loss = Node(
             "SoftmaxCrossEntropyLoss",
