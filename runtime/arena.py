@@ -4,8 +4,8 @@ Everything whose size depends on the model or the batch lives here (see DESIGN.m
 "Memory: one arena, planned ahead"). After construction, `view` never allocates tensor
 memory: it returns numpy views into the one buffer (only the small view object itself is
 created). The buffer's start is 64-byte aligned, so planner offsets (multiples of 64)
-give 64-byte aligned views. A CPU arena starts zeroed, and its pages take resident memory
-only once written.
+give 64-byte aligned views. An arena starts zeroed; a CPU arena's pages take resident
+memory only once written.
 """
 
 import math
@@ -54,12 +54,17 @@ class Arena:
 
 
 def _cuda_buffer(nbytes: int):
-    """A device byte array (numba.cuda); DeviceError when no GPU (or simulator) is there."""
+    """A zeroed device byte array (numba.cuda); DeviceError when no GPU (or simulator) is
+    there."""
     from numba import cuda
+
+    from .kernels.cuda.elementwise import fill
 
     if not cuda.is_available():
         raise DeviceError(
             "device='cuda' asked for, but numba finds no CUDA GPU; use device='cpu' "
             "(or set NUMBA_ENABLE_CUDASIM=1 to test with the simulator)"
         )
-    return cuda.device_array(nbytes, np.uint8)
+    raw = cuda.device_array(nbytes, np.uint8)
+    fill(raw, 0)  # as a CPU arena: the first binding sees zeroed buffers
+    return raw

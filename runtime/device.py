@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache, partial
 from types import MappingProxyType, ModuleType
 
 import numpy as np
 
-from facto_edge.errors import DeviceError, UnsupportedOpError
+from facto_edge.errors import DeviceError
 
 from .bound import logical
 from .graph import Node
@@ -42,31 +44,25 @@ class Backend:
 
     name: str
     ops: Mapping[str, OpDef]
+    lookup: Callable[[Node], OpDef]  # the OpDef of a node, or UnsupportedOpError
     kernels: Mapping[str, ModuleType]
-    get_codec: Callable
+    get_codec: Callable  # get_codec(name, group, rounding) -> a codec of this device
+    check_codec: Callable[[object], None]  # raise what a step's encoding met, if anything
     make_optimizer: Callable
     fill: Callable[[object, float], None]  # a[...] = value
     accumulate: Callable[[object, object], None]  # g += scratch
     copy: Callable[[object, object], None]  # copy(src, dst), same size
     put: Callable[..., None]  # put(array, host, channel_major=False): host -> array
     get: Callable[[object], np.ndarray]  # a host copy
+    scalar: Callable[[object], float]  # the value of a one-element array
     zeros: Callable[[int], object]  # a zeroed uint8 buffer of n bytes
     simulated: bool = False
 
-    def lookup(self, node: Node) -> OpDef:
-        """The OpDef of `node` on this device, or UnsupportedOpError."""
-        op = self.ops.get(node.op_type)
-        if op is None:
-            raise UnsupportedOpError(
-                f"{node.op_type} node {node.name!r}: op type {node.op_type} is not supported "
-                f"on {self.name}; supported: {', '.join(self.ops)}"
-            )
-        return op
 
-
+@cache
 def resolve_device(name: str) -> Backend:
     """The Backend of device `name` ("cpu" or "cuda"), or DeviceError saying what is
-    missing."""
+    missing (nothing is cached then, so a later call checks again)."""
     if name == "cpu":
         return _cpu()
     if name == "cuda":
@@ -82,21 +78,24 @@ def _modules(package: str, names: Mapping[str, str]) -> Mapping[str, ModuleType]
 
 def _cpu() -> Backend:
     from . import codecs, optimizers
-    from .ops import OPS
+    from .ops import OPS, lookup
 
     kernels = dict(_modules(__package__ + ".kernels", {f: f for f in KERNEL_FAMILIES}))
     kernels.update(codecs=codecs, optimizers=optimizers)
     return Backend(
         name="cpu",
         ops=MappingProxyType(OPS),
+        lookup=lookup,
         kernels=MappingProxyType(kernels),
         get_codec=codecs.get_codec,
+        check_codec=lambda codec: None,  # CPU codecs raise while encoding
         make_optimizer=optimizers.make_optimizer,
         fill=lambda a, value: a.fill(value),
         accumulate=lambda g, scratch: np.add(g, scratch, out=g),
         copy=lambda src, dst: np.copyto(dst, src.reshape(dst.shape)),
         put=_put_host,
         get=np.array,
+        scalar=float,
         zeros=lambda n: np.zeros(n, np.uint8),
     )
 
@@ -110,7 +109,7 @@ def _cuda() -> Backend:
     from numba import cuda
 
     from .kernels.cuda import codecs, elementwise, optimizers
-    from .kernels.cuda.ops import CUDA_OPS
+    from .kernels.cuda.ops import CUDA_OPS, lookup
 
     def zeros(n: int):
         a = cuda.device_array(max(n, 1), np.uint8)
@@ -120,14 +119,17 @@ def _cuda() -> Backend:
     return Backend(
         name="cuda",
         ops=MappingProxyType(CUDA_OPS),
+        lookup=lookup,
         kernels=_modules(__package__ + ".kernels.cuda", {f: f for f in FAMILIES}),
-        get_codec=codecs.get_codec,
+        get_codec=partial(codecs.get_codec, deferred=True),
+        check_codec=lambda codec: codec.errors.check(codec.name),
         make_optimizer=optimizers.make_optimizer,
         fill=elementwise.fill,
         accumulate=elementwise.add_into,
         copy=elementwise.copy,
         put=_Staging(cuda).put,
         get=lambda a: a.copy_to_host(),
+        scalar=lambda a: float(a.copy_to_host().reshape(-1)[0]),
         zeros=zeros,
         simulated=simulated,
     )
@@ -199,3 +201,21 @@ def _driver_error() -> str:
     from numba.cuda.cudadrv.driver import driver
 
     return str(driver.initialization_error or "")
+
+
+def host_rss_bytes() -> int:
+    """This process's resident memory on the host now, in bytes (Linux: VmRSS; elsewhere
+    the peak, from getrusage; 0 where neither is known)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

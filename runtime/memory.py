@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arena import Arena
+from .device import resolve_device
 from .planner import GreedyPlanner, LinearPlanner, align_up
 
 KINDS = ("weights", "grads", "optimizer", "activations", "saved", "workspace")
@@ -208,6 +209,7 @@ class ArenaAllocator:
     def __init__(self, plan: MemoryPlan, device: str = "cpu") -> None:
         self.plan = plan
         self.arena = Arena(plan.arena_bytes, device)
+        self._zeros = resolve_device(device).zeros  # unplanned buffers, on the same device
         self.buffers: dict[str, tuple[np.ndarray, str]] = {}
         self.unplanned: dict[str, int] = {}
 
@@ -220,7 +222,7 @@ class ArenaAllocator:
         raw, have = self.buffers[name]
         assert have == kind, (name, kind, have)
         if nbytes > raw.size:
-            raw = np.zeros(nbytes, np.uint8)
+            raw = self._zeros(nbytes)
             self.buffers[name] = (raw, kind)
             self.unplanned[name] = nbytes
         return _typed(raw, shape, dtype)
@@ -229,7 +231,7 @@ class ArenaAllocator:
         b = self.plan.buffers.get(name)
         if b is None or b.kind != kind or b.nbytes < nbytes:
             self.unplanned[name] = nbytes
-            return np.zeros(max(nbytes, 1), np.uint8)[:nbytes]
+            return self._zeros(nbytes)
         return self.arena.view(b.offset, (b.nbytes,), np.uint8)
 
 

@@ -1,4 +1,4 @@
-"""TrainingSession: train an exported model's trainable factors on the CPU.
+"""TrainingSession: train an exported model's trainable factors on the CPU or a CUDA GPU.
 
     from facto_edge.runtime import TrainingSession
     s = TrainingSession("model.facto", batch_size=32, lr=0.01)
@@ -11,6 +11,13 @@ arena planned ahead (runtime/memory.py): a dry run records every buffer and its 
 the planner places them, and the real binding hands out views of the arena; steps reuse
 them and allocate nothing. The loss is softmax cross-entropy averaged over the batch (ONNX
 SoftmaxCrossEntropyLoss, reduction mean) with optional label smoothing.
+
+Devices: `device="cuda"` runs the CUDA op table (runtime/kernels/cuda/) over one device
+arena; the device is resolved once, at construction (runtime/device.py), and DeviceError
+names what is missing. A step copies only the batch in and the loss (and the codecs'
+count of bad values) out. The dry run that plans the arena binds host buffers; the
+budget then counts device memory, the arena, and `memory_report()` gives the host's
+resident memory apart. One lane; parameters(), buffers() and gradients live on the device.
 
 Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
 "512MB") the session binds for the fewest micro-batches per step whose arena fits what the
@@ -40,18 +47,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from facto_edge.budget import allowance
-from facto_edge.errors import DataError, DeviceError, FactoEdgeError
+from facto_edge.budget import Allowance, allowance, parse_size
+from facto_edge.errors import DataError, FactoEdgeError
 
 from . import session_io
 from .bound import F32
-from .codecs import get_codec
+from .device import host_rss_bytes, resolve_device
 from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
-from .optimizers import make_optimizer
 
 LABELS, LOSS = "facto:labels", "facto:loss"
 LANE_MIN = 4  # samples per lane at full batch
@@ -88,7 +94,8 @@ class TrainingSession:
         budget: int | str | None = None,
         accumulate: int | None = None,
     ) -> None:
-        _check_options(batch_size, label_smoothing, threads, device)
+        _check_options(batch_size, label_smoothing, threads)
+        self._backend = self._io = resolve_device(device)  # _io: the dry run's is the host
         if accumulate is not None and not (isinstance(accumulate, int) and accumulate >= 1):
             raise FactoEdgeError(f"accumulate must be a positive int, found {accumulate!r}")
         self._threads = threads or numba.config.NUMBA_NUM_THREADS
@@ -96,7 +103,7 @@ class TrainingSession:
         self.batch_size = batch_size
         self._graph = load_graph(model_dir)
         self._source, self._callbacks = model_dir, []
-        self._codec = get_codec(codec)
+        self._codec = self._backend.get_codec(codec)
         self._seed, self._step = seed, 0
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                    "betas": betas, "eps": eps}  # fmt: skip
@@ -112,7 +119,7 @@ class TrainingSession:
         self._running_names = self._running_stat_names()
         self._plans: dict[tuple[int, int], MemoryPlan] = {}
         self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
-        self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate))
+        self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate), device)
         self._bind(self._micro, self._accumulate)
         self._graph.initializers = dict(self._params)  # frees the loaded copies
         self._buffers = self._memory.buffers
@@ -139,7 +146,7 @@ class TrainingSession:
         """The mean loss on (x, y) and a copy of the gradient of every trainable
         initializer, without updating anything."""
         loss = self._run(x, y)
-        return loss, {name: g.copy() for name, g in self._grads.items()}
+        return loss, {name: self._io.get(g) for name, g in self._grads.items()}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits [n, classes] of x (any n; run in chunks of batch_size), eval mode."""
@@ -151,17 +158,18 @@ class TrainingSession:
             ex = self._executor(chunk.shape[0])
             self._feed_x(ex, chunk)
             ex.forward(training=False, until=self._graph.output_name)
-            logits = ex.logical(self._graph.output_name)
-            out[start : start + chunk.shape[0]] = logits.reshape(chunk.shape[0], -1)
+            logits = self._io.get(ex.values[self._graph.output_name])
+            out[start : start + chunk.shape[0]] = _logical(logits).reshape(chunk.shape[0], -1)
         return out
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """The trainable initializers by name: live arrays the optimizer updates in place."""
+        """The trainable initializers by name: live arrays the optimizer updates in place
+        (device arrays on cuda)."""
         return {name: self._params[name] for name in self._graph.trainable}
 
     def buffers(self) -> dict[str, np.ndarray]:
         """Non-trainable state that training updates, by name: the running mean and
-        variance of training-mode BatchNormalizations (live arrays)."""
+        variance of training-mode BatchNormalizations (live arrays, on the device)."""
         return {name: self._params[name] for _, name in self._running_names}
 
     @property
@@ -196,8 +204,10 @@ class TrainingSession:
         """The arena's figures: bytes requested per kind of buffer (`<kind>_bytes`), the
         planned arena (`arena_bytes`), its `lower_bound` (most bytes live at one step) and
         `linear_bytes` (every buffer apart), the most activation bytes live at once
-        (`peak_activation_bytes`) and bytes that had to live outside the arena
-        (`unplanned_bytes`, 0 unless a batch needed more than planned)."""
+        (`peak_activation_bytes`), bytes that had to live outside the arena
+        (`unplanned_bytes`, 0 unless a batch needed more than planned), the `device`, the
+        arena's bytes on it (`device_arena_bytes`, 0 on cpu, where the arena is host
+        memory) and the host's resident memory now (`host_rss_bytes`)."""
         plan = self._memory.plan
         by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
@@ -211,6 +221,9 @@ class TrainingSession:
             "micro_batch": self._micro,
             "accumulate": self._accumulate,
             "codec": self._codec.name,
+            "device": self._backend.name,
+            "device_arena_bytes": plan.arena_bytes if self._backend.name != "cpu" else 0,
+            "host_rss_bytes": host_rss_bytes(),
         }
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:
@@ -302,7 +315,9 @@ class TrainingSession:
     def _bind(self, micro: int, accumulate: int) -> list[Executor]:
         """Bind every buffer, through self._memory, for micro-batches of `micro` samples
         (`accumulate` of them per step); returns the lanes' executors."""
-        self._lanes = _lane_count(self._threads, micro, self._graph.nodes)
+        self._lanes = 1
+        if self._backend.name == "cpu":
+            self._lanes = _lane_count(self._threads, micro, self._graph.nodes)
         self._params = {
             name: self._place(name, value) for name, value in self._graph.initializers.items()
         }
@@ -317,7 +332,7 @@ class TrainingSession:
                 for t, g in self._lane_grads.items()
             }
         name, options = self._optimizer_args
-        self._optimizer = make_optimizer(
+        self._optimizer = self._io.make_optimizer(
             name,
             self.parameters(),
             **options,
@@ -328,11 +343,12 @@ class TrainingSession:
     def _plan(self, micro: int, accumulate: int) -> MemoryPlan:
         """The arena plan of binding for micro-batches of `micro` (a dry run, cached)."""
         if (micro, accumulate) not in self._plans:
-            self._memory = Recorder()
+            self._memory, self._io = Recorder(), resolve_device("cpu")  # host buffers
             lanes = self._bind(micro, accumulate)
             steps = [f"fwd {n.name}" for n in self._schedule.forward]
             steps += [f"bwd {n.name}" for n in self._schedule.backward]
             self._plans[micro, accumulate] = plan_memory(self._memory, lanes, steps)
+            self._io = self._backend
         return self._plans[micro, accumulate]
 
     def _fit(self, batch: int, budget: int | str | None, accumulate: int | None) -> tuple[int, int]:
@@ -344,6 +360,8 @@ class TrainingSession:
             if budget is None:
                 return micro, k
         room = allowance(budget)
+        if self._backend.name != "cpu":  # the budget is device memory, which the arena is
+            room = Allowance(parse_size(budget), fixed=0, margin=0)
 
         def arena(micro: int) -> int:
             return self._plan(*_split(batch, -(-batch // micro))).arena_bytes
@@ -357,7 +375,7 @@ class TrainingSession:
 
     def _place(self, name: str, value: np.ndarray) -> np.ndarray:
         arr = self._alloc(f"param:{name}", value.shape, value.dtype, "weights")
-        np.copyto(arr, value)
+        self._io.put(arr, value)
         return arr
 
     def _executor(self, n: int, lane: int = 0) -> Executor:
@@ -371,7 +389,9 @@ class TrainingSession:
             if lane:
                 prefix = f"lane{lane}:"
                 alloc = lambda name, *args: self._alloc(prefix + name, *args)  # noqa: E731
-            ex = Executor(self._schedule, self._params, feeds, LOSS, self._codec, alloc)
+            ex = Executor(
+                self._schedule, self._params, feeds, LOSS, self._codec, alloc, self._backend
+            )
             self._executors[lane, n] = ex
             if self._lanes == 1:
                 pairs = [(ex.values[o], self._params[i]) for o, i in self._running_names]
@@ -420,24 +440,26 @@ class TrainingSession:
             loss += self._run_micro(x[start:stop], y[start:stop], n, part)
             if update_stats:
                 for new, current in self._feedback.get(min(stop, n) - start, ()):
-                    np.copyto(current, new)
+                    self._io.copy(new, current)
             if self._grads is not self._lane_grads:
                 for name, acc in self._grads.items():
                     if part:
-                        np.add(acc, self._lane_grads[name], out=acc)
+                        self._io.accumulate(acc, self._lane_grads[name])
                     else:
-                        np.copyto(acc, self._lane_grads[name])
+                        self._io.copy(self._lane_grads[name], acc)
+        self._backend.check_codec(self._codec)
         return loss
 
     def _run_micro(self, x: np.ndarray, y: np.ndarray, n: int, part: int) -> float:
         """Forward and backward of micro-batch `part` (x, y) of a batch of n over the
         lanes: its share of the mean loss, with its gradients in lane 0's buffers."""
-        jobs = []
+        jobs, weights = [], []
         for lane, a, b in self._slices(x.shape[0]):
             ex = self._executor(b - a, lane)
             self._feed_x(ex, x[a:b])
-            np.copyto(ex.values[LABELS], y[a:b], casting="unsafe")
-            ex.grads[LOSS][...] = (b - a) / n
+            self._io.put(ex.values[LABELS], y[a:b])
+            weights.append((b - a) / n)
+            self._io.fill(ex.grads[LOSS], weights[-1])
             seed = hash((self._seed, self._step, lane + part * self._lanes)) & (2**62 - 1)
             jobs.append((ex, seed))
         others = [self._pool.submit(_forward_backward, *job) for job in jobs[1:]]
@@ -452,7 +474,8 @@ class TrainingSession:
             for name, g in self._lane_grads.items():
                 if name in ex.grads:
                     np.add(g, ex.grads[name], out=g)
-        return sum(float(ex.values[LOSS]) * float(ex.grads[LOSS]) for ex, _ in jobs)
+        losses = [self._io.scalar(ex.values[LOSS]) for ex, _ in jobs]
+        return sum(loss * float(np.float32(w)) for loss, w in zip(losses, weights, strict=True))
 
     def _check_x(self, x: np.ndarray, limit: int | None) -> None:
         want = (*self._graph.input_shape,)
@@ -465,10 +488,11 @@ class TrainingSession:
             raise DataError(f"batch of {x.shape[0]} exceeds the session's batch_size {limit}")
 
     def _feed_x(self, ex: Executor, x: np.ndarray) -> None:
-        np.copyto(ex.logical(self._graph.input_name), x)
-        bad = count_nonfinite(ex.values[self._graph.input_name].reshape(-1))
+        bad = count_nonfinite(np.ascontiguousarray(x).reshape(-1))
         if bad:
             raise DataError(f"x holds {bad} NaN/Inf value(s); clean or re-normalize the data")
+        stored = ex.values[self._graph.input_name]
+        self._io.put(stored, x, channel_major=stored.ndim == 4)
 
     def _check_y(self, y: np.ndarray, n: int) -> None:
         if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
@@ -485,6 +509,11 @@ def _split(batch: int, parts: int) -> tuple[int, int]:
     """(micro-batch size, micro-batches) of a batch cut into at most `parts` even parts."""
     micro = -(-batch // parts)
     return micro, -(-batch // micro)
+
+
+def _logical(a: np.ndarray) -> np.ndarray:
+    """The ONNX view of a stored activation (rank 4: channel-major)."""
+    return a.swapaxes(0, 1) if a.ndim == 4 else a
 
 
 def _forward_backward(ex: Executor, seed: int) -> None:
@@ -516,9 +545,7 @@ def _dims(shape: tuple[int, ...]) -> str:
     return ", ".join(str(d) for d in shape)
 
 
-def _check_options(batch_size: int, smoothing: float, threads: int | None, device: str) -> None:
-    if device != "cpu":
-        raise DeviceError(f"device {device!r} is not available; this runtime runs on 'cpu'")
+def _check_options(batch_size: int, smoothing: float, threads: int | None) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise FactoEdgeError(f"batch_size must be a positive int, found {batch_size!r}")
     if not 0.0 <= smoothing < 1.0:

@@ -75,7 +75,9 @@ def test_a_budget_below_the_minimum_names_the_smallest(model_dir):
     assert time.perf_counter() - started < 5
     smallest = int(err.value.args[0].rsplit("--budget ", 1)[1].split("MiB")[0])
     r = plan_training(model_dir, smallest * MiB, batch_size=32)
-    assert r.total <= smallest * MiB and r.micro_batch == 1 and r.bits == 2
+    assert r.total <= smallest * MiB and r.micro_batch * r.accumulate >= 32
+    with pytest.raises(BudgetError):
+        plan_training(model_dir, (smallest - 1) * MiB, batch_size=32)
 
 
 def test_cli_prints_the_breakdown_and_plots_the_timeline(model_dir, tmp_path):

@@ -556,3 +556,131 @@ def test_optimizer_matches_cpu(case):
         np.testing.assert_allclose(state[k], want[k], rtol=0 if exact else 1e-6)
     dev.load_state_dict(want)
     assert dev.step_count == 3
+
+
+# A training run on both backends ---------------------------------------------------------
+
+
+def _micro_model():
+    """input [N, 2, 3, 3] -> Conv 3x3 (trainable, bias) -> BatchNormalization (batch
+    statistics, trainable) -> Relu -> MaxPool 2x2 -> Conv 1x1 (frozen) -> Add (skip) ->
+    GlobalAveragePool -> Flatten -> Gemm (3 classes, trainable)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+
+    def init(name: str, *shape: int, scale: float = 0.5):
+        a = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return numpy_helper.from_array(a, name)
+
+    ones = numpy_helper.from_array(np.ones(4, np.float32), "bn.var")
+    inits = [
+        init("c1.w", 4, 2, 3, 3), init("c1.b", 4), init("bn.s", 4), init("bn.b", 4),
+        init("bn.m", 4, scale=0.0), ones, init("c2.w", 4, 4, 1, 1), init("fc.w", 3, 4),
+        init("fc.b", 3),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], "c1", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization",
+            ["c1", "bn.s", "bn.b", "bn.m", "bn.var"],
+            ["n", "bn.m_out", "bn.var_out"],
+            "bn",
+            training_mode=1,
+        ),  # fmt: skip
+        helper.make_node("Relu", ["n"], ["r"], "relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], "pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "c2.w"], ["c2"], "c2"),
+        helper.make_node("Add", ["c2", "p"], ["a"], "add"),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"], "gap"),
+        helper.make_node("Flatten", ["g"], ["v"], "flatten"),
+        helper.make_node("Gemm", ["v", "fc.w", "fc.b"], ["logits"], "fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "micro",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    manifest = {
+        "input_shape": [2, 3, 3],
+        "num_classes": 3,
+        "normalization": {"mean": [0.0] * 2, "std": [1.0] * 2},
+        "trainable": ["c1.w", "c1.b", "bn.s", "bn.b", "fc.w", "fc.b"],
+        "layers": [],
+    }
+    return model, manifest
+
+
+def _train(device: str, codec: str, steps: int, **options) -> tuple[list[float], object]:
+    from facto_edge.runtime import TrainingSession
+
+    rng = np.random.default_rng(0)
+    s = TrainingSession(_micro_model(), batch_size=2, lr=0.1, codec=codec, device=device, **options)
+    x = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    y = np.array([0, 2], np.int64)
+    return [s.train_step(x, y) for _ in range(steps)], s
+
+
+@needs_cuda
+def test_training_matches_cpu():
+    """Five steps on one batch (SGD with momentum, fp32 codec): the CPU backend's
+    falling losses; the trained tensors and running statistics agree too."""
+    want, cpu = _train("cpu", "fp32", 5)
+    got, dev = _train("cuda", "fp32", 5)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert want[-1] < want[0]
+    trained = cpu.parameters() | cpu.buffers()
+    for name, a in (dev.parameters() | dev.buffers()).items():  # device arrays
+        np.testing.assert_allclose(a.copy_to_host(), trained[name], atol=1e-5, err_msg=name)
+
+
+@needs_cuda
+def test_training_q4_adamw_matches_cpu():
+    """The lossy codec and AdamW on both backends: the same losses."""
+    want, _ = _train("cpu", "q4", 2, optimizer="adamw")
+    got, dev = _train("cuda", "q4", 2, optimizer="adamw")
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    report = dev.memory_report()
+    assert report["device"] == "cuda" and report["device_arena_bytes"] == report["arena_bytes"]
+    assert report["host_rss_bytes"] > 0 and report["unplanned_bytes"] == 0
+
+
+@needs_cuda
+def test_gradients_predict_and_micro_batches_match_cpu():
+    """compute_gradients over two micro-batches (accumulate=2) and predict: as on cpu."""
+    from facto_edge.runtime import TrainingSession
+
+    x = np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    y = np.array([1, 0], np.int64)
+    sessions = [
+        TrainingSession(_micro_model(), batch_size=2, accumulate=2, device=d)
+        for d in ("cpu", "cuda")
+    ]
+    (want_loss, want), (got_loss, got) = (s.compute_gradients(x, y) for s in sessions)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(sessions[1].predict(x), sessions[0].predict(x), atol=1e-5)
+
+
+@needs_cuda
+def test_budget_counts_the_device_arena():
+    from facto_edge.errors import BudgetError
+    from facto_edge.runtime import TrainingSession
+
+    arena = TrainingSession(_micro_model(), batch_size=2, device="cuda").memory_plan.arena_bytes
+    s = TrainingSession(_micro_model(), batch_size=2, device="cuda", budget=arena)
+    assert s.memory_report()["micro_batch"] == 2
+    with pytest.raises(BudgetError, match="too small"):
+        TrainingSession(_micro_model(), batch_size=1, device="cuda", budget=arena // 4)
+
+
+@pytest.mark.skipif(MODE is not None, reason="checks a machine without CUDA")
+def test_session_names_what_cuda_lacks():
+    from facto_edge.runtime import TrainingSession
+
+    with pytest.raises(DeviceError, match="numba-cuda|NVIDIA driver|NVIDIA GPU"):
+        TrainingSession(_micro_model(), batch_size=2, device="cuda")

@@ -19,7 +19,7 @@ import numba
 from numba import cuda
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
-THREADS = 32 if SIM else 256  # threads per block; a power of two (tree_sum)
+THREADS = 8 if SIM else 256  # threads per block; a power of two (tree_sum)
 MAX_BLOCKS = 2 if SIM else 4096  # grid cap of grid-stride kernels
 TILE = 4 if SIM else 16  # square tile of the shared-memory matmul
 
