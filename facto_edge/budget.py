@@ -159,10 +159,11 @@ def measure_runtime_fixed_cost(refresh: bool = False) -> int:
 
 # What a training process holds at its peak beyond the fixed cost and the arena: kernels
 # loaded at the first step, the session's Python objects, the loaded graph's leftovers.
-# Measured with tools/bench_memory.py --margin (docs/memory.md) on the zoo models: at
-# most 9.8 MiB for a process driving a TrainingSession and 15.3 MiB for facto_edge.train
-# (data, evaluation, checkpoints). The `facto-edge train` command holds about 3.5 MiB
-# more (click, tqdm), and its metrics plot (matplotlib) about 30 MiB after training.
+# Measured with tools/bench_memory.py (docs/memory.md, "Safety margin") on the zoo
+# models at batch 1 and 32: at most 9.8 MiB for a process driving a TrainingSession and
+# 15.3 MiB for facto_edge.train (data, evaluation, checkpoints) over our runs. The
+# `facto-edge train` command holds about 3.5 MiB more (click, tqdm), and its metrics plot
+# (matplotlib) about 30 MiB after training: front ends must leave room for those.
 SAFETY_MARGIN = 16 << 20
 
 

@@ -80,7 +80,7 @@ class PlanReport:
         return self.plan.saved_by_node()
 
 
-def _session(model_dir, budget: int, batch: int, bits: int, accumulate: int | None, options):
+def _session(model_dir, budget: int, batch: int, bits: int, accumulate: int | None, options: dict):
     """The session training would build, or None when it does not fit the budget."""
     from facto_edge.runtime import TrainingSession
 
@@ -153,13 +153,16 @@ def plan_training(
     bits: int | None = None,
     codec_limit: int = 2,
     max_batch: int = MAX_AUTO_BATCH,
-    **options,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    threads: int | None = None,
 ) -> PlanReport:
     """Fit training of the exported model `model_dir` into `budget` (peak RSS: bytes or a
     size such as "512MB"). `batch_size` fixes the batch (micro-batches reach it when it
     does not fit at once), None picks the largest power of two up to `max_batch`. `bits`
-    fixes the codec's bits, None tries 8, 4, 2 down to `codec_limit`. `options` go to
-    TrainingSession (optimizer, momentum, threads, ...).
+    fixes the codec's bits, None tries 8, 4, 2 down to `codec_limit`. `optimizer`,
+    `momentum` (state kept or not) and `threads` (lanes) are the session's, as training
+    will set them.
 
     Raises BudgetError, naming the smallest budget that fits, when nothing does.
     """
@@ -167,6 +170,7 @@ def plan_training(
 
     budget_bytes = parse_size(budget)
     tries = _bits_to_try(bits, codec_limit)
+    options = {"optimizer": optimizer, "momentum": momentum, "threads": threads}
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise FactoEdgeError(f"batch_size must be a positive int, found {batch_size!r}")
     if batch_size is None:

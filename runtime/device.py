@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, partial
@@ -70,17 +69,16 @@ def resolve_device(name: str) -> Backend:
     raise DeviceError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
 
 
-def _modules(package: str, names: Mapping[str, str]) -> Mapping[str, ModuleType]:
-    return MappingProxyType(
-        {family: importlib.import_module(f"{package}.{mod}") for family, mod in names.items()}
-    )
+def _modules(package: str, families: tuple[str, ...]) -> dict[str, ModuleType]:
+    """The kernel module of each family, named as the family, from `package`."""
+    return {family: importlib.import_module(f"{package}.{family}") for family in families}
 
 
 def _cpu() -> Backend:
     from . import codecs, optimizers
     from .ops import OPS, lookup
 
-    kernels = dict(_modules(__package__ + ".kernels", {f: f for f in KERNEL_FAMILIES}))
+    kernels = _modules(__package__ + ".kernels", KERNEL_FAMILIES)
     kernels.update(codecs=codecs, optimizers=optimizers)
     return Backend(
         name="cpu",
@@ -120,7 +118,7 @@ def _cuda() -> Backend:
         name="cuda",
         ops=MappingProxyType(CUDA_OPS),
         lookup=lookup,
-        kernels=_modules(__package__ + ".kernels.cuda", {f: f for f in FAMILIES}),
+        kernels=MappingProxyType(_modules(__package__ + ".kernels.cuda", FAMILIES)),
         get_codec=partial(codecs.get_codec, deferred=True),
         check_codec=lambda codec: codec.errors.check(codec.name),
         make_optimizer=optimizers.make_optimizer,
@@ -201,21 +199,3 @@ def _driver_error() -> str:
     from numba.cuda.cudadrv.driver import driver
 
     return str(driver.initialization_error or "")
-
-
-def host_rss_bytes() -> int:
-    """This process's resident memory on the host now, in bytes (Linux: VmRSS; elsewhere
-    the peak, from getrusage; 0 where neither is known)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:
-        return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024

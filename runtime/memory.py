@@ -149,9 +149,6 @@ class MemoryPlan:
         return "\n".join(p.render(width) for p, _ in self._planners)
 
 
-Alloc = Callable[[str, Shape, np.dtype, str], np.ndarray]
-
-
 def _spans(recorder: Recorder, lanes: Sequence) -> tuple[dict[str, list[int]], int]:
     """Per touched buffer [first, last, lane] over the lanes' executors, and the steps."""
     spans: dict[str, list[int]] = {}

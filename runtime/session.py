@@ -17,7 +17,8 @@ arena; the device is resolved once, at construction (runtime/device.py), and Dev
 names what is missing. A step copies only the batch in and the loss (and the codecs'
 count of bad values) out. The dry run that plans the arena binds host buffers; the
 budget then counts device memory, the arena, and `memory_report()` gives the host's
-resident memory apart. One lane; parameters(), buffers() and gradients live on the device.
+peak resident memory apart. One lane; parameters(), buffers() and gradients live on the
+device.
 
 Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
 "512MB") the session binds for the fewest micro-batches per step whose arena fits what the
@@ -49,10 +50,11 @@ import numpy as np
 
 from facto_edge.budget import Allowance, allowance, parse_size
 from facto_edge.errors import DataError, FactoEdgeError
+from facto_edge.fit import peak_rss_bytes
 
 from . import session_io
 from .bound import F32
-from .device import host_rss_bytes, resolve_device
+from .device import resolve_device
 from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels.dispatch import serial_in_this_thread
@@ -207,7 +209,8 @@ class TrainingSession:
         (`peak_activation_bytes`), bytes that had to live outside the arena
         (`unplanned_bytes`, 0 unless a batch needed more than planned), the `device`, the
         arena's bytes on it (`device_arena_bytes`, 0 on cpu, where the arena is host
-        memory) and the host's resident memory now (`host_rss_bytes`)."""
+        memory) and the process's peak resident memory on the host so far
+        (`host_peak_rss_bytes`)."""
         plan = self._memory.plan
         by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
@@ -223,7 +226,7 @@ class TrainingSession:
             "codec": self._codec.name,
             "device": self._backend.name,
             "device_arena_bytes": plan.arena_bytes if self._backend.name != "cpu" else 0,
-            "host_rss_bytes": host_rss_bytes(),
+            "host_peak_rss_bytes": peak_rss_bytes(),
         }
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:

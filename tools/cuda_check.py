@@ -95,7 +95,7 @@ def bench_ours(model_dir: Path, batch: int, codec: str, warmup: int, steps: int,
     memory = {
         "device arena": report["device_arena_bytes"],
         "device held by the session": used,
-        "host RSS": report["host_rss_bytes"],
+        "host peak RSS": report["host_peak_rss_bytes"],
     }
     return Result("facto-edge (numba.cuda)", step_s, batch / step_s, memory), s
 
@@ -174,7 +174,7 @@ def write_doc(out: Path, args, tests: tuple[bool, str] | None, results: list[Res
         "",
         f"Median of {args.steps} steps after {args.warmup} warm-up steps, SGD momentum 0.9.",
         "",
-        "| system | ms/step | images/s | device memory |",
+        "| system | ms/step | images/s | memory |",
         "| --- | ---: | ---: | --- |",
     ]
     for r in results:
