@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import sys
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 

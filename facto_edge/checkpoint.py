@@ -199,13 +199,26 @@ def check_matches(
             )
 
 
+def host_copy(a) -> np.ndarray:
+    """A host numpy copy of a session tensor (a numpy array, or a CUDA device array)."""
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a.copy()
+
+
+def write_into(live, saved: np.ndarray) -> None:
+    """Copy `saved` into the session tensor `live`, on the host or the device."""
+    if hasattr(live, "copy_to_device"):
+        live.copy_to_device(np.ascontiguousarray(saved, live.dtype))
+    else:
+        np.copyto(live, saved)
+
+
 def capture(
     session, progress: Progress, config: dict, fingerprint: str, history: list[dict], partial: dict
 ) -> Checkpoint:
     """A checkpoint of `session` now: copies of its tensors and optimizer state."""
     return Checkpoint(
-        params={k: v.copy() for k, v in session.parameters().items()},
-        buffers={k: v.copy() for k, v in session.buffers().items()},
+        params={k: host_copy(v) for k, v in session.parameters().items()},
+        buffers={k: host_copy(v) for k, v in session.buffers().items()},
         optimizer=session.optimizer.state_dict(),
         progress=Progress(**vars(progress)),
         config=config,
@@ -230,11 +243,11 @@ def restore(session, ckpt: Checkpoint, path: Path) -> None:
     pairs = _checked_tensors(session, ckpt, path)
     session.optimizer.load_state_dict(ckpt.optimizer)
     for live, saved in pairs:
-        np.copyto(live, saved)
+        write_into(live, saved)
     session.step = ckpt.progress.step
 
 
 def load_weights(session, ckpt: Checkpoint, path: Path) -> None:
     """Load only the trained tensors of `ckpt` into `session` (for evaluation)."""
     for live, saved in _checked_tensors(session, ckpt, path):
-        np.copyto(live, saved)
+        write_into(live, saved)

@@ -100,17 +100,36 @@ def format_layers(manifest) -> str:
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The *.facto directory.")
-@click.option("--input-shape", default=None, help="CxHxW (default: from the zoo archive, else 3x32x32).")
-@click.option("--rank", type=float, default=None, help="Rank as a fraction of channels, in (0, 1].  [default: 0.25]")
-@click.option("--energy", type=float, default=None, help="Keep this share of squared singular values instead.")
-@click.option("--min-channels", default=8, show_default=True, help="Layers with fewer channels stay dense.")
-@click.option("--train", "train", default="last", show_default=True,
-              type=click.Choice(["last", "first", "core", "all"]), help="Which factor trains.")
+@click.option(
+    "--input-shape", default=None, help="CxHxW (default: from the zoo archive, else 3x32x32)."
+)
+@click.option(
+    "--rank",
+    type=float,
+    default=None,
+    help="Rank as a fraction of channels, in (0, 1].  [default: 0.25]",
+)
+@click.option(
+    "--energy", type=float, default=None, help="Keep this share of squared singular values instead."
+)
+@click.option(
+    "--min-channels", default=8, show_default=True, help="Layers with fewer channels stay dense."
+)
+@click.option(
+    "--train",
+    "train",
+    default="last",
+    show_default=True,
+    type=click.Choice(["last", "first", "core", "all"]),
+    help="Which factor trains.",
+)
 @click.option("--bn", default="fold", show_default=True, type=click.Choice(["fold", "train"]))
 @click.option("--no-ort", is_flag=True, help="Skip the ONNX Runtime training artifacts.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @friendly_errors
-def export(model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force) -> None:  # fmt: skip
+def export(
+    model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force
+) -> None:
     """Factorize MODEL (TorchScript archive, or a pickled nn.Module) into a *.facto directory.
 
     A pickled nn.Module runs code from the file when loaded: only export files you trust.
@@ -131,7 +150,9 @@ def export(model, output, input_shape, rank, energy, min_channels, train, bn, no
         if issubclass(w.category, UserWarning):
             click.secho(f"warning: {w.message}", fg="yellow", err=True)
     click.echo(format_layers(manifest))
-    ort = "with ort/ training artifacts" if manifest.ort else "without ort/ (onnxruntime-training absent or --no-ort)"  # fmt: skip
+    ort = "with ort/ training artifacts"
+    if not manifest.ort:
+        ort = "without ort/ (onnxruntime-training absent or --no-ort)"
     click.echo(f"wrote {output} {ort}")
 
 
@@ -185,6 +206,8 @@ def _batch_size(value: str) -> int | str:
     help="Unreadable images: leave them out (counted) or stop.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
 @friendly_errors
 def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
@@ -288,8 +311,10 @@ def demo(budget, output, epochs, seed) -> None:
 def _register_subcommands() -> None:
     """Commands defined beside their library code (each module imports no torch at load)."""
     from facto_edge.bench.cli import bench
+    from facto_edge.plan_cli import plan
 
     main.add_command(bench)
+    main.add_command(plan)
 
 
 _register_subcommands()

@@ -241,7 +241,9 @@ def _data_key(data: str) -> str:
     return data if data.lower() in DIGITS_NAMES else str(Path(data).resolve())
 
 
-def _session_factory(model_dir: str | Path, cfg: TrainConfig, budget: int | None):
+def _session_factory(
+    model_dir: str | Path, cfg: TrainConfig, budget: int | None, device: str = "cpu"
+):
     """`make(batch_size)` building sessions with the run's options and, where the session
     takes one, the budget: it then plans its arena (and micro-batches) to fit, and
     `make.owns_budget` is True."""
@@ -255,7 +257,7 @@ def _session_factory(model_dir: str | Path, cfg: TrainConfig, budget: int | None
         return TrainingSession(
             model_dir, batch_size=batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
-            label_smoothing=cfg.label_smoothing, seed=cfg.seed, **extra,
+            label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, **extra,
         )  # fmt: skip
 
     make.owns_budget = "budget" in extra
@@ -410,6 +412,7 @@ def train(
     label_smoothing: float = 0.0,
     on_corrupt: str = "skip",
     plot: bool = True,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train the exported model `model_dir` on `data` into the run directory `out_dir`.
 
@@ -440,7 +443,7 @@ def train(
             f"skipped {len(train_ds.skipped)} unreadable image(s) in {data} "
             f"(first: {train_ds.skipped[0]})"
         )
-    make = _session_factory(model_dir, cfg, budget_bytes)
+    make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
     batch, fit = _resolve_batch(cfg, make, budget_bytes, len(train_ds), saved)
     cfg = replace(cfg, batch_size=batch)

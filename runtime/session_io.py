@@ -13,6 +13,7 @@ from facto_edge.checkpoint import (
     CHECKPOINT_FILE,
     Progress,
     capture,
+    host_copy,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -71,6 +72,6 @@ def export(session, source, out: str | Path, merge: bool) -> Path:
     else:
         proto = onnx.load(str(Path(source) / "model.onnx"))
         manifest = Manifest.load(source)
-    tensors = {k: v.copy() for k, v in (session.parameters() | session.buffers()).items()}
+    tensors = {k: host_copy(v) for k, v in (session.parameters() | session.buffers()).items()}
     _set_initializers(proto.graph, tensors, Path(out))
     return export_proto(proto, manifest, out, merge=merge).path

@@ -64,7 +64,10 @@ def test_factors_rebuild_weights_with_reported_error(exported, name):
         if layer.method == "tucker2":
             rebuilt = dec.tucker2_rebuild(f["first"], f["core"], f["last"])
         elif layer.method == "svd":
-            first, last = f["first"].reshape(len(f["first"]), -1), f["last"].reshape(len(f["last"]), -1)
+            first, last = (
+                f["first"].reshape(len(f["first"]), -1),
+                f["last"].reshape(len(f["last"]), -1),
+            )
             rebuilt = (last @ first).reshape(layer.shape)
         else:
             continue

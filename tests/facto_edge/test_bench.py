@@ -106,17 +106,29 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
     # A 300 MB budget stops the frameworks' sweep workers early (torch alone is near it),
     # which keeps the test short and takes the "ran out, skip larger batches" path.
     cfg = BenchConfig(
-        models=("simple_cnn",), input_shape=(3, 16, 16), batch=4, steps=2, warmup=1,
-        repeats=1, sweep=(2, 4), sweep_steps=1, cold_start=False, budget=300 * 10**6,
-        threads=1, command="pytest",
+        models=("simple_cnn",),
+        input_shape=(3, 16, 16),
+        batch=4,
+        steps=2,
+        warmup=1,
+        repeats=1,
+        sweep=(2, 4),
+        sweep_steps=1,
+        cold_start=False,
+        budget=300 * 10**6,
+        threads=1,
+        command="pytest",
     )
     events = []
     result = run_bench(cfg, tmp_path / "work", progress=lambda *e: events.append(e))
     report = write_outputs(result, tmp_path / "docs" / "bench")
 
     assert events[-1][0] == events[-1][1] == len(plan_runs(cfg, "simple_cnn")) + 1
-    failed = [(r.spec.system, r.spec.kind, r.error) for r in result.runs
-              if not r.ok and not (r.spec.kind == "sweep" and r.over_budget)]
+    failed = [
+        (r.spec.system, r.spec.kind, r.error)
+        for r in result.runs
+        if not r.ok and not (r.spec.kind == "sweep" and r.over_budget)
+    ]
     assert not failed
     for system in SYSTEMS:
         sweep = [r for r in result.runs if r.spec.kind == "sweep" and r.spec.system == system]
@@ -133,7 +145,10 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
         assert set(table[1]) == {"---"}
     results_table = next(t for t in tables if "saved activations / step" in t[0])
     assert [row[1].split(" (")[0] for row in results_table[2:]] == [
-        "PyTorch dense", "PyTorch factorized", "ONNX Runtime training", "facto-edge"
+        "PyTorch dense",
+        "PyTorch factorized",
+        "ONNX Runtime training",
+        "facto-edge",
     ]
     for name in ("memory_vs_batch", "throughput_vs_batch", "saved_bytes", "memory_breakdown"):
         png = tmp_path / "docs" / "bench" / f"{name}.png"
@@ -146,9 +161,11 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
 
 def test_facto_edge_worker_imports_no_framework(tmp_path):
     # The facto-edge measurement must not pay for torch or onnxruntime in its peak RSS.
-    code = ("import sys, facto_edge.bench.worker, facto_edge.bench.systems.facto; "
-            "print([m for m in ('torch', 'onnxruntime', 'tensorly', 'matplotlib') "
-            "if m in sys.modules])")
+    code = (
+        "import sys, facto_edge.bench.worker, facto_edge.bench.systems.facto; "
+        "print([m for m in ('torch', 'onnxruntime', 'tensorly', 'matplotlib') "
+        "if m in sys.modules])"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

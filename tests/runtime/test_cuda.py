@@ -1,5 +1,6 @@
 """The CUDA backend against the CPU backend: every op's forward and gradients, the
-codecs, masks and argmax packing, the optimizers, and device selection.
+codecs, masks and argmax packing, the optimizers, TrainingSession(device="cuda") (a
+5-step run, gradients over micro-batches, predict, the budget) and device selection.
 
 The kernel tests need numba.cuda on a GPU or under the CUDA simulator. The simulator is
 chosen when numba.cuda is first imported, so a plain run of this file (no GPU, no

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from tiny_graphs import tiny_model
 
 from facto_edge.runtime import ReplayBuffer, StreamingTrainer, TrainingSession
 
@@ -47,7 +47,7 @@ STREAM = """
 import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from conftest import tiny_model
+from tiny_graphs import tiny_model
 from facto_edge.runtime import StreamingTrainer, TrainingSession
 
 def rss():

@@ -16,7 +16,7 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
-from conftest import batch, tiny_model
+from tiny_graphs import batch, tiny_model
 
 from facto_edge import budget as budget_mod
 from facto_edge.errors import BudgetError

@@ -8,11 +8,11 @@ import tracemalloc
 import numpy as np
 import onnx
 import pytest
-from facto_edge.runtime.optimizers import make_optimizer
-from facto_edge.runtime.schedules import make_schedule
 from onnx import TensorProto, helper, numpy_helper
 
 from facto_edge.errors import CheckpointError, FactoEdgeError
+from facto_edge.runtime.optimizers import make_optimizer
+from facto_edge.runtime.schedules import make_schedule
 
 N_IN, N_OUT, BATCH, STEPS = 6, 4, 8, 20
 

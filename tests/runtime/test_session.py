@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, tiny_model
 from onnx import helper
+from tiny_graphs import batch, tiny_model
 from torch_ref import TorchReference
 
 from facto_edge.errors import DataError, DeviceError, FactoEdgeError, UnsupportedOpError

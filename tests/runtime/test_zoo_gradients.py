@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch
+from tiny_graphs import batch
 from torch_ref import TorchReference
 
 from facto_edge.runtime import TrainingSession
