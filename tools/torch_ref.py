@@ -120,11 +120,18 @@ class TorchReference:
                 )
         self.trainable = list(trainable)
         self.program = [
-            (OPS[n.op_type], {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute},
-             list(n.input), n.output[0])
+            (OPS[n.op_type], self._attrs(n), list(n.input), n.output[0])
             for n in proto.graph.node
             if n.op_type != "Constant"
-        ]  # fmt: skip
+        ]
+
+    def _attrs(self, n: onnx.NodeProto) -> dict:
+        """A node's attributes; a BatchNormalization whose scale trains uses batch
+        statistics, as the runtime and the ORT training graph do."""
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "BatchNormalization" and n.input[1] in self.trainable:
+            attrs["training_mode"] = 1
+        return attrs
 
     @classmethod
     def load(cls, model_dir: str | Path) -> TorchReference:
