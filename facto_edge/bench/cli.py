@@ -27,6 +27,15 @@ def _ints(value: str, option: str) -> tuple[int, ...]:
         raise FactoEdgeError(f"{option} takes comma-separated integers, found {value!r}") from None
 
 
+def _optional_float(value: str, option: str) -> float | None:
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise FactoEdgeError(f"{option} takes a number or 'none', found {value!r}") from None
+
+
 def _command_line() -> str:
     """The command as typed: `facto-edge bench ...`, or `python tools/bench.py ...`."""
     ctx = click.get_current_context()
@@ -80,6 +89,14 @@ def _progress(done: int, total: int, text: str) -> None:
     help="Threads for every system (default: each system's own).",
 )
 @click.option(
+    "--max-busy",
+    default="0.5",
+    show_default=True,
+    help="Before each run, wait until other processes keep fewer cores than this busy "
+    "('none': start at once).",
+)
+@click.option("--max-wait", default=300.0, show_default=True, help="Longest such wait (s).")
+@click.option(
     "--timeout", default=1800.0, show_default=True, help="Seconds before a run is stopped."
 )
 @click.option(
@@ -104,8 +121,8 @@ def _progress(done: int, total: int, text: str) -> None:
     help="Rewrite the report and plots from a saved results.json; measure nothing.",
 )
 def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repeats, sweep,
-          sweep_steps, budget, no_cold, threads, timeout, work_dir, output, report,
-          from_results) -> None:  # fmt: skip
+          sweep_steps, budget, no_cold, threads, max_busy, max_wait, timeout, work_dir, output,
+          report, from_results) -> None:  # fmt: skip
     """Measure facto-edge side by side with PyTorch (dense and factorized) and ONNX Runtime
     training: saved activations, peak RSS, images/s, cold start and a batch-size sweep.
     Writes Markdown tables and PNG plots."""
@@ -126,6 +143,7 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
                 warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
                 sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
                 budget=None if budget.lower() == "none" else parse_size(budget),
+                max_busy=_optional_float(max_busy, "--max-busy"), max_wait_s=max_wait,
                 timeout_s=timeout, command=_command_line(),
             )  # fmt: skip
             result = run_bench(cfg, work_dir, progress=_progress)

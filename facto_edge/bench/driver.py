@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from facto_edge.bench.machine import load_average, machine_info, peak_rss_of
+from facto_edge.bench.machine import load_average, machine_info, peak_rss_of, wait_until_idle
 from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
 from facto_edge.bench.systems import WorkerArgs
 from facto_edge.budget import format_size
@@ -49,6 +49,8 @@ class Run:
     peak_rss: int | None = None
     info: dict = field(default_factory=dict)
     load: float | None = None
+    busy: float | None = None
+    waited_s: float = 0.0
 
     @property
     def images_per_s(self) -> float | None:
@@ -185,13 +187,17 @@ class Driver:
         env = dict(os.environ)
         if self.cfg.threads:
             env.update({var: str(self.cfg.threads) for var in THREAD_VARIABLES})
+        quiet = {}
+        if self.cfg.max_busy is not None:
+            busy, waited = wait_until_idle(self.cfg.max_busy, self.cfg.max_wait_s)
+            quiet = {"busy": busy, "waited_s": waited}
         load = load_average()[0]
         with contextlib.ExitStack() as stack:
             if spec.kind == "cold":
                 cache = tempfile.TemporaryDirectory(prefix="numba-cold-", dir=self.work_dir)
                 env["NUMBA_CACHE_DIR"] = stack.enter_context(cache)
             record = run_worker(self.worker_args(spec, model_dir), env, self.cfg.timeout_s, limit)
-        return dataclasses.replace(_to_run(spec, record, self.cfg.budget), load=load)
+        return dataclasses.replace(_to_run(spec, record, self.cfg.budget), load=load, **quiet)
 
     def worker_args(self, spec: RunSpec, model_dir: Path) -> WorkerArgs:
         cfg = self.cfg

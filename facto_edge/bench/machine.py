@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import time
 from pathlib import Path
 
 import facto_edge
@@ -58,6 +59,38 @@ def peak_rss_of(pid: int | str = "self") -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(all, idle + iowait) jiffies of every CPU since boot, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(values), values[3] + values[4]
+
+
+def busy_cores(interval_s: float = 1.0) -> float | None:
+    """How many cores every process on the machine kept busy over the next `interval_s`
+    (None where /proc/stat is unavailable)."""
+    before = _cpu_times()
+    time.sleep(interval_s)
+    after = _cpu_times()
+    if before is None or after is None or after[0] == before[0]:
+        return None
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return round((1 - idle / total) * (os.cpu_count() or 1), 2)
+
+
+def wait_until_idle(max_busy: float, max_wait_s: float) -> tuple[float | None, float]:
+    """Wait until fewer than `max_busy` cores are busy, for at most `max_wait_s`.
+    Returns the last busy figure and the seconds waited."""
+    start = time.monotonic()
+    while True:
+        busy = busy_cores()
+        waited = time.monotonic() - start
+        if busy is None or busy < max_busy or waited >= max_wait_s:
+            return busy, round(waited, 1)
 
 
 def machine_info() -> dict:

@@ -33,7 +33,9 @@ KINDS = ("prime", "main", "cold", "codec", "sweep")
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything a benchmark run depends on. `codecs[0]` is the codec facto-edge runs
-    with against its peers; the others only add rows to the codec table."""
+    with against its peers; the others only add rows to the codec table. With `max_busy`,
+    each measurement waits (at most `max_wait_s`) until the machine's other processes keep
+    fewer than that many cores busy."""
 
     models: tuple[str, ...] = DEFAULT_MODELS
     systems: tuple[str, ...] = tuple(SYSTEMS)
@@ -49,6 +51,8 @@ class BenchConfig:
     budget: int | None = 512 * 10**6
     cold_start: bool = True
     threads: int | None = None
+    max_busy: float | None = None
+    max_wait_s: float = 300.0
     lr: float = 0.01
     momentum: float = 0.9
     seed: int = 0

@@ -41,12 +41,22 @@ def _label(result: BenchResult, system: str) -> str:
     return SYSTEMS[system]
 
 
+def _spread(values: list[float]) -> str:
+    v = sorted(values)
+    return f"min {v[0]:.2f}, median {v[len(v) // 2]:.2f}, max {v[-1]:.2f}"
+
+
 def _run_loads(result: BenchResult) -> str:
-    loads = sorted(r.load for r in result.runs if r.load is not None)
-    if not loads:
-        return "no load recorded per run"
-    low, mid, high = loads[0], loads[len(loads) // 2], loads[-1]
-    return f"1-min load at each run's launch: min {low:.2f}, median {mid:.2f}, max {high:.2f}"
+    """The load each measurement started under, and how long the driver waited for it."""
+    loads = [r.load for r in result.runs if r.load is not None]
+    text = f"1-min load at each run's launch: {_spread(loads)}" if loads else ""
+    busy = [r.busy for r in result.runs if r.busy is not None]
+    if result.config.max_busy is not None and busy:
+        waited = sum(r.waited_s for r in result.runs)
+        text += (f"; cores busy with other work just before each run: {_spread(busy)} "
+                 f"(each run waited for fewer than {result.config.max_busy}, at most "
+                 f"{result.config.max_wait_s:.0f} s; {waited:.0f} s waited in all)")  # fmt: skip
+    return text or "no load recorded per run"
 
 
 def header(result: BenchResult) -> list[str]:

@@ -5,6 +5,7 @@ the worker's error and budget records, the targets, and the whole harness on a t
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -22,6 +23,7 @@ from facto_edge.bench import (  # noqa: E402  # noqa: E402
 )
 from facto_edge.bench import report as report_lib  # noqa: E402
 from facto_edge.bench.driver import run_worker  # noqa: E402
+from facto_edge.bench.machine import wait_until_idle  # noqa: E402
 from facto_edge.bench.saved import SavedTensorCounter  # noqa: E402
 from facto_edge.bench.summary import evaluate_targets  # noqa: E402
 from facto_edge.bench.systems import WorkerArgs  # noqa: E402
@@ -170,3 +172,10 @@ def test_facto_edge_worker_imports_no_framework(tmp_path):
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_wait_until_idle_gives_up_after_max_wait():
+    busy, waited = wait_until_idle(max_busy=-1.0, max_wait_s=0.0)
+    assert busy is None or 0.0 <= busy <= os.cpu_count()
+    assert waited >= 0.9
+    assert wait_until_idle(max_busy=float("inf"), max_wait_s=60.0)[1] < 30.0
