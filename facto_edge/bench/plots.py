@@ -17,7 +17,7 @@ from facto_edge.bench.protocol import FACTO, SYSTEMS  # noqa: E402
 from facto_edge.budget import format_size  # noqa: E402
 
 MIB = 2**20
-BREAKDOWN = ("weights", "grads", "optimizer", "activation", "saved", "workspace")
+PERSISTENT = ("weights", "grads", "optimizer")
 
 
 def _models_axes(n: int, ylabel: str):
@@ -84,9 +84,20 @@ def saved_plot(result: BenchResult, path: Path) -> Path:
     return _save(fig, path, legend_from=ax)
 
 
+def breakdown(report: dict, peak_rss: int) -> list[tuple[str, int]]:
+    """facto-edge's peak RSS in parts: the arena's persistent buffers and saved tensors
+    (each whole), the rest of the arena (activations and workspace, reused over time, so
+    their per-kind sums in the report exceed it), and the rest of the process."""
+    parts = [(kind, report.get(f"{kind}_bytes", 0)) for kind in PERSISTENT]
+    parts.append((f"saved ({report.get('codec', 'codec')})", report.get("saved_bytes", 0)))
+    arena = report["arena_bytes"]
+    parts.append(("activations + workspace", max(arena - sum(n for _, n in parts), 0)))
+    parts.append(("rest of process", max(peak_rss - arena, 0)))
+    return parts
+
+
 def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
-    """facto-edge's peak RSS per model: its arena by kind of buffer, and the rest of the
-    process (interpreter, libraries, compiled kernels)."""
+    """facto-edge's peak RSS per model, broken down by `breakdown`."""
     table, cfg = S.summaries(result), result.config
     rows = [(m, table[(m, FACTO)]) for m in cfg.models if (m, FACTO) in table]
     rows = [(m, s) for m, s in rows if s.memory_report and s.peak_rss]
@@ -95,17 +106,15 @@ def breakdown_plot(result: BenchResult, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(9.0, 1.6 + 0.7 * len(rows)))
     for y, (_, s) in enumerate(rows):
         left = 0.0
-        parts = [(k, s.memory_report.get(f"{k}_bytes", 0)) for k in BREAKDOWN]
-        parts.append(("rest of process", max(s.peak_rss - s.memory_report["arena_bytes"], 0)))
-        for i, (kind, nbytes) in enumerate(parts):
+        for i, (kind, nbytes) in enumerate(breakdown(s.memory_report, s.peak_rss)):
             color = "lightgrey" if kind == "rest of process" else f"C{i}"
             ax.barh(y, nbytes / MIB, left=left, color=color, label=kind if y == 0 else None)
             left += nbytes / MIB
         ax.text(left, y, f" {format_size(s.peak_rss)}", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [m for m, _ in rows])
-    ax.set_xlabel(f"MiB (facto-edge, batch {cfg.batch}, codec {cfg.codecs[0]})")
+    ax.set_xlabel(f"MiB of peak RSS (facto-edge, batch {cfg.batch})")
     ax.set_xlim(0, ax.get_xlim()[1] * 1.12)
-    return _save(fig, path, legend_from=ax, ncol=7)
+    return _save(fig, path, legend_from=ax, ncol=6)
 
 
 def write_plots(result: BenchResult, out_dir: Path) -> list[Path]:

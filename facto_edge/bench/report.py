@@ -190,7 +190,10 @@ def _sweep_cell(run: Run) -> str:
         return f"out ({_size(run.peak_rss)})" if run.peak_rss else "out"
     if not run.ok:
         return "error"
-    return f"{_size(run.peak_rss)}, {_num(run.images_per_s)} img/s"
+    report = run.info.get("memory_report") or {}
+    split = report.get("accumulate", 1) > 1
+    micro = f" ({report['micro_batch']}x{report['accumulate']})" if split else ""
+    return f"{_size(run.peak_rss)}, {_num(run.images_per_s)} img/s{micro}"
 
 
 def sweep_section(result: BenchResult) -> list[str]:
@@ -210,7 +213,8 @@ def sweep_section(result: BenchResult) -> list[str]:
     intro = (
         f"Peak RSS and images/s ({cfg.sweep_steps} timed steps) per batch size under a budget "
         f'of {budget}. "out": the process passed the budget and was stopped there (or '
-        "facto-edge's planner refused it); larger batches were skipped."
+        "facto-edge's planner refused it); larger batches were skipped. (64x2): facto-edge "
+        "fitted the batch as 2 micro-batches of 64 with gradient accumulation."
     )
     return ["## Batch-size sweep", "", intro, "", *_table(head, rows), ""]
 
