@@ -175,12 +175,7 @@ class Optimizer(ABC):
 
     def load_state_dict(self, d: Mapping[str, StateValue]) -> None:
         """Restores a `state_dict()` into the existing state arrays (no reallocation)."""
-        expected = {"step_count", "lr", *self._state}
-        if set(d) != expected:
-            raise CheckpointError(
-                f"optimizer state: expected keys {sorted(expected)}, got {sorted(d)}; "
-                "was it saved by another optimizer or model?"
-            )
+        check_state_keys(d, self._state)
         for key, a in self._state.items():
             src = np.asarray(d[key])
             if src.shape != a.shape or src.dtype != a.dtype:
@@ -268,6 +263,16 @@ class AdamW(Optimizer):
             m, v = self._flat_state[f"{name}.m"], self._flat_state[f"{name}.v"]
             _adamw_kernel(p, g, m, v, *self._scalars(p.dtype))
         self.step_count += 1
+
+
+def check_state_keys(d: Mapping[str, StateValue], state: Mapping[str, object]) -> None:
+    """Raise CheckpointError unless `d` holds exactly step_count, lr and the state arrays."""
+    expected = {"step_count", "lr", *state}
+    if set(d) != expected:
+        raise CheckpointError(
+            f"optimizer state: expected keys {sorted(expected)}, got {sorted(d)}; "
+            "was it saved by another optimizer or model?"
+        )
 
 
 def make_optimizer(

@@ -19,7 +19,7 @@ from numba import cuda
 from facto_edge.errors import CheckpointError
 
 from ...optimizers import AdamW as HostAdamW
-from ...optimizers import StateValue, _check_nonneg, _fail
+from ...optimizers import StateValue, _check_nonneg, _fail, check_state_keys
 from .elementwise import fill
 from .launch import THREADS, blocks
 
@@ -117,12 +117,7 @@ class CudaOptimizer:
 
     def load_state_dict(self, d: Mapping[str, StateValue]) -> None:
         """Restores a `state_dict()` into the existing device state arrays."""
-        expected = {"step_count", "lr", *self._state}
-        if set(d) != expected:
-            raise CheckpointError(
-                f"optimizer state: expected keys {sorted(expected)}, got {sorted(d)}; "
-                "was it saved by another optimizer or model?"
-            )
+        check_state_keys(d, self._state)
         for key, a in self._state.items():
             src = np.asarray(d[key])
             if src.size != a.size or src.dtype != a.dtype:
