@@ -69,7 +69,7 @@ class PlanReport:
             ("optimizer state", m["optimizer_bytes"]),
             ("saved activations", m["saved_bytes"]),
             ("peak live activations", m["peak_activation_bytes"]),
-            ("workspace", m["workspace_bytes"]),
+            ("peak workspace", m["peak_workspace_bytes"]),
             ("arena (planned)", m["arena_bytes"]),
             ("fixed runtime cost", self.fixed_cost),
             ("safety margin", self.margin),

@@ -124,13 +124,18 @@ def format_history(history: Sequence[dict]) -> str:
 
 def format_memory(memory: dict, budget: int | None, peak_rss: int | None) -> str:
     """The session's arena and its buffers by kind, and the peak RSS against the budget."""
-    kinds = ("weights", "grads", "optimizer", "activation", "saved", "workspace")
+    kinds = {
+        "weights": "weights_bytes",
+        "grads": "grads_bytes",
+        "optimizer": "optimizer_bytes",
+        "saved": "saved_bytes",
+        "peak activations": "peak_activation_bytes",
+        "peak workspace": "peak_workspace_bytes",
+    }
     parts = ", ".join(
-        f"{kind} {format_size(memory[f'{kind}_bytes'])}"
-        for kind in kinds
-        if f"{kind}_bytes" in memory
+        f"{kind} {format_size(memory[key])}" for kind, key in kinds.items() if key in memory
     )
-    lines = [f"arena {format_size(memory['arena_bytes'])} (buffers by kind: {parts})"]
+    lines = [f"arena {format_size(memory['arena_bytes'])} ({parts})"]
     if peak_rss:
         against = f" (budget {format_size(budget)})" if budget else ""
         lines.append(f"peak resident memory while training {format_size(peak_rss)}{against}")

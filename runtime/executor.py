@@ -3,8 +3,10 @@
 Every buffer comes from `alloc(name, shape, dtype, kind)` (kind: activations, grads,
 saved or workspace), called while binding and never while running, so a step allocates
 nothing. Names are stable across batch sizes: binding the same schedule for a smaller
-batch asks for the same names with smaller shapes. Workspace is shared between nodes by
-slot name (`ws:<slot>`), sized for the largest user, since only one node runs at a time.
+batch asks for the same names with smaller shapes. Each node has its own workspace for
+its forward run and another for its backward run (`ws:<node>:fwd:<slot>`, `...:bwd:...`),
+each live for that one step only, so the planner lays them over dead activations
+instead of keeping one buffer per slot alive across the whole schedule.
 
 Forward encodes each input a node keeps (`ops.keep_input`) through the codec into its
 saved buffer; backward decodes it into workspace just before the node runs. A tensor used
@@ -40,6 +42,8 @@ class _Step:
     encode: Pairs = field(default_factory=list)  # (input, saved buffer)
     decode: Pairs = field(default_factory=list)  # (saved buffer, decoded input)
     accumulate: Pairs = field(default_factory=list)  # (scratch, gradient buffer)
+    ws_fwd: dict = field(default_factory=dict)  # workspace of the forward run
+    ws_bwd: dict = field(default_factory=dict)  # workspace of the backward run
 
 
 class Executor:
@@ -78,12 +82,14 @@ class Executor:
         self._forward = [self._steps[n.name] for n in schedule.forward]
         self._backward = [self._steps[n.name] for n in schedule.backward]
         shared = _shared_grads(schedule, sites)
-        requests = {name: _requests(st.op, sites[name], shared) for name, st in self._steps.items()}
-        slots = _slots(requests, alloc)
         for name, st in self._steps.items():
-            st.b.ws = {slot: _view(slots[slot], *req) for slot, req in requests[name].items()}
+            st.ws_fwd = _workspace(name, "fwd", st.op.workspace(sites[name]), alloc)
+            st.b.ws = st.ws_fwd
         for node in schedule.backward:
-            self._bind_backward(self._steps[node.name], shared.get(node.name, ()), alloc)
+            st = self._steps[node.name]
+            req = _requests(st.op, sites[node.name], shared)
+            st.ws_bwd = st.b.ws = _workspace(node.name, "bwd", req, alloc)
+            self._bind_backward(st, shared.get(node.name, ()), alloc)
         self._producer = {v: i for i, n in enumerate(schedule.forward) for v in n.outputs}
 
     def _infer(self, schedule: Schedule, params: dict, alloc: Alloc) -> dict[str, Site]:
@@ -168,6 +174,7 @@ class Executor:
         end = len(self._forward) if until is None else self._producer[until] + 1
         codec = self._codec
         for k, st in enumerate(self._forward[:end]):
+            st.b.ws = st.ws_fwd
             st.op.forward(st.b, training)
             if training:
                 for x, buf in st.encode:
@@ -178,6 +185,7 @@ class Executor:
         """Run backward from grads[root], writing every gradient buffer."""
         codec, accumulate = self._codec, self._accumulate
         for st in self._backward:
+            st.b.ws = st.ws_bwd
             for buf, out in st.decode:
                 with PARALLEL_LOCK:
                     codec.decode(buf, out)
@@ -204,7 +212,7 @@ class Executor:
 def _touched(st: _Step, forward: bool) -> list[np.ndarray]:
     """The arrays one step may read or write in its forward or backward run."""
     b = st.b
-    out = [*b.ws.values(), *b.saved.values()]
+    out = [*(st.ws_fwd if forward else st.ws_bwd).values(), *b.saved.values()]
     if forward:
         out += [a for a in (*b.x, *b.y) if a is not None] + [buf for _, buf in st.encode]
     elif b.gy is not None:
@@ -249,17 +257,9 @@ def _stored_input(site: Site, i: int) -> Shape:
     return stored_shape(site.ins[i], i in site.node.persistent)
 
 
-def _slots(requests: dict[str, dict], alloc: Alloc) -> dict[str, np.ndarray]:
-    sizes: dict[str, int] = {}
-    for req in requests.values():
-        for slot, (shape, dtype) in req.items():
-            sizes[slot] = max(sizes.get(slot, 0), _nbytes(shape, dtype))
-    return {slot: alloc(f"ws:{slot}", (n,), U8, "workspace") for slot, n in sizes.items()}
-
-
-def _view(buf: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
-    return buf[: _nbytes(shape, dtype)].view(dtype).reshape(shape)
-
-
-def _nbytes(shape: Shape, dtype: np.dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+def _workspace(node: str, phase: str, req: dict, alloc: Alloc) -> dict[str, np.ndarray]:
+    """The workspace arrays of one node's forward or backward run, its own buffers."""
+    return {
+        slot: alloc(f"ws:{node}:{phase}:{slot}", shape, dtype, "workspace")
+        for slot, (shape, dtype) in req.items()
+    }

@@ -14,8 +14,8 @@ A session binds its buffers twice (DESIGN.md, "Memory: one arena, planned ahead"
        activation from its producer to its last forward reader (backward reads
        activations only through saved buffers), a saved buffer from the forward node
        that encodes it to the backward node that decodes it, an activation gradient
-       across the backward nodes that write and read it, a workspace slot across the
-       nodes that share it;
+       across the backward nodes that write and read it, a node's forward or backward
+       workspace for that one step;
      - what the caller touches around a step (graph inputs, values no node reads such as
        the loss and running statistics, the root gradient) lives for the whole step.
    GreedyPlanner places them; `MemoryPlan` holds the offsets and the figures.

@@ -60,6 +60,7 @@ from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
+from .preload import load_both_builds, release_compiler_pages
 
 LABELS, LOSS = "facto:labels", "facto:loss"
 LANE_MIN = 4  # samples per lane at full batch
@@ -121,6 +122,7 @@ class TrainingSession:
         self._running_names = self._running_stat_names()
         self._plans: dict[tuple[int, int], MemoryPlan] = {}
         self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
+        self._load_kernels()
         self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate), device)
         self._bind(self._micro, self._accumulate)
         self._graph.initializers = dict(self._params)  # frees the loaded copies
@@ -219,6 +221,7 @@ class TrainingSession:
             "lower_bound": plan.lower_bound,
             "linear_bytes": plan.linear_bytes,
             "peak_activation_bytes": plan.peak_live("activations"),
+            "peak_workspace_bytes": plan.peak_live("workspace"),
             "unplanned_bytes": sum(self._memory.unplanned.values()),
             "batch_size": self.batch_size,
             "micro_batch": self._micro,
@@ -375,6 +378,24 @@ class TrainingSession:
             what = f"at micro-batches of {micro}, codec {self._codec.name}"
             raise room.too_small(arena(micro), what)
         return _split(batch, -(-batch // micro))
+
+    def _load_kernels(self) -> None:
+        """Before the arena exists, run a step (training, evaluation, optimizer) of one
+        zero sample on throwaway host buffers so that every kernel a step calls is loaded,
+        then give the compiler's pages back (runtime/preload.py): the process then peaks
+        at its start-up or at its steady state with the arena, not at their sum."""
+        if self._backend.name != "cpu":
+            return
+        self._memory = Recorder()
+        ex = self._bind(1, 1)[0]
+        self._io.fill(ex.grads[LOSS], 1.0)
+        _forward_backward(ex, self._seed)
+        ex.forward(training=False, until=self._graph.output_name)
+        self._optimizer.step(self._lane_grads)
+        self._memory = self._executors = self._optimizer = self._params = None
+        self._grads = self._lane_grads = self._feedback = None
+        load_both_builds()
+        release_compiler_pages()
 
     def _place(self, name: str, value: np.ndarray) -> np.ndarray:
         arr = self._alloc(f"param:{name}", value.shape, value.dtype, "weights")

@@ -1,0 +1,91 @@
+"""Load every kernel a step needs up front, then give the compiler's memory back.
+
+Numba loads a cached kernel on its first call, and loading needs LLVM: importing numba
+maps the 170 MB libllvmlite library, and loading kernels touches tens of MiB more of it.
+Once every kernel is loaded a training step never runs LLVM again, so those pages only
+inflate the process's resident memory. A session therefore
+
+1. runs one step on throwaway buffers before its arena exists (TrainingSession
+   `_load_kernels`), and loads the other build of every two-build kernel it called
+   (`load_both_builds`; runtime/kernels/dispatch.py picks serial or parallel per call);
+2. hands libllvmlite's resident pages back to the kernel (`release_compiler_pages`,
+   madvise MADV_PAGEOUT): clean file pages are dropped and re-read from disk only if a
+   new kernel must be compiled later;
+3. then touches its arena.
+
+The process peaks at the larger of its start-up (imports and kernel loading) and its
+steady state (what stays resident plus the arena), not at their sum. On systems without
+MADV_PAGEOUT (Linux before 5.4, macOS, Windows) the release does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib
+import pkgutil
+import sys
+
+MADV_PAGEOUT = 21  # Linux 5.4+
+COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use
+
+
+def load_both_builds() -> int:
+    """Load (from numba's cache, or compile) the serial and the parallel build of every
+    two-build kernel for each signature either build was called with; returns how many
+    builds were loaded."""
+    from .kernels import dispatch
+
+    loaded = 0
+    for kernel in _kernels(dispatch.Kernel):
+        for have, other in ((kernel.serial, kernel.parallel), (kernel.parallel, kernel.serial)):
+            for sig in list(have.signatures):
+                if sig not in other.signatures:
+                    other.compile(sig)
+                    loaded += 1
+    return loaded
+
+
+def release_compiler_pages(libraries: tuple[str, ...] = COMPILER_LIBRARIES) -> int:
+    """Ask the kernel to reclaim the resident pages of the mapped files whose names contain
+    one of `libraries`; returns the bytes of the mappings advised (0 where unsupported).
+
+    Safe at any time: the pages come back from the file on their next use.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return 0
+    madvise = _madvise()
+    advised = 0
+    for line in maps:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not any(lib in parts[5] for lib in libraries):
+            continue
+        start, end = (int(v, 16) for v in parts[0].split("-"))
+        if madvise(start, end - start, MADV_PAGEOUT) != 0:
+            return advised  # EINVAL: this kernel has no MADV_PAGEOUT
+        advised += end - start
+    return advised
+
+
+def _madvise():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fn = libc.madvise
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _kernels(kind: type) -> list:
+    """Every instance of `kind` at the top level of the CPU kernel modules."""
+    package = importlib.import_module(f"{__package__}.kernels")
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        found += [v for v in vars(module).values() if isinstance(v, kind)]
+    return found
