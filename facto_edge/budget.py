@@ -2,8 +2,11 @@
 
 `--budget` is the whole process's peak resident memory. The arena gets what is left after
 the fixed cost of the runtime: the interpreter, numpy, numba, onnx and the compiled
-kernels. `measure_runtime_fixed_cost` measures that cost in a fresh subprocess and caches
-it per set of versions.
+kernels, as they stay resident once the session has loaded its kernels and handed the
+compiler's pages back (runtime/preload.py). Loading peaks higher than that, before the
+arena exists, so a budget must also hold the start-up peak. A probe measures both in a
+fresh subprocess (`measure_runtime_fixed_cost`, `measure_runtime_startup_peak`) and
+caches them per set of versions.
 """
 
 import json
@@ -78,19 +81,23 @@ def format_size(n: int) -> str:
 
 
 # Runs in a fresh interpreter: import what a device application imports, run every kernel
-# module's warm_up() once, and report the peak resident set size in bytes.
+# module's warm_up() once, and print the peak resident set size in bytes; then release the
+# compiler's pages as a session does and print the resident set size that stays.
 _PROBE = """
-import importlib, pkgutil, resource, sys
+import importlib, pkgutil
 import numpy, numba, onnx
 import facto_edge.runtime as rt
+from facto_edge.fit import current_rss_bytes, peak_rss_bytes
+from facto_edge.runtime.preload import release_compiler_pages
 for pkg in (rt, importlib.import_module("facto_edge.runtime.kernels")):
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.ispkg:
             mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
             if callable(getattr(mod, "warm_up", None)):
                 mod.warm_up()
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(rss if sys.platform == "darwin" else rss * 1024)
+peak = peak_rss_bytes()
+release_compiler_pages()
+print(peak, current_rss_bytes() or peak)
 """
 
 
@@ -118,23 +125,25 @@ def _versions() -> str:
     return ";".join(parts)
 
 
-def _probe_once() -> int:
+def _probe_once() -> tuple[int, int]:
+    """(start-up peak, resident after the release) in bytes, from a fresh process."""
     run = subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=600
     )
     if run.returncode != 0:
         tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
         raise BudgetError(f"could not measure the runtime's fixed memory cost: {tail[0]}")
-    return int(run.stdout.strip().splitlines()[-1])
+    peak, settled = (int(v) for v in run.stdout.strip().splitlines()[-1].split())
+    return peak, settled
 
 
-def measure_runtime_fixed_cost(refresh: bool = False) -> int:
-    """Peak RSS in bytes of a fresh process that imports the runtime and runs its kernels.
+def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
+    """(start-up peak, fixed cost), measured by the probe and cached.
 
-    The probe runs twice and the second figure is kept: the first run may compile kernels
-    into numba's cache, which a device pays once, not at every start. The result is cached
-    in ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the versions of
-    Python, numpy, numba, onnx and facto-edge; `refresh=True` measures again.
+    The probe runs twice and the second figures are kept: the first run may compile
+    kernels into numba's cache, which a device pays once, not at every start. The result is
+    cached in ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the
+    versions of Python, numpy, numba, onnx and facto-edge; `refresh=True` measures again.
     """
     path = _cache_file()
     key = _versions()
@@ -142,11 +151,12 @@ def measure_runtime_fixed_cost(refresh: bool = False) -> int:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if not refresh and isinstance(cache.get(key), int):
-        return cache[key]
+    got = cache.get(key) if not refresh else None
+    if isinstance(got, list) and len(got) == 2 and all(isinstance(v, int) for v in got):
+        return got[0], got[1]
     _probe_once()
-    cost = _probe_once()
-    cache[key] = cost
+    peak, settled = _probe_once()
+    cache[key] = [peak, settled]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -154,7 +164,19 @@ def measure_runtime_fixed_cost(refresh: bool = False) -> int:
         tmp.replace(path)
     except OSError:
         pass
-    return cost
+    return peak, settled
+
+
+def measure_runtime_fixed_cost(refresh: bool = False) -> int:
+    """Resident bytes the runtime keeps under the arena: a fresh process that imports the
+    runtime and runs its kernels, after it has handed the compiler's pages back."""
+    return _runtime_cost(refresh)[1]
+
+
+def measure_runtime_startup_peak(refresh: bool = False) -> int:
+    """Peak resident bytes of a fresh process importing the runtime and loading kernels,
+    before any arena exists; a budget must hold it (plus the safety margin)."""
+    return _runtime_cost(refresh)[0]
 
 
 # What a training process holds at its peak beyond the fixed cost and the arena: kernels
@@ -170,11 +192,13 @@ SAFETY_MARGIN = 16 << 20
 @dataclass(frozen=True)
 class Allowance:
     """How a budget splits: the runtime's fixed cost, a safety margin for what the
-    process holds outside the arena, and what is left for the arena."""
+    process holds outside the arena, and what is left for the arena. `startup` is the
+    runtime's peak while loading, before the arena: the budget must hold it too."""
 
     budget: int
     fixed: int
     margin: int
+    startup: int = 0
 
     @property
     def arena(self) -> int:
@@ -183,16 +207,26 @@ class Allowance:
     def too_small(self, arena_bytes: int, at: str) -> BudgetError:
         """The error for a budget below fixed + margin + `arena_bytes`, the smallest arena
         (`at`: where it was found), naming the smallest budget that fits."""
-        need = self.fixed + self.margin + arena_bytes
+        need = max(self.fixed + self.margin + arena_bytes, self.startup + self.margin)
         smallest = -(-need // (1 << 20))
         return BudgetError(
             f"a budget of {format_size(self.budget)} is too small: training needs at least "
             f"{format_size(need)} (runtime {format_size(self.fixed)} + margin "
-            f"{format_size(self.margin)} + arena {format_size(arena_bytes)} {at}); "
-            f"give --budget {smallest}MiB or more"
+            f"{format_size(self.margin)} + arena {format_size(arena_bytes)} {at}"
+            f"{self._startup_note(need)}); give --budget {smallest}MiB or more"
         )
+
+    def _startup_note(self, need: int) -> str:
+        if self.startup + self.margin < need:
+            return ""
+        return f", and the runtime peaks at {format_size(self.startup)} while loading"
 
 
 def allowance(budget: int | str) -> Allowance:
     """Split `budget` (bytes or a size such as "512MB") into fixed cost, margin, arena."""
-    return Allowance(parse_size(budget), measure_runtime_fixed_cost(), SAFETY_MARGIN)
+    return Allowance(
+        parse_size(budget),
+        measure_runtime_fixed_cost(),
+        SAFETY_MARGIN,
+        measure_runtime_startup_peak(),
+    )

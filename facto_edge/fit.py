@@ -4,7 +4,8 @@
 budget it plans its own arena against it (and splits a batch into micro-batches when it
 must); otherwise a run's peak is estimated here as the runtime's measured fixed cost
 (`budget.measure_runtime_fixed_cost`) plus the session's arena
-(`memory_report()["arena_bytes"]`). `--batch-size auto` is the largest power of two whose
+(`memory_report()["arena_bytes"]`), or the runtime's start-up peak if that is higher,
+plus the safety margin. `--batch-size auto` is the largest power of two whose
 session fits whole (no micro-batches), found by bisection over real sessions.
 """
 
@@ -14,7 +15,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from facto_edge.budget import format_size, measure_runtime_fixed_cost
+from facto_edge.budget import (
+    SAFETY_MARGIN,
+    format_size,
+    measure_runtime_fixed_cost,
+    measure_runtime_startup_peak,
+)
 from facto_edge.errors import BudgetError
 
 MAX_AUTO_BATCH = 256
@@ -33,18 +39,22 @@ class Fit:
     arena_bytes: int
     micro_batch: int | None = None
     accumulate: int = 1
+    margin: int = 0
+    startup: int = 0  # the runtime's peak while loading, before the arena
 
     @property
     def estimated_peak(self) -> int:
-        return self.fixed_cost + self.arena_bytes
+        return max(self.fixed_cost + self.arena_bytes, self.startup) + self.margin
 
 
-def _over_budget(budget: int, fixed: int, arena: int, batch: int, min_fit: int) -> BudgetError:
+def _over_budget(fit: Fit) -> BudgetError:
+    fixed, arena = fit.fixed_cost, fit.arena_bytes
     return BudgetError(
-        f"training needs about {format_size(fixed + arena)} (runtime {format_size(fixed)} + "
-        f"buffers {format_size(arena)} at batch size {batch}) but the budget is "
-        f"{format_size(budget)}: give --budget {format_size(min_fit)} or more, or a "
-        "smaller --batch-size or --codec"
+        f"training needs about {format_size(fit.estimated_peak)} (runtime "
+        f"{format_size(fixed)} + buffers {format_size(arena)} at batch size "
+        f"{fit.batch_size} + margin {format_size(fit.margin)}) but the budget is "
+        f"{format_size(fit.budget)}: give --budget {format_size(fit.estimated_peak)} or "
+        "more, or a smaller --batch-size or --codec"
     )
 
 
@@ -58,6 +68,8 @@ def fit_of(session, budget: int) -> Fit:
         arena_bytes=int(report["arena_bytes"]),
         micro_batch=report.get("micro_batch"),
         accumulate=int(report.get("accumulate", 1)),
+        margin=SAFETY_MARGIN,
+        startup=measure_runtime_startup_peak(),
     )
 
 
@@ -65,9 +77,7 @@ def check_fits(session, budget: int) -> Fit:
     """The fit of a built session; BudgetError if it cannot fit the budget."""
     fit = fit_of(session, budget)
     if fit.estimated_peak > budget:
-        raise _over_budget(
-            budget, fit.fixed_cost, fit.arena_bytes, fit.batch_size, fit.estimated_peak
-        )
+        raise _over_budget(fit)
     return fit
 
 
@@ -120,3 +130,15 @@ def peak_rss_bytes() -> int:
         return 0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now, in bytes (VmRSS; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

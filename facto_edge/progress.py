@@ -45,7 +45,8 @@ class TqdmProgress(Callback):
             )  # noqa: E501
             self.echo(
                 f"budget {format_size(f.budget)}: runtime {format_size(f.fixed_cost)} + arena "
-                f"{format_size(f.arena_bytes)} = {format_size(f.estimated_peak)}{micro}"
+                f"{format_size(f.arena_bytes)} + margin {format_size(f.margin)}, peak "
+                f"{format_size(f.estimated_peak)} expected{micro}"
             )
 
     def on_epoch_start(self, epoch: int, batches: int) -> None:

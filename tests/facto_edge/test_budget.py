@@ -68,21 +68,43 @@ def test_fixed_cost_is_read_from_the_versioned_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = tmp_path / "facto-edge" / "fixed_cost.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({budget._versions(): 123 << 20, "python=other": 1}))
+    path.write_text(json.dumps({budget._versions(): [150 << 20, 123 << 20], "python=other": 1}))
     monkeypatch.setattr(budget, "_probe_once", lambda: pytest.fail("must not measure"))
     assert budget.measure_runtime_fixed_cost() == 123 << 20
+    assert budget.measure_runtime_startup_peak() == 150 << 20
 
 
 def test_fixed_cost_measures_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    runs = iter([400 << 20, 300 << 20])
+    runs = iter([(400 << 20, 380 << 20), (300 << 20, 200 << 20)])
     monkeypatch.setattr(budget, "_probe_once", lambda: next(runs))
-    assert budget.measure_runtime_fixed_cost() == 300 << 20  # the warm (second) run
+    assert budget.measure_runtime_fixed_cost() == 200 << 20  # the warm (second) run
+    assert budget.measure_runtime_startup_peak() == 300 << 20  # cached: no third run
     cached = json.loads((tmp_path / "facto-edge" / "fixed_cost.json").read_text())
-    assert cached == {budget._versions(): 300 << 20}
+    assert cached == {budget._versions(): [300 << 20, 200 << 20]}
+
+
+def test_an_old_cache_entry_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tmp_path / "facto-edge" / "fixed_cost.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({budget._versions(): 123 << 20}))  # one figure: older format
+    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20))
+    assert budget.measure_runtime_fixed_cost() == 120 << 20
+
+
+def test_a_budget_below_the_startup_peak_is_refused(monkeypatch):
+    monkeypatch.setattr(budget, "measure_runtime_fixed_cost", lambda: 100 << 20)
+    monkeypatch.setattr(budget, "measure_runtime_startup_peak", lambda: 180 << 20)
+    room = budget.allowance("150MiB")
+    assert room.arena == (150 - 100 << 20) - budget.SAFETY_MARGIN
+    message = str(room.too_small(1 << 20, "at micro-batches of 1"))
+    smallest = (180 << 20) + budget.SAFETY_MARGIN
+    assert f"--budget {-(-smallest // (1 << 20))}MiB or more" in message
+    assert "peaks at 180.0 MiB while loading" in message
 
 
 def test_fixed_cost_probe_measures_a_real_process():
     # numpy + numba + onnx + the runtime weigh tens of MiB; far less than 2 GiB
-    cost = budget._probe_once()
-    assert 30 << 20 < cost < 2 << 30
+    peak, settled = budget._probe_once()
+    assert 30 << 20 < settled <= peak < 2 << 30
