@@ -16,8 +16,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 from .codecs import get_codec  # noqa: E402
+from .preload import release_compiler_pages  # noqa: E402
 from .replay import ReplayBuffer  # noqa: E402
 from .session import TrainingSession  # noqa: E402
 from .stream import StreamingTrainer  # noqa: E402
 
 __all__ = ["ReplayBuffer", "StreamingTrainer", "TrainingSession", "get_codec"]
+
+release_compiler_pages()  # what importing numba touched of LLVM (see preload.py)

@@ -381,12 +381,12 @@ class TrainingSession:
 
     def _load_kernels(self) -> None:
         """Before the arena exists, run a step (training, evaluation, optimizer) of one
-        zero sample on throwaway host buffers so that every kernel a step calls is loaded,
+        zero sample in a throwaway arena so that every kernel a step calls is loaded,
         then give the compiler's pages back (runtime/preload.py): the process then peaks
         at its start-up or at its steady state with the arena, not at their sum."""
         if self._backend.name != "cpu":
             return
-        self._memory = Recorder()
+        self._memory = ArenaAllocator(self._plan(1, 1))
         ex = self._bind(1, 1)[0]
         self._io.fill(ex.grads[LOSS], 1.0)
         _forward_backward(ex, self._seed)
