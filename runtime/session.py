@@ -29,11 +29,12 @@ outright. The micro-batches' gradients add up to those of the mean loss over the
 batch, as one big batch gives (batch-statistics BatchNormalization excepted: it sees each
 micro-batch alone, as in PyTorch).
 
-Threads: by default every kernel is split across the cores (numba threads, and OpenBLAS's
-own). When BLAS runs single-threaded (OPENBLAS_NUM_THREADS=1, which the session reads but
-never sets), the batch is instead cut into slices ("lanes"), one per thread, trained side
-by side with serial kernels: a step then has one barrier instead of one per kernel, which
-measured 20-40% faster on a busy 2-core machine. Lane k has its own buffers (names
+Threads: the batch is cut into slices ("lanes"), one per thread, trained side by side
+with serial kernels and single-threaded BLAS (kernels/blas.py sets OpenBLAS's thread count
+to 1 for the span of a step, or OPENBLAS_NUM_THREADS=1 says so): a step then has one
+barrier instead of one per kernel, which measured 20-40% faster on a busy 2-core machine.
+Where BLAS's threads cannot be set, every kernel is split across the cores instead (numba
+threads, and BLAS's own). Lane k has its own buffers (names
 prefixed `lane<k>:`); its loss gradient is seeded with n_k / n, so the lanes' parameter
 gradients, added into lane 0's, are those of the mean loss over the batch. Graphs with
 batch-statistics BatchNormalization need the whole batch: one lane.
@@ -57,6 +58,7 @@ from .bound import F32
 from .device import resolve_device
 from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
+from .kernels import blas
 from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
@@ -486,14 +488,15 @@ class TrainingSession:
             self._io.fill(ex.grads[LOSS], weights[-1])
             seed = hash((self._seed, self._step, lane + part * self._lanes)) & (2**62 - 1)
             jobs.append((ex, seed))
-        others = [self._pool.submit(_forward_backward, *job) for job in jobs[1:]]
-        serial_in_this_thread(len(jobs) > 1)
-        try:
-            _forward_backward(*jobs[0])
-        finally:
-            serial_in_this_thread(False)
-            for f in others:
-                f.result()
+        with blas.single_threaded(len(jobs) > 1):
+            others = [self._pool.submit(_forward_backward, *job) for job in jobs[1:]]
+            serial_in_this_thread(len(jobs) > 1)
+            try:
+                _forward_backward(*jobs[0])
+            finally:
+                serial_in_this_thread(False)
+                for f in others:
+                    f.result()
         for ex, _ in jobs[1:]:
             for name, g in self._lane_grads.items():
                 if name in ex.grads:
@@ -547,12 +550,13 @@ def _forward_backward(ex: Executor, seed: int) -> None:
 
 def _lane_count(threads: int, batch_size: int, nodes: list[Node]) -> int:
     """Lanes for a session: one per thread (each with LANE_MIN samples or more) when BLAS
-    is single-threaded; one when BLAS has threads of its own, or when a
-    BatchNormalization uses batch statistics (they need the whole batch)."""
+    is single-threaded or its thread count can be set for the step (kernels/blas.py); one
+    when BLAS has threads of its own that cannot be set, or when a BatchNormalization uses
+    batch statistics (they need the whole batch)."""
     batch_stats = any(
         n.op_type == "BatchNormalization" and n.attrs.get("training_mode", 0) for n in nodes
     )
-    if batch_stats or not _blas_single_threaded():
+    if batch_stats or not (_blas_single_threaded() or blas.available()):
         return 1
     return max(1, min(threads, batch_size // LANE_MIN))
 

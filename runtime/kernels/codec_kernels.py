@@ -3,6 +3,8 @@
 Every kernel writes into the arrays it is given, never allocates and never raises;
 the wrappers in `runtime/codecs.py` check shapes and dtypes. Kernels that can meet bad
 input (NaN/Inf) return a count of bad elements (blocks, for q8/q4/q2) instead of raising.
+The block codec's are built serial and parallel (kernels/dispatch.py), so that a
+session's lanes encode and decode on their own core.
 
 Layouts (all little-endian, all byte-addressed so no view needs alignment):
 
@@ -19,6 +21,8 @@ Layouts (all little-endian, all byte-addressed so no view needs alignment):
 
 import numpy as np
 from numba import njit, prange
+
+from .dispatch import kernel
 
 FP16_MAX = 65504.0
 
@@ -331,7 +335,7 @@ def _encode_row(x, xk, out, p, plane, group, bits, stochastic, seed_mix, nblocks
     return bad
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def block_encode(
     x: np.ndarray,
     xk: np.ndarray,
@@ -369,7 +373,7 @@ def _decode_row(buf, out, p, plane, group, bits, nblocks, codes0):
         _get_codes(buf, out[start:stop], j * group * bits, row0, bits, lo, scale)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def block_decode(
     buf: np.ndarray, out: np.ndarray, planes: int, plane: int, group: int, bits: int
 ) -> None:

@@ -2,9 +2,14 @@
 tensor with its first two axes swapped), so that a whole batch is one matrix [C, N*H*W]
 and a convolution is one BLAS matmul per direction. Paths (`conv_path`): a plain matmul
 for pointwise convolutions (1x1, stride 1, no padding); im2col/col2im lowering onto a
-matmul for k x k, with im2col over zero-padded planes (kernels/conv_padded.py) for
-stride-1 k x k with wide output planes, whose row-by-row copies would cost more than the
-matmul; a direct kernel for depthwise convolutions (groups == C_in).
+matmul for k x k; for stride-1 k x k whose padded planes are not much larger than the
+output ("shifted"), no lowering at all: the input is laid out once as zero-padded planes
+in a row per channel (kernels/conv_padded.py), and each kernel tap (i, j) is one BLAS
+sgemm (kernels/blas.py) of its weight slice with that row shifted by i*dh*Wp + j*dw,
+summed into the output planes (beta = 1), whose garbage border is then cropped (bias
+added on the way). Backward runs the same sums transposed. Without that sgemm, wide
+stride-1 planes take im2col over padded planes ("padded") instead; a direct kernel runs
+depthwise convolutions (groups == C_in).
 
 Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]. The
 workspace each path needs is `conv_workspace(...)`, given back as a dict of arrays.
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import blas
 from . import conv_padded as padded
 from .conv_padded import uidx
 from .dispatch import REASSOC, kernel
@@ -230,24 +236,43 @@ def _check(x_shape: tuple, w_shape: tuple, y_shape: tuple, g: ConvGeom) -> None:
 
 
 PADDED_MIN_WIDTH = 16  # output columns from which padded-plane im2col beats plain im2col
+SHIFTED_MAX_WASTE = 1.6  # padded plane / output plane area up to which shifted wins
+NO_BIAS = np.zeros(0, np.float32)
 
 
-def conv_path(g: ConvGeom, c_in: int, wo: int) -> str:
-    """Which implementation runs a convolution: pointwise, im2col, padded or depthwise."""
+def conv_path(g: ConvGeom, c_in: int, wo: int, hw: tuple[int, int] = (0, 0)) -> str:
+    """Which implementation runs a convolution: pointwise, shifted, im2col, padded or
+    depthwise. `hw` is the input's height and width (it decides for shifted)."""
     if g.depthwise(c_in):
         return "depthwise"
     if g.pointwise and g.groups == 1:
         return "pointwise"
-    if g.groups == 1 and g.sh == g.sw == 1 and wo >= PADDED_MIN_WIDTH:
-        return "padded"
+    if g.groups == 1 and g.sh == g.sw == 1:
+        hp, wp = _padded_hw(g, *hw)
+        ho, wo_ = g.out_hw(*hw)
+        if blas.has_sgemm() and 0 < hp * wp <= SHIFTED_MAX_WASTE * ho * wo_:
+            return "shifted"
+        if wo >= PADDED_MIN_WIDTH:
+            return "padded"
     return "im2col"
+
+
+def _padded_hw(g: ConvGeom, h: int, w: int) -> tuple[int, int]:
+    return h + g.pt + g.pb, w + g.pl + g.pr
 
 
 def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tuple]:
     """Workspace shapes (float32) of a convolution of logical NCHW shapes x -> y."""
     n, c, h, w = x_shape
     m, ho, wo = y_shape[1:]
-    path = conv_path(g, c, wo)
+    path = conv_path(g, c, wo, (h, w))
+    if path == "shifted":
+        hp, wp = _padded_hw(g, h, w)
+        return {
+            "xpad": (c, n * hp * wp + _slack(g, wp)),
+            "ypad": (m, n * hp * wp),
+            "wtap": (g.kh * g.kw, m, c),
+        }
     if path == "im2col":
         return {"cols": (c * g.kh * g.kw, n * ho * wo)}
     if path == "padded":
@@ -258,6 +283,60 @@ def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tup
             "ypad": (m, n * ho * wp),
         }
     return {}
+
+
+def _slack(g: ConvGeom, wp: int) -> int:
+    """Zero columns after the last padded plane: the farthest tap's shift."""
+    return (g.kh - 1) * g.dh * wp + (g.kw - 1) * g.dw
+
+
+def _taps(g: ConvGeom, wp: int):
+    """(tap index, shift along a row of padded planes) of each kernel tap (i, j)."""
+    for i in range(g.kh):
+        for j in range(g.kw):
+            yield i * g.kw + j, i * g.dh * wp + j * g.dw
+
+
+def _shifted_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
+    c, n, h, wd = x.shape
+    m = y.shape[0]
+    (hp, wp), xpad, ypad, wtap = _padded_hw(g, h, wd), ws["xpad"], ws["ypad"], ws["wtap"]
+    padded.to_planes(x, xpad, g.pt, g.pl, hp, wp)
+    np.copyto(wtap.reshape(g.kh, g.kw, m, c), w.transpose(2, 3, 0, 1))
+    nq, ldx = ypad.shape[1], xpad.shape[1]
+    x0, w0, y0 = xpad.ctypes.data, wtap.ctypes.data, ypad.ctypes.data
+    for t, off in _taps(g, wp):
+        beta = 1.0 if t else 0.0
+        blas.sgemm(False, False, m, nq, c, w0 + 4 * t * m * c, c, x0 + 4 * off, ldx, beta, y0, nq)
+    padded.from_planes(ypad, y, 0, 0, hp, wp, NO_BIAS if b is None else b)
+
+
+def _shifted_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
+    c, n, h, wd = gx.shape
+    m = gy.shape[0]
+    (hp, wp), gxpad, gypad, wtap = _padded_hw(g, h, wd), ws["xpad"], ws["ypad"], ws["wtap"]
+    padded.to_planes(gy, gypad, 0, 0, hp, wp)
+    np.copyto(wtap.reshape(g.kh, g.kw, m, c), w.transpose(2, 3, 0, 1))
+    nq, ldx = gypad.shape[1], gxpad.shape[1]
+    gxpad[:, nq:] = 0.0  # tap 0 (shift 0) writes the first nq columns, the rest add on
+    x0, w0, y0 = gxpad.ctypes.data, wtap.ctypes.data, gypad.ctypes.data
+    for t, off in _taps(g, wp):
+        beta = 1.0 if t else 0.0
+        blas.sgemm(True, False, c, nq, m, w0 + 4 * t * m * c, c, y0, nq, beta, x0 + 4 * off, ldx)
+    padded.from_planes(gxpad, gx, g.pt, g.pl, hp, wp, NO_BIAS)
+
+
+def _shifted_bwd_weight(gy, x, gw, ws: dict, g: ConvGeom) -> None:
+    c, n, h, wd = x.shape
+    m = gy.shape[0]
+    (hp, wp), xpad, gypad, gtap = _padded_hw(g, h, wd), ws["xpad"], ws["ypad"], ws["wtap"]
+    padded.to_planes(x, xpad, g.pt, g.pl, hp, wp)
+    padded.to_planes(gy, gypad, 0, 0, hp, wp)
+    nq, ldx = gypad.shape[1], xpad.shape[1]
+    x0, g0, y0 = xpad.ctypes.data, gtap.ctypes.data, gypad.ctypes.data
+    for t, off in _taps(g, wp):
+        blas.sgemm(False, True, m, c, nq, y0, nq, x0 + 4 * off, ldx, 0.0, g0 + 4 * t * m * c, c)
+    np.copyto(gw, gtap.reshape(g.kh, g.kw, m, c).transpose(2, 3, 0, 1))
 
 
 def _by_group(a: np.ndarray, groups: int) -> np.ndarray:
@@ -279,7 +358,10 @@ def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
     """y = conv(x, w) + b (b may be None) using the workspace arrays `ws`."""
     _check(x.shape, w.shape, y.shape, g)
     m, n, ho, wo = y.shape
-    path = conv_path(g, x.shape[0], wo)
+    path = conv_path(g, x.shape[0], wo, x.shape[2:])
+    if path == "shifted":
+        _shifted_fwd(x, w, b, y, ws, g)
+        return
     if path == "depthwise":
         depthwise_fwd(x, w, y, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     elif path == "pointwise":
@@ -301,8 +383,10 @@ def conv2d_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
     """gx = d conv(x, w) / dx applied to gy (overwrites gx)."""
     _check(gx.shape, w.shape, gy.shape, g)
     m, n, ho, wo = gy.shape
-    path = conv_path(g, gx.shape[0], wo)
-    if path == "depthwise":
+    path = conv_path(g, gx.shape[0], wo, gx.shape[2:])
+    if path == "shifted":
+        _shifted_bwd_input(gy, w, gx, ws, g)
+    elif path == "depthwise":
         depthwise_bwd_input(gy, w, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     elif path == "pointwise":
         np.matmul(w.reshape(m, -1).T, gy.reshape(m, -1), out=gx.reshape(gx.shape[0], -1))
@@ -329,7 +413,10 @@ def conv2d_bwd_weight(gy, x, gw, gb, ws: dict, g: ConvGeom) -> None:
     if gw is None:
         return
     _check(x.shape, gw.shape, gy.shape, g)
-    path = conv_path(g, x.shape[0], gy.shape[3])
+    path = conv_path(g, x.shape[0], gy.shape[3], x.shape[2:])
+    if path == "shifted":
+        _shifted_bwd_weight(gy, x, gw, ws, g)
+        return
     if path == "depthwise":
         depthwise_bwd_weight(gy, x, gw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
         return

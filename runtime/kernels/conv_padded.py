@@ -1,5 +1,9 @@
-"""im2col for stride-1 convolutions over zero-padded planes, where each lowered row is one
-contiguous copy (memcpy speed) instead of a copy per output row with edge cases.
+"""Zero-padded planes for stride-1 convolutions. `to_planes`/`from_planes` lay a
+channel-major tensor out as padded planes one after another in a row per channel (and
+back, adding a bias), for the shifted-matmul path of kernels/conv.py. Its fallback
+without a BLAS sgemm that takes leading dimensions is im2col over padded planes, where
+each lowered row is one contiguous copy (memcpy speed) instead of a copy per output row
+with edge cases:
 
 Channel-major x [C, N, H, W] is copied into `xp` [C, N, Hp*Wp + slack], each plane
 zero-padded to Hp x Wp. Output (oy, ox) of kernel tap (i, j) reads xp at q + i*dh*Wp +
@@ -78,3 +82,36 @@ def col2im_padded(cols, gxp, kh, kw, dh, dw, wp, nq):  # pragma: no cover - comp
                 off = i * dh * wp + j * dw
                 for q in range(nq):
                     gxp[c, n, uidx(q + off)] += cols[r, n * nq + q]
+
+
+@kernel
+def to_planes(x, xp, top, left, hp, wp):  # pragma: no cover - compiled
+    """xp[a, b*hp*wp + (iy + top)*wp + left + ix] = x[a, b, iy, ix]: the planes of x, each
+    placed at (top, left) of a zero hp x wp plane, one after another along a row of xp;
+    the rest of the row (its tail after the last plane) is zeroed too."""
+    na, nb, h, w = x.shape
+    plane = hp * wp
+    for t in prange(na * nb):
+        a, b = t // nb, t % nb
+        stop = (b + 1) * plane if b < nb - 1 else xp.shape[1]
+        for q in range(b * plane, stop):
+            xp[a, uidx(q)] = 0.0
+        for iy in range(h):
+            base = b * plane + (iy + top) * wp + left
+            for ix in range(w):
+                xp[a, uidx(base + ix)] = x[a, b, iy, ix]
+
+
+@kernel
+def from_planes(xp, x, top, left, hp, wp, bias):  # pragma: no cover - compiled
+    """x[a, b, iy, ix] = xp[a, b*hp*wp + (iy + top)*wp + left + ix] (+ bias[a] when bias
+    is not empty): the inverse of to_planes, with a per-row bias added on the way."""
+    na, nb, h, w = x.shape
+    plane = hp * wp
+    for t in prange(na * nb):
+        a, b = t // nb, t % nb
+        add = bias[a] if bias.size else np.float32(0.0)
+        for iy in range(h):
+            base = b * plane + (iy + top) * wp + left
+            for ix in range(w):
+                x[a, b, iy, ix] = xp[a, uidx(base + ix)] + add

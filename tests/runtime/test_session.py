@@ -18,6 +18,7 @@ from torch_ref import TorchReference
 
 from facto_edge.errors import DataError, DeviceError, FactoEdgeError, UnsupportedOpError
 from facto_edge.runtime import TrainingSession
+from facto_edge.runtime.kernels import blas
 
 
 def torch_grads(model, manifest, x, y, smoothing=0.0):
@@ -88,6 +89,7 @@ def test_lanes_match_one_lane(monkeypatch, n):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     lanes = TrainingSession((model, manifest), batch_size=8, threads=2)
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setattr(blas, "available", lambda: False)  # BLAS threads that stay on
     one = TrainingSession((model, manifest), batch_size=8, threads=2)
     assert (lanes._lanes, one._lanes) == (2, 1)
     for _ in range(2):  # the second step also checks that lane gradients do not pile up
