@@ -23,10 +23,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import os
 import pkgutil
 import sys
+from contextlib import contextmanager
 
 MADV_PAGEOUT = 21  # Linux 5.4+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use
 
 
@@ -69,6 +72,39 @@ def release_compiler_pages(libraries: tuple[str, ...] = COMPILER_LIBRARIES) -> i
             return advised  # EINVAL: this kernel has no MADV_PAGEOUT
         advised += end - start
     return advised
+
+
+@contextmanager
+def releasing_while_loading(growth: int = 24 << 20):
+    """Within the block, release the compiler's pages whenever numba lets go of its
+    compiler lock (after a kernel is loaded or compiled) with the resident set grown by
+    `growth` bytes or more since the last release: loading many kernels then holds about
+    that much of LLVM at a time. Releasing after every kernel would hold less but re-read
+    LLVM from disk each time (seconds of start-up)."""
+    from numba.core import event
+
+    last = [_resident()]
+
+    class _Release(event.Listener):
+        def on_start(self, ev) -> None:
+            pass
+
+        def on_end(self, ev) -> None:
+            if _resident() - last[0] >= growth:
+                release_compiler_pages()
+                last[0] = _resident()
+
+    with event.install_listener("numba:compiler_lock", _Release()):
+        yield
+
+
+def _resident() -> int:
+    """Resident bytes of this process (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _madvise():

@@ -62,7 +62,7 @@ from .kernels import blas
 from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
-from .preload import load_both_builds, release_compiler_pages
+from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
 
 LABELS, LOSS = "facto:labels", "facto:loss"
 LANE_MIN = 4  # samples per lane at full batch
@@ -390,13 +390,15 @@ class TrainingSession:
             return
         self._memory = ArenaAllocator(self._plan(1, 1))
         ex = self._bind(1, 1)[0]
-        self._io.fill(ex.grads[LOSS], 1.0)
-        _forward_backward(ex, self._seed)
-        ex.forward(training=False, until=self._graph.output_name)
-        self._optimizer.step(self._lane_grads)
+        with releasing_while_loading():
+            x = np.zeros((1, *self._graph.input_shape), np.float32)
+            self._run_micro(x, np.zeros(1, np.int64), 1, 0)
+            self._backend.check_codec(self._codec)
+            ex.forward(training=False, until=self._graph.output_name)
+            self._optimizer.step(self._lane_grads)
+            load_both_builds()
         self._memory = self._executors = self._optimizer = self._params = None
         self._grads = self._lane_grads = self._feedback = None
-        load_both_builds()
         release_compiler_pages()
 
     def _place(self, name: str, value: np.ndarray) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Kernels are loaded before the arena is touched, and the compiler's pages given back."""
+
+import sys
+
+import numpy as np
+import pytest
+from numba.core import event
+from tiny_graphs import batch, tiny_model
+
+from facto_edge.runtime import TrainingSession, preload
+from facto_edge.runtime.kernels import dispatch
+
+
+class _Count(event.Listener):
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def on_start(self, ev) -> None:
+        pass
+
+    def on_end(self, ev) -> None:
+        self.loads += 1
+
+
+@pytest.mark.parametrize("bn", ["fold", "train"])
+def test_a_session_loads_every_kernel_before_its_first_step(bn):
+    s = TrainingSession(tiny_model(bn=bn), batch_size=16, codec="q4", momentum=0.9, threads=2)
+    x, y = batch(16)
+    count = _Count()
+    with event.install_listener("numba:compiler_lock", count):
+        s.train_step(x, y)
+        s.predict(x)
+        s.compute_gradients(x[:3], y[:3])
+    assert count.loads == 0
+
+
+def test_both_builds_of_a_called_kernel_are_loaded():
+    @dispatch.kernel
+    def _double(a, out):  # a fresh two-build kernel
+        for i in range(a.size):
+            out[i] = 2 * a[i]
+
+    a = np.arange(4, dtype=np.float32)
+    _double(a, np.empty_like(a))  # small: the serial build
+    assert _double.serial.signatures and not _double.parallel.signatures
+    original = preload._kernels
+    preload._kernels = lambda kind: [*original(kind), _double]
+    try:
+        assert preload.load_both_builds() >= 1
+    finally:
+        preload._kernels = original
+    assert _double.parallel.signatures == _double.serial.signatures
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_PAGEOUT is Linux's")
+def test_released_pages_come_back_when_a_kernel_is_compiled_again():
+    assert preload.release_compiler_pages() > 100 << 20  # libllvmlite is mapped, > 100 MiB
+
+    @dispatch.kernel
+    def _triple(a, out):
+        for i in range(a.size):
+            out[i] = 3 * a[i]
+
+    a = np.arange(5, dtype=np.float32)
+    out = np.empty_like(a)
+    _triple(a, out)  # compiles with LLVM after its pages were released
+    np.testing.assert_array_equal(out, 3 * a)
+    assert preload.release_compiler_pages(("no-such-library",)) == 0
