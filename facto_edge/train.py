@@ -36,7 +36,14 @@ from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
-from facto_edge.fit import Fit, check_fits, fit_batch_size, fit_of, peak_rss_bytes
+from facto_edge.fit import (
+    Fit,
+    check_fits,
+    current_rss_bytes,
+    fit_batch_size,
+    fit_of,
+    peak_rss_bytes,
+)
 from facto_edge.manifest import Manifest
 from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
@@ -44,6 +51,9 @@ from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
 DEFAULT_BATCH = 32
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+# What drawing metrics.png adds to the process (importing matplotlib, one figure):
+# measured 46 MiB with matplotlib 3.10 on Linux x86-64.
+PLOT_COST = 48 << 20
 
 
 @dataclass
@@ -466,7 +476,7 @@ def train(
             ckpt is not None,
         )
     )  # fmt: skip
-    peak = _run(loop, plot)
+    peak = _run(loop, plot, budget_bytes, cbs)
     if budget_bytes is not None and peak > budget_bytes:
         cbs.on_warning(
             f"the process peaked at {format_size(peak)}, over the {format_size(budget_bytes)} "
@@ -479,18 +489,32 @@ def train(
     )  # fmt: skip
 
 
-def _run(loop: _Loop, plot: bool) -> int:
-    """Run the epochs and return the peak RSS they reached (measured before the plot is
-    drawn); on Ctrl-C checkpoint (if no step was cut short) and re-raise."""
+def _run(loop: _Loop, plot: bool, budget: int | None, cbs: _Callbacks) -> int:
+    """Run the epochs and return the process's peak RSS, the plot included; on Ctrl-C
+    checkpoint (if no step was cut short) and re-raise. The session is closed (its arena
+    freed) before the plot is drawn, and the plot is skipped, with a warning, where
+    drawing it (matplotlib) would take the process over `budget`."""
     try:
         with _deferred_sigint() as interrupts:
             loop.interrupts = interrupts
             loop.run_epochs()
-        return peak_rss_bytes()
     except KeyboardInterrupt:
         if loop.consistent:
             loop.save()
         raise
     finally:
+        loop.session.close()
         if plot and loop.history:
-            plot_metrics(loop.run.plot, loop.history)
+            _plot(loop, budget, cbs)
+    return peak_rss_bytes()
+
+
+def _plot(loop: _Loop, budget: int | None, cbs: _Callbacks) -> None:
+    if budget is not None and current_rss_bytes() + PLOT_COST > budget:
+        cbs.on_warning(
+            f"{loop.run.plot.name} not drawn: matplotlib needs about "
+            f"{format_size(PLOT_COST)}, more than the budget leaves; the figures are in "
+            f"{loop.run.metrics}"
+        )
+        return
+    plot_metrics(loop.run.plot, loop.history)

@@ -109,7 +109,7 @@ class TrainingSession:
         self._graph = load_graph(model_dir)
         self._source, self._callbacks = model_dir, []
         self._codec = self._backend.get_codec(codec)
-        self._seed, self._step = seed, 0
+        self._seed, self._step, self._closed = seed, 0, False
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                    "betas": betas, "eps": eps}  # fmt: skip
         self._optimizer_args = (optimizer, options)
@@ -156,6 +156,7 @@ class TrainingSession:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits [n, classes] of x (any n; run in chunks of batch_size), eval mode."""
+        self._require_open()
         self._check_x(x, limit=None)
         out = np.empty((x.shape[0], self._graph.num_classes), np.float32)
         chunk_size = -(-self._micro // self._lanes)  # what lane 0 holds
@@ -171,11 +172,13 @@ class TrainingSession:
     def parameters(self) -> dict[str, np.ndarray]:
         """The trainable initializers by name: live arrays the optimizer updates in place
         (device arrays on cuda)."""
+        self._require_open()
         return {name: self._params[name] for name in self._graph.trainable}
 
     def buffers(self) -> dict[str, np.ndarray]:
         """Non-trainable state that training updates, by name: the running mean and
         variance of training-mode BatchNormalizations (live arrays, on the device)."""
+        self._require_open()
         return {name: self._params[name] for _, name in self._running_names}
 
     @property
@@ -204,6 +207,7 @@ class TrainingSession:
     @property
     def memory_plan(self) -> MemoryPlan:
         """The arena plan the session's buffers live in (runtime/memory.py)."""
+        self._require_open()
         return self._memory.plan
 
     def memory_report(self) -> dict:
@@ -215,7 +219,7 @@ class TrainingSession:
         arena's bytes on it (`device_arena_bytes`, 0 on cpu, where the arena is host
         memory) and the process's peak resident memory on the host so far
         (`host_peak_rss_bytes`)."""
-        plan = self._memory.plan
+        plan = self.memory_plan
         by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
         return report | {
@@ -311,6 +315,27 @@ class TrainingSession:
             Receives the metrics of the step just taken; keep it cheap.
         """
         self._callbacks.append(fn)
+
+    def close(self) -> None:
+        """Free the arena and the lanes' threads. The session cannot train, predict or
+        save afterwards (FactoEdgeError); checkpoint or export first. Also the end of a
+        ``with TrainingSession(...) as s:`` block."""
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._pool = self._memory = self._executors = self._optimizer = None
+        self._params = self._buffers = self._grads = self._lane_grads = self._feedback = None
+        self._graph.initializers = {}
+        self._closed = True
+
+    def __enter__(self) -> TrainingSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise FactoEdgeError("this TrainingSession was closed; create a new one")
 
     # Binding ---------------------------------------------------------------------------
 
@@ -460,6 +485,7 @@ class TrainingSession:
         """Forward and backward of (x, y), in micro-batches of self._micro: the mean loss,
         with the parameter gradients of the mean loss in self._grads. `update_stats`
         moves the running statistics of training-mode BatchNormalizations forward."""
+        self._require_open()
         self._check_x(x, limit=self.batch_size)
         self._check_y(y, x.shape[0])
         n, loss = x.shape[0], 0.0

@@ -164,3 +164,28 @@ def test_auto_batch_is_the_largest_power_of_two_that_fits(
     twice = TrainingSession(digits_model, batch_size=2 * b, codec="q4", budget=budget)
     assert twice.memory_report()["accumulate"] > 1  # 2b would not fit whole
     assert tight.history[-1]["step"] == math.ceil(180 / b)
+
+
+class Warnings(Callback):
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def on_warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_the_plot_is_skipped_where_it_would_break_the_budget(
+    digits_model, small_npz, tmp_path, monkeypatch
+):
+    import facto_edge.train as train_mod
+
+    fixed_cost(monkeypatch, 50)
+    monkeypatch.setattr(train_mod, "PLOT_COST", 100 << 30)  # never fits
+    seen = Warnings()
+    result = run(digits_model, small_npz, tmp_path / "tight", [seen], epochs=1, budget="1GiB",
+                 plot=True)  # fmt: skip
+    assert not (result.run_dir / "metrics.png").exists()
+    assert (result.run_dir / "metrics.csv").exists()
+    assert any("metrics.png not drawn" in w and "metrics.csv" in w for w in seen.warnings)
+    roomy = run(digits_model, small_npz, tmp_path / "roomy", epochs=1, plot=True)
+    assert (roomy.run_dir / "metrics.png").exists()  # no budget: always drawn

@@ -242,3 +242,12 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_closed_session_refuses_work():
+    x, y = batch(4)
+    with TrainingSession(tiny_model(), batch_size=4) as s:
+        s.train_step(x, y)
+    for call in (lambda: s.train_step(x, y), lambda: s.predict(x), s.parameters, s.memory_report):
+        with pytest.raises(FactoEdgeError, match="closed"):
+            call()
