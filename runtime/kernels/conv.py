@@ -8,8 +8,8 @@ in a row per channel (kernels/conv_padded.py), and each kernel tap (i, j) is one
 sgemm (kernels/blas.py) of its weight slice with that row shifted by i*dh*Wp + j*dw,
 summed into the output planes (beta = 1), whose garbage border is then cropped (bias
 added on the way). Backward runs the same sums transposed. Without that sgemm, wide
-stride-1 planes take im2col over padded planes ("padded") instead; a direct kernel runs
-depthwise convolutions (groups == C_in).
+stride-1 planes take im2col over padded planes ("padded") instead. Depthwise convolutions
+(groups == C_in) have kernels of their own (kernels/depthwise.py).
 
 Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]. The
 workspace each path needs is `conv_workspace(...)`, given back as a dict of arrays.
@@ -20,11 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import blas
 from . import conv_padded as padded
-from .conv_padded import uidx
+from .conv_padded import _span, uidx
+from .depthwise import (
+    depthwise_bwd_input,
+    depthwise_bwd_weight,
+    depthwise_fwd,
+    depthwise_workspace,
+)
 from .dispatch import REASSOC, kernel
 from .elementwise import add_bias
 
@@ -70,15 +76,6 @@ def _out_size(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool) -
     if ceil and (out - 1) * s >= size + p0:
         out -= 1
     return out
-
-
-@njit(cache=True, inline="always")
-def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
-    """Outputs o in [lo, hi) read input o*stride + off inside [0, size)."""
-    lo = 0 if off >= 0 else (-off + stride - 1) // stride
-    hi = min((size - 1 - off) // stride + 1, n_out)
-    hi = max(hi, 0)
-    return min(lo, hi), hi
 
 
 @kernel
@@ -139,78 +136,6 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):  # pragma: no cove
                             gx[c, n, iy, uidx(ox * sw + off)] += cols[r, base + ox]
 
 
-@kernel
-def depthwise_fwd(x, w, y, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """y[m, n] = sum_ij w[m, 0, i, j] * x[m // mult, n, shifted by (i, j)]."""
-    nm, nb, ho, wo = y.shape
-    nc, _, h, wd = x.shape
-    kh, kw = w.shape[2], w.shape[3]
-    mult = nm // nc
-    for t in prange(nm * nb):
-        m, n = t // nb, t % nb
-        out = y[m, n]
-        src = x[m // mult, n]
-        out[:, :] = 0.0
-        for i in range(kh):
-            ylo, yhi = _span(i * dh - pt, sh, h, ho)
-            for j in range(kw):
-                xlo, xhi = _span(j * dw - pl, sw, wd, wo)
-                wv = w[m, 0, i, j]
-                for oy in range(ylo, yhi):
-                    srow = src[oy * sh + i * dh - pt]
-                    orow = out[oy]
-                    for ox in range(xlo, xhi):
-                        orow[ox] += wv * srow[uidx(ox * sw + j * dw - pl)]
-
-
-@kernel
-def depthwise_bwd_input(gy, w, gx, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """gx = the input gradient of depthwise_fwd (overwrites gx)."""
-    nm, nb, ho, wo = gy.shape
-    nc, _, h, wd = gx.shape
-    kh, kw = w.shape[2], w.shape[3]
-    mult = nm // nc
-    for t in prange(nc * nb):
-        c, n = t // nb, t % nb
-        dst = gx[c, n]
-        dst[:, :] = 0.0
-        for m in range(c * mult, (c + 1) * mult):
-            g = gy[m, n]
-            for i in range(kh):
-                ylo, yhi = _span(i * dh - pt, sh, h, ho)
-                for j in range(kw):
-                    xlo, xhi = _span(j * dw - pl, sw, wd, wo)
-                    wv = w[m, 0, i, j]
-                    for oy in range(ylo, yhi):
-                        drow = dst[oy * sh + i * dh - pt]
-                        grow = g[oy]
-                        for ox in range(xlo, xhi):
-                            drow[uidx(ox * sw + j * dw - pl)] += wv * grow[ox]
-
-
-@kernel(fastmath=REASSOC)
-def depthwise_bwd_weight(gy, x, gw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """gw = the weight gradient of depthwise_fwd (overwrites gw), summed in float64."""
-    nm, nb, ho, wo = gy.shape
-    nc, _, h, wd = x.shape
-    kh, kw = gw.shape[2], gw.shape[3]
-    mult = nm // nc
-    for m in prange(nm):
-        for i in range(kh):
-            ylo, yhi = _span(i * dh - pt, sh, h, ho)
-            for j in range(kw):
-                xlo, xhi = _span(j * dw - pl, sw, wd, wo)
-                acc = 0.0
-                for n in range(nb):
-                    src = x[m // mult, n]
-                    for oy in range(ylo, yhi):
-                        srow = src[oy * sh + i * dh - pt]
-                        grow = gy[m, n, oy]
-                        for ox in range(xlo, xhi):
-                            acc += grow[ox] * srow[uidx(ox * sw + j * dw - pl)]
-                gw[m, 0, i, j] = acc
-
-
 @kernel(fastmath=REASSOC)
 def channel_sum(g, out):  # pragma: no cover - compiled
     """out[c] = sum over a and p of g[a, c, p], accumulated in float64."""
@@ -221,6 +146,10 @@ def channel_sum(g, out):  # pragma: no cover - compiled
             for p in range(npix):
                 acc += g[a, c, p]
         out[c] = acc
+
+
+def _dw_args(g: ConvGeom) -> tuple:
+    return g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.dh, g.dw
 
 
 def _geom_args(g: ConvGeom, ho: int, wo: int) -> tuple:
@@ -237,6 +166,7 @@ def _check(x_shape: tuple, w_shape: tuple, y_shape: tuple, g: ConvGeom) -> None:
 
 PADDED_MIN_WIDTH = 16  # output columns from which padded-plane im2col beats plain im2col
 SHIFTED_MAX_WASTE = 1.6  # padded plane / output plane area up to which shifted wins
+SHIFTED_MIN_CHANNELS = 8  # input channels (each tap's matmul depth) from which it wins
 NO_BIAS = np.zeros(0, np.float32)
 
 
@@ -250,7 +180,8 @@ def conv_path(g: ConvGeom, c_in: int, wo: int, hw: tuple[int, int] = (0, 0)) -> 
     if g.groups == 1 and g.sh == g.sw == 1:
         hp, wp = _padded_hw(g, *hw)
         ho, wo_ = g.out_hw(*hw)
-        if blas.has_sgemm() and 0 < hp * wp <= SHIFTED_MAX_WASTE * ho * wo_:
+        fits = hp * wp <= SHIFTED_MAX_WASTE * ho * wo_ and c_in >= SHIFTED_MIN_CHANNELS
+        if blas.has_sgemm() and fits:
             return "shifted"
         if wo >= PADDED_MIN_WIDTH:
             return "padded"
@@ -266,6 +197,8 @@ def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tup
     n, c, h, w = x_shape
     m, ho, wo = y_shape[1:]
     path = conv_path(g, c, wo, (h, w))
+    if path == "depthwise":
+        return {"planes": depthwise_workspace(g, h, w)}
     if path == "shifted":
         hp, wp = _padded_hw(g, h, w)
         return {
@@ -363,8 +296,10 @@ def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
         _shifted_fwd(x, w, b, y, ws, g)
         return
     if path == "depthwise":
-        depthwise_fwd(x, w, y, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
-    elif path == "pointwise":
+        bias = NO_BIAS if b is None else b
+        depthwise_fwd(x, w, bias, y, *_dw_args(g), ws["planes"])
+        return
+    if path == "pointwise":
         np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
     elif path == "padded":
         wp = _wp(g, x.shape[3])
@@ -387,7 +322,7 @@ def conv2d_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
     if path == "shifted":
         _shifted_bwd_input(gy, w, gx, ws, g)
     elif path == "depthwise":
-        depthwise_bwd_input(gy, w, gx, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+        depthwise_bwd_input(gy, w, gx, *_dw_args(g), ws["planes"])
     elif path == "pointwise":
         np.matmul(w.reshape(m, -1).T, gy.reshape(m, -1), out=gx.reshape(gx.shape[0], -1))
     elif path == "padded":

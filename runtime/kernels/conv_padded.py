@@ -28,6 +28,15 @@ def uidx(i):
     return np.uint64(i)
 
 
+@njit(cache=True, inline="always")
+def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
+    """Outputs o in [lo, hi) read input o*stride + off inside [0, size)."""
+    lo = 0 if off >= 0 else (-off + stride - 1) // stride
+    hi = min((size - 1 - off) // stride + 1, n_out)
+    hi = max(hi, 0)
+    return min(lo, hi), hi
+
+
 @kernel
 def pad_planes(x, xp, top, left, wp):  # pragma: no cover - compiled
     """xp[a, b] = x[a, b] placed at (top, left) of a zero plane of width wp."""

@@ -140,6 +140,9 @@ def test_conv_groups():
 def test_conv_depthwise():
     check_op("Conv", {"group": 3, "strides": (2, 2), "pads": (1, 1, 1, 1)}, [X4, W((6, 1, 3, 3)), W((6,))], lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=3))
 
+def test_conv_depthwise_dilated_asymmetric():
+    check_op("Conv", {"group": 3, "pads": (2, 0, 1, 3), "dilations": (1, 2)}, [X4, W((3, 1, 2, 3)), W((3,))], lambda x, w, b: F.conv2d(F.pad(x, (0, 3, 2, 1)), w, b, dilation=(1, 2), groups=3))
+
 def test_conv_pointwise():
     check_op("Conv", {}, [X4, W((5, 3, 1, 1)), W((5,))], lambda x, w, b: F.conv2d(x, w, b))
 
@@ -165,6 +168,17 @@ def test_conv_direct_asymmetric_dilated():
 
 def test_conv_direct_frozen():
     check_op("Conv", {"pads": (1, 1, 1, 1)}, [WIDE, C((4, 3, 3, 3))], lambda x, w: F.conv2d(x, w, padding=1))
+
+SHIFTED = (2, 8, 9, 10)  # >= 8 channels, padded planes < 1.6x the output: shifted matmuls
+
+def test_conv_shifted():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [SHIFTED, W((4, 8, 3, 3)), W((4,))], lambda x, w, b: F.conv2d(x, w, b, padding=1))
+
+def test_conv_shifted_asymmetric_dilated():
+    check_op("Conv", {"pads": (2, 0, 1, 3), "dilations": (1, 2)}, [SHIFTED, W((4, 8, 2, 3))], lambda x, w: F.conv2d(F.pad(x, (0, 3, 2, 1)), w, dilation=(1, 2)))
+
+def test_conv_shifted_frozen():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [SHIFTED, C((4, 8, 3, 3))], lambda x, w: F.conv2d(x, w, padding=1))
 
 def test_gemm_transb_bias():
     check_op("Gemm", {"transB": 1}, [(4, 6), W((5, 6)), W((5,))], lambda a, b, c: a @ b.T + c)
