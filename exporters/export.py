@@ -22,7 +22,7 @@ from facto_edge.errors import ExportError, UnsupportedOpError
 from facto_edge.manifest import Manifest
 
 from . import load
-from .rewrite import FactorizeConfig, Graph, Rewriter
+from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts
 
 SUPPORTED_OPS = {
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
@@ -38,8 +38,7 @@ def _check_args(rank, energy, train, bn, input_shape) -> None:
         raise ExportError(f"--rank must be in (0, 1], found {rank}")
     if energy is not None and not 0 < energy <= 1:
         raise ExportError(f"--energy must be in (0, 1], found {energy}")
-    if train not in ("last", "first", "core", "all"):
-        raise ExportError(f"--train must be last, first, core or all, found {train!r}")
+    train_parts(train)
     if bn not in ("fold", "train"):
         raise ExportError(f"--bn must be fold or train, found {bn!r}")
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -104,8 +103,11 @@ def export(
     model_or_path : an nn.Module, or the path of a TorchScript archive or pickled module.
     input_shape : (C, H, W); defaults to what the zoo archive records, else (3, 32, 32).
     rank, energy : rank as a fraction of channels, or the share of energy to keep.
-    train : which factor of each layer trains: "last", "first", "core" or "all".
-    bn : "fold" BatchNorm into the last factor, or keep it trainable ("train").
+    train : which factors of each layer train: "last", "first", "core", "all", or a
+        comma-separated mix such as "core,last" (an SVD layer's "core" is its "last").
+    bn : "fold" BatchNorm into the last factor, or keep it trainable ("train"): the BN of
+        each factorized layer trains (batch statistics); a layer that stays dense stays
+        frozen, its BN folded.
     ort : also write ONNX Runtime training artifacts when onnxruntime-training is present.
     """
     say = progress or (lambda msg: None)

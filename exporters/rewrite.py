@@ -25,9 +25,24 @@ class FactorizeConfig:
     rank: float | None = 0.25
     energy: float | None = None
     min_channels: int = 8
-    train: str = "last"  # last, first, core, all
+    train: str = "last"  # last, first, core, all, or a comma-separated mix: "core,last"
     bn: str = "fold"  # fold or train
     train_classifier: bool = True
+
+
+TRAIN_CHOICES = ("last", "first", "core", "all")
+
+
+def train_parts(train: str) -> list[str]:
+    """The factors `--train` names: one of TRAIN_CHOICES or a comma-separated mix
+    ("core,last"); raises ExportError for anything else."""
+    parts = [p.strip() for p in train.split(",")]
+    if not parts or any(p not in TRAIN_CHOICES for p in parts):
+        raise ExportError(
+            f"--train must be last, first, core, all or a comma-separated mix such as "
+            f"core,last; found {train!r}"
+        )
+    return parts
 
 
 class Graph:
@@ -134,13 +149,14 @@ class Rewriter:
     def _trainable(self, roles: dict[str, str], method: str) -> list[str]:
         if method == "dense":
             return []
-        pick = {
+        choices = {
             "last": ["last", "bias"],
             "first": ["first"],
             "core": ["core"] if "core" in roles else ["last", "bias"],
             "all": ["first", "core", "last", "bias"],
-        }[self.cfg.train]
-        return [roles[r] for r in pick if r in roles]
+        }
+        pick = {r for part in train_parts(self.cfg.train) for r in choices[part]}
+        return [roles[r] for r in ("first", "core", "last", "bias") if r in pick and r in roles]
 
     def _ranks(self, w2: np.ndarray, modes, channels) -> list[int]:
         if self.cfg.energy is not None:
@@ -159,10 +175,11 @@ class Rewriter:
                 return bn
         return None
 
-    def _fold_bn(self, node, w: np.ndarray, b: np.ndarray | None):
-        """Fold the BN after `node` into (w, b) and drop it; the conv takes its output name."""
+    def _fold_bn(self, node, w: np.ndarray, b: np.ndarray | None, keep: bool):
+        """Fold the BN after `node` into (w, b) and drop it, the conv taking its output
+        name; or, with `keep`, leave it in the graph with a trainable scale and bias."""
         bn = self._following_bn(node)
-        if bn is None or self.cfg.bn != "fold":
+        if bn is None or keep:
             if bn is not None:
                 self.bn_train_nodes.append(bn.name)
                 self._bn_params = [bn.input[1], bn.input[2]]
@@ -187,9 +204,16 @@ class Rewriter:
         b = self.g.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         out_shape = self.g.shapes.get(node.output[0]) or [None] * 4
         in_shape = self.g.shapes.get(x) or [None] * 4
-        w, b, out, bn_mode = self._fold_bn(node, w, b)
-        c_out, c_in_g, kh, kw = w.shape
         groups = int(a.get("group", 1))
+        # --bn train keeps the BatchNormalization of a layer that trains (a factorized
+        # one); a layer that stays dense stays frozen, its BN folded in: training that BN
+        # would keep the layer's full-width output for backward, for no measured gain.
+        bn_train = self.cfg.bn == "train"
+        note = self._dense_note(w, groups) if bn_train else ""
+        w, b, out, bn_mode = self._fold_bn(node, w, b, keep=bn_train and not note)
+        if not bn_train:
+            note = self._dense_note(w, groups)  # on the folded weight, as factorized
+        c_out, c_in_g, kh, kw = w.shape
         stride = tuple(a.get("strides", [1, 1]))
         pads = tuple(a.get("pads", [0, 0, 0, 0]))
         dil = tuple(a.get("dilations", [1, 1]))
@@ -202,7 +226,6 @@ class Rewriter:
             attrs={"stride": list(stride), "pads": list(pads), "dilation": list(dil),
                    "groups": groups},
         )  # fmt: skip
-        note = self._conv_dense_reason(groups, c_out, c_in_g)
         new = None
         if not note:
             new = (self._svd_conv if kh == kw == 1 else self._tucker_conv)(
@@ -224,6 +247,20 @@ class Rewriter:
         if min(c_out, c_in) < self.cfg.min_channels:
             return f"fewer than {self.cfg.min_channels} channels"
         return ""
+
+    def _dense_note(self, w: np.ndarray, groups: int) -> str:
+        """Why a conv with weight `w` stays dense ("" when it is factorized)."""
+        c_out, c_in, kh, kw = w.shape
+        note = self._conv_dense_reason(groups, c_out, c_in)
+        if note or not self._gain_required():
+            return note
+        if kh == kw == 1:
+            (r,) = self._ranks(w[:, :, 0, 0], (0,), (min(c_out, c_in),))
+            params = r * (c_in + c_out)
+        else:
+            r_out, r_in = self._ranks(w, (0, 1), (c_out, c_in))
+            params = r_in * c_in + r_out * r_in * kh * kw + c_out * r_out
+        return "no gain at this rank" if params >= w.size else ""
 
     def _dense(self, info, node, w, b, x, out, note) -> list[onnx.NodeProto]:
         wn, bn_ = f"{info.name}.weight", f"{info.name}.bias"

@@ -120,10 +120,16 @@ def format_layers(manifest) -> str:
     "train",
     default="last",
     show_default=True,
-    type=click.Choice(["last", "first", "core", "all"]),
-    help="Which factor trains.",
+    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last).",
 )
-@click.option("--bn", default="fold", show_default=True, type=click.Choice(["fold", "train"]))
+@click.option(
+    "--bn",
+    default="fold",
+    show_default=True,
+    type=click.Choice(["fold", "train"]),
+    help="Fold BatchNorm into the last factor, or train it (batch statistics) with each "
+    "factorized layer.",
+)
 @click.option("--no-ort", is_flag=True, help="Skip the ONNX Runtime training artifacts.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @friendly_errors

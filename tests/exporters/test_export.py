@@ -113,6 +113,35 @@ def test_bn_train_keeps_trainable_batchnorm(exported):
     model = onnx.load(str(out / "model.onnx"))
     bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
     assert bns and all(n.input[1] in manifest.trainable for n in bns)
+    # BN trains with a factorized layer; a layer left dense (the 3-channel stem) stays
+    # frozen with its BN folded in, so backward never reaches it
+    by_name = {layer.name: layer for layer in manifest.layers}
+    assert by_name["features.0"].method == "dense" and by_name["features.0"].bn == "folded"
+    assert all(layer.bn == "train" for layer in manifest.layers if layer.method == "tucker2")
+    assert len(bns) == sum(layer.bn == "train" for layer in manifest.layers)
+
+
+def test_train_mix_trains_the_union_of_its_factors(exported):
+    _, out = exported("simple_cnn", rank=0.25, train="core,last", ort=False)
+    layers = {layer.name: layer for layer in Manifest.load(out).layers}
+    tucker = [layer for layer in layers.values() if layer.method == "tucker2"]
+    assert tucker and all(
+        set(layer.trainable) == {layer.factors[r] for r in ("core", "last", "bias")}
+        for layer in tucker
+    )
+    hidden = layers["hidden"]  # SVD: its "core" is its "last"
+    assert hidden.method == "svd" and hidden.trainable == [
+        hidden.factors["last"],
+        hidden.factors["bias"],
+    ]
+
+
+def test_bn_train_matches_the_original_model(exported):
+    model, out = exported("simple_cnn", rank=1.0, bn="train", ort=False)
+    x = np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_logits(out, x) - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize("bn", ["fold", "train"])
