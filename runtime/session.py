@@ -34,10 +34,11 @@ with serial kernels and single-threaded BLAS (kernels/blas.py sets OpenBLAS's th
 to 1 for the span of a step, or OPENBLAS_NUM_THREADS=1 says so): a step then has one
 barrier instead of one per kernel, which measured 20-40% faster on a busy 2-core machine.
 Where BLAS's threads cannot be set, every kernel is split across the cores instead (numba
-threads, and BLAS's own). Lane k has its own buffers (names
-prefixed `lane<k>:`); its loss gradient is seeded with n_k / n, so the lanes' parameter
-gradients, added into lane 0's, are those of the mean loss over the batch. Graphs with
-batch-statistics BatchNormalization need the whole batch: one lane.
+threads, and BLAS's own); a single lane runs BLAS on `threads` threads where they can be
+set. Lane k has its own buffers (names prefixed `lane<k>:`); its loss gradient is seeded
+with n_k / n, so the lanes' parameter gradients, added into lane 0's, are those of the
+mean loss over the batch. Graphs with batch-statistics BatchNormalization need the whole
+batch: one lane.
 """
 
 from __future__ import annotations
@@ -516,7 +517,7 @@ class TrainingSession:
             self._io.fill(ex.grads[LOSS], weights[-1])
             seed = hash((self._seed, self._step, lane + part * self._lanes)) & (2**62 - 1)
             jobs.append((ex, seed))
-        with blas.single_threaded(len(jobs) > 1):
+        with blas.threads(1 if len(jobs) > 1 else self._threads):
             others = [self._pool.submit(_forward_backward, *job) for job in jobs[1:]]
             serial_in_this_thread(len(jobs) > 1)
             try:

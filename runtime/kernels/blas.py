@@ -5,8 +5,8 @@ leading dimensions and beta, which numpy's matmul does not offer, so that a conv
 can sum shifted matmuls over one padded copy of its input (kernels/conv.py).
 
 OpenBLAS's thread count is process-wide (`openblas_set_num_threads_local` is not
-thread-local in pthreads builds), so `single_threaded()` sets it for the span of one step
-and restores it after. Without an OpenBLAS that exports the setter (another BLAS,
+thread-local in pthreads builds), so `threads(n)` sets it for the span of one step and
+restores it after. Without an OpenBLAS that exports the setter (another BLAS,
 another platform), `available()` is False and nothing changes.
 """
 
@@ -105,15 +105,16 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def single_threaded(active: bool = True) -> Iterator[None]:
-    """Run the block with one BLAS thread (when `active` and available), then restore."""
-    fns = _functions() if active else None
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block with n BLAS threads (None, or not available: as it is), then
+    restore the count it had."""
+    fns = _functions() if n else None
     if fns is None:
         yield
         return
     setter, getter = fns
     before = getter()
-    setter(1)
+    setter(n)
     try:
         yield
     finally:
