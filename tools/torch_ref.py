@@ -119,6 +119,7 @@ class TorchReference:
                     numpy_helper.to_array(n.attribute[0].t).copy()
                 )
         self.trainable = list(trainable)
+        self.training = True  # trainable BatchNormalization: batch statistics
         self.program = [
             (OPS[n.op_type], self._attrs(n), list(n.input), n.output[0])
             for n in proto.graph.node
@@ -144,11 +145,38 @@ class TorchReference:
         """The trainable tensors, in manifest order."""
         return [self.tensors[name] for name in self.trainable]
 
+    def train(self) -> TorchReference:
+        """Training mode (the default): a BatchNormalization whose scale trains normalizes
+        with the batch's statistics and moves its running statistics, as the runtime does."""
+        self.training = True
+        return self
+
+    def eval(self) -> TorchReference:
+        """Inference mode: every BatchNormalization uses its running statistics."""
+        self.training = False
+        return self
+
+    def _batch_stats_bn(self, attrs: dict, x: list) -> torch.Tensor:
+        """Training-form BN; running statistics follow ONNX (momentum on the old value,
+        biased batch variance), updated in place without gradient."""
+        if not self.training:
+            return F.batch_norm(x[0], x[3], x[4], x[1], x[2], False, eps=attrs.get("epsilon", 1e-5))
+        momentum = attrs.get("momentum", 0.9)
+        with torch.no_grad():
+            dims = [0, *range(2, x[0].dim())]
+            x[3].mul_(momentum).add_(x[0].mean(dims), alpha=1 - momentum)
+            x[4].mul_(momentum).add_(x[0].var(dims, unbiased=False), alpha=1 - momentum)
+        return _batchnorm(attrs, x)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         env = dict(self.tensors)
         env[self.graph.input[0].name] = x
         for fn, attrs, inputs, output in self.program:
-            env[output] = fn(attrs, [env[v] if v else None for v in inputs])
+            args = [env[v] if v else None for v in inputs]
+            if fn is _batchnorm and attrs.get("training_mode"):
+                env[output] = self._batch_stats_bn(attrs, args)
+            else:
+                env[output] = fn(attrs, args)
         return env[self.graph.output[0].name]
 
     def grads(self) -> dict[str, np.ndarray]:
