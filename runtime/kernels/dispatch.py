@@ -6,6 +6,7 @@ slice (milliseconds) when another process holds a core, so only big calls go par
     def add_bias(y, b): ...        # written with prange, as for @njit(parallel=True)
 
     add_bias(y, b)                 # parallel when the largest array has >= PARALLEL_MIN
+                                   # elements and numba has more than one thread
 
 A thread can ask for serial builds only (`serial_in_this_thread`): the session's lanes,
 which each train a slice of the batch on one core, do. Numba's workqueue threading layer
@@ -19,10 +20,11 @@ import threading
 import types
 from collections.abc import Callable
 
+import numba
 import numpy as np
 from numba import njit
 
-PARALLEL_MIN = 1 << 16  # elements of the largest array argument
+PARALLEL_MIN = 1 << 18  # elements of the largest array argument (a launch costs ~50 us)
 REASSOC = {"reassoc"}  # fastmath flag for reductions: lets float64 sums vectorize
 PARALLEL_LOCK = threading.Lock()
 _local = threading.local()
@@ -44,10 +46,12 @@ class Kernel:
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
 
     def __call__(self, *args):
-        if getattr(_local, "serial", False):
+        if getattr(_local, "serial", False) or numba.get_num_threads() == 1:
             return self.serial(*args)
-        work = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
-        return (self.parallel if work >= PARALLEL_MIN else self.serial)(*args)
+        for a in args:
+            if isinstance(a, np.ndarray) and a.size >= PARALLEL_MIN:
+                return self.parallel(*args)
+        return self.serial(*args)
 
 
 def kernel(fn: Callable | None = None, *, fastmath: bool | set[str] = False):
