@@ -117,13 +117,9 @@ def peak_rss_bytes() -> int:
     the peak of the process that forked this one (it survives fork and exec), which
     misstates a child spawned by a big parent.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:
@@ -134,11 +130,16 @@ def peak_rss_bytes() -> int:
 
 def current_rss_bytes() -> int:
     """This process's resident set size now, in bytes (VmRSS; 0 where unknown)."""
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A kB field of /proc/self/status in bytes; None where there is no such file."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return None
