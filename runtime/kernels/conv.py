@@ -295,17 +295,18 @@ def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
     if path == "shifted":
         _shifted_fwd(x, w, b, y, ws, g)
         return
+    bias = NO_BIAS if b is None else b
     if path == "depthwise":
-        bias = NO_BIAS if b is None else b
         depthwise_fwd(x, w, bias, y, *_dw_args(g), ws["planes"])
         return
-    if path == "pointwise":
-        np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
-    elif path == "padded":
+    if path == "padded":
         wp = _wp(g, x.shape[3])
         _lower_padded(x, ws, g, wp, ho)
         np.matmul(w.reshape(m, -1), ws["cols"], out=ws["ypad"])
-        padded.crop(ws["ypad"].reshape(m, n, -1), y, 0, 0, wp)
+        padded.from_planes(ws["ypad"], y, 0, 0, ho, wp, bias)
+        return
+    if path == "pointwise":
+        np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
     else:
         cols = ws["cols"]
         im2col(x, cols, *_geom_args(g, ho, wo))
