@@ -27,7 +27,6 @@ import numpy as np
 from .bound import F32, U8, Bound, Site, logical, stored_shape
 from .device import Backend, resolve_device
 from .graph import Schedule
-from .kernels.dispatch import PARALLEL_LOCK
 from .ops import OpDef
 from .shapes import Shape
 
@@ -178,8 +177,7 @@ class Executor:
             st.op.forward(st.b, training)
             if training:
                 for x, buf in st.encode:
-                    with PARALLEL_LOCK:
-                        codec.encode(x, buf, seed + k)
+                    codec.encode(x, buf, seed + k)
 
     def backward(self) -> None:
         """Run backward from grads[root], writing every gradient buffer."""
@@ -187,8 +185,7 @@ class Executor:
         for st in self._backward:
             st.b.ws = st.ws_bwd
             for buf, out in st.decode:
-                with PARALLEL_LOCK:
-                    codec.decode(buf, out)
+                codec.decode(buf, out)
             st.op.backward(st.b)
             for scratch, g in st.accumulate:
                 accumulate(g, scratch)

@@ -35,7 +35,6 @@ from .codecs import (
 )
 from .graph import Node
 from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd, conv_workspace
-from .kernels.dispatch import PARALLEL_LOCK
 from .kernels.elementwise import clip_mask_fwd, mask_bwd, reduce_to
 from .kernels.gemm import gemm_bwd, gemm_fwd, matmul_bwd_operand
 from .kernels.loss import softmax_xent_bwd, softmax_xent_fwd
@@ -213,14 +212,12 @@ def _maxpool_fwd(b: Bound, training: bool) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
     maxpool_fwd(b.x[0], b.y[0], arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     if training and "argmax" in b.saved:
-        with PARALLEL_LOCK:
-            argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
+        argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
 
 
 def _maxpool_bwd(b: Bound) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
-    with PARALLEL_LOCK:
-        argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
+    argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
     maxpool_bwd(b.gy, arg, b.gx[0], g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
 
 

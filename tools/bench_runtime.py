@@ -1,15 +1,22 @@
 """Training throughput of the facto-edge runtime against PyTorch training the same
 factorized model (same frozen factors, same trainable tensors, SGD with momentum),
 measured side by side: rounds alternate the two systems (A B A B ...), and the median
-step time of each is reported.
+step time of each is reported, with the process CPU time per step (on a busy machine a
+system that spins shows CPU time well above its share) and the fastest step.
+
+`--profile` then times one lane of facto-edge node by node (forward, codec encode,
+decode, backward, gradient sums, optimizer), summed by op type, beside PyTorch's own
+per-op profile of the same steps.
 
     python tools/bench_runtime.py resnet18_cifar --batch 32 --rank 0.25
-    python tools/bench_runtime.py --model-dir model.facto --codec q4
+    python tools/bench_runtime.py --model-dir model.facto --codec q4 --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import resource
 import statistics
 import sys
 import tempfile
@@ -53,13 +60,83 @@ def _torch(model_dir: Path):
     return step
 
 
-def _time(step, x, y, steps: int) -> list[float]:
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _time(step, x, y, steps: int) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each of `steps` steps."""
     times = []
     for _ in range(steps):
-        t = time.perf_counter()
+        c, t = _cpu(), time.perf_counter()
         step(x, y)
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t, _cpu() - c))
     return times
+
+
+def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
+    """Seconds per step by (phase, op type) of lane 0's executor on its slice of (x, y),
+    run alone on this thread (serial kernels and one BLAS thread when the session has
+    lanes, as each lane runs)."""
+    from facto_edge.runtime.kernels import blas
+    from facto_edge.runtime.kernels.dispatch import serial_in_this_thread
+
+    lane, a, b = session._slices(x.shape[0])[0]
+    ex = session._executor(b - a, lane)
+    session._feed_x(ex, x[a:b])
+    session._io.put(ex.values["facto:labels"], y[a:b])
+    session._io.fill(ex.grads["facto:loss"], (b - a) / x.shape[0])
+    acc: dict[str, float] = collections.defaultdict(float)
+    clock, codec = time.perf_counter, session._codec
+
+    def timed(key: str, fn, *args) -> None:
+        t = clock()
+        fn(*args)
+        acc[key] += clock() - t
+
+    serial_in_this_thread(session._lanes > 1)
+    with blas.threads(1 if session._lanes > 1 else session._threads):
+        for _ in range(steps):
+            for k, st in enumerate(ex._forward):
+                op = st.b.site.node.op_type
+                timed(f"forward {op}", st.op.forward, st.b, True)
+                for xa, buf in st.encode:
+                    timed(f"encode {op}", codec.encode, xa, buf, k)
+            for st in ex._backward:
+                op = st.b.site.node.op_type
+                for buf, out in st.decode:
+                    timed(f"decode {op}", codec.decode, buf, out)
+                timed(f"backward {op}", st.op.backward, st.b)
+                for scratch, g in st.accumulate:
+                    timed(f"grad sum {op}", ex._accumulate, g, scratch)
+            timed("optimizer", session._optimizer.step, session._grads)
+    serial_in_this_thread(False)
+    return {k: v / steps for k, v in acc.items()}
+
+
+def _profile_torch(step, x, y, steps: int) -> list[tuple[str, float]]:
+    """Seconds per step by aten op (self CPU time) of PyTorch's steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(x, y)
+    rows = [(e.key, e.self_cpu_time_total / 1e6 / steps) for e in prof.key_averages()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def _print_profiles(ours: dict[str, float], theirs: list[tuple[str, float]], lane_share: str):
+    total = sum(ours.values())
+    print(f"\nfacto-edge, one lane ({lane_share}), ms per step by phase and op type:")
+    for key, sec in sorted(ours.items(), key=lambda kv: -kv[1])[:20]:
+        print(f"  {key:40s} {sec * 1000:8.2f}  {100 * sec / total:5.1f}%")
+    print(f"  {'total':40s} {total * 1000:8.2f}")
+    total = sum(sec for _, sec in theirs)
+    print("\nPyTorch, ms per step by op (self CPU time, all threads):")
+    for key, sec in theirs[:20]:
+        print(f"  {key:40s} {sec * 1000:8.2f}  {100 * sec / total:5.1f}%")
+    print(f"  {'total':40s} {total * 1000:8.2f}")
 
 
 def main() -> None:
@@ -71,6 +148,7 @@ def main() -> None:
     p.add_argument("--codec", default="fp32")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per system per round")
+    p.add_argument("--profile", action="store_true", help="then profile both, op by op")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,19 +163,32 @@ def main() -> None:
         first = time.perf_counter() - t0
         theirs = _torch(model_dir)
         theirs(x, y)
-        times: dict[str, list[float]] = {"facto-edge": [], "pytorch": []}
+        times: dict[str, list[tuple[float, float]]] = {"facto-edge": [], "pytorch": []}
         for _ in range(args.rounds):
             times["facto-edge"] += _time(ours, x, y, args.steps)
             times["pytorch"] += _time(theirs, x, y, args.steps)
+        if args.profile:
+            profiles = (
+                _profile_ours(session, x, y, args.steps),
+                _profile_torch(theirs, x, y, args.steps),
+            )
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     print(f"{args.model} batch {args.batch} codec {args.codec} threads {torch.get_num_threads()}")
-    print(f"facto-edge time to first step: {first:.2f} s")
+    print(f"facto-edge time to first step: {first:.2f} s, lanes {session._lanes}")
     for name, m in med.items():
-        print(f"{name:11s} {m * 1000:8.1f} ms/step  {args.batch / m:7.1f} img/s")
+        cpu = statistics.median(c for _, c in times[name])
+        fastest = min(w for w, _ in times[name])
+        print(
+            f"{name:11s} {m * 1000:8.1f} ms/step  {args.batch / m:7.1f} img/s  "
+            f"(cpu {cpu * 1000:.1f} ms/step, fastest {fastest * 1000:.1f} ms)"
+        )
     print(f"ratio facto-edge / pytorch throughput: {med['pytorch'] / med['facto-edge']:.2f}")
     r = session.memory_report()
     print(f"saved {r['saved_bytes'] / 2**20:.1f} MiB, arena {r['arena_bytes'] / 2**20:.1f} MiB")
+    if args.profile:
+        lane = -(-args.batch // session._lanes)
+        _print_profiles(*profiles, f"{lane} of {args.batch} samples")
 
 
 if __name__ == "__main__":

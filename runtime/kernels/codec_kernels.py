@@ -3,8 +3,8 @@
 Every kernel writes into the arrays it is given, never allocates and never raises;
 the wrappers in `runtime/codecs.py` check shapes and dtypes. Kernels that can meet bad
 input (NaN/Inf) return a count of bad elements (blocks, for q8/q4/q2) instead of raising.
-The block codec's are built serial and parallel (kernels/dispatch.py), so that a
-session's lanes encode and decode on their own core.
+The parallel ones are built serial and parallel (kernels/dispatch.py), so that a
+session's lanes encode and decode on their own core, without a lock.
 
 Layouts (all little-endian, all byte-addressed so no view needs alignment):
 
@@ -155,7 +155,7 @@ def _uniform(seed_mix: np.uint64, i: int) -> np.float32:
     return np.float32(z >> np.uint64(40)) * np.float32(1.0 / 16777216.0)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def fp32_encode(x: np.ndarray, out: np.ndarray) -> int:
     """Copy float32 `x` (1-D) into `out` (float32 view of the buffer); count non-finite."""
     bad = 0
@@ -167,14 +167,14 @@ def fp32_encode(x: np.ndarray, out: np.ndarray) -> int:
     return bad
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def fp32_decode(buf: np.ndarray, out: np.ndarray) -> None:
     """Copy the float32 view `buf` into `out` (both 1-D)."""
     for i in prange(out.size):
         out[i] = buf[i]
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def fp16_encode(xbits: np.ndarray, out: np.ndarray) -> int:
     """Round float32 bits `xbits` (uint32, 1-D) to halves in `out` (uint8, 2 per value).
 
@@ -191,7 +191,7 @@ def fp16_encode(xbits: np.ndarray, out: np.ndarray) -> int:
     return bad
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def fp16_decode(buf: np.ndarray, out_bits: np.ndarray) -> None:
     """Halves in `buf` (uint8, 2 per value) -> float32 bits in `out_bits` (uint32, 1-D)."""
     for i in prange(out_bits.size):
@@ -383,7 +383,7 @@ def block_decode(
         _decode_row(buf, out, p, plane, group, bits, nblocks, 4 * nblocks)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def mask_encode(x: np.ndarray, out: np.ndarray, low: float, high: float) -> None:
     """Bit i of `out` = low < x[i] < high, for float32 `x` (1-D); 8 elements per byte."""
     n = x.size
@@ -396,7 +396,7 @@ def mask_encode(x: np.ndarray, out: np.ndarray, low: float, high: float) -> None
         out[b] = byte
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def mask_decode(buf: np.ndarray, out: np.ndarray) -> None:
     """Unpack bit i of `buf` into out[i] (bool or uint8, 1-D)."""
     n = out.size
@@ -406,7 +406,7 @@ def mask_decode(buf: np.ndarray, out: np.ndarray) -> None:
             out[8 * b + k] = (byte >> k) & 1
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def mask_apply(buf: np.ndarray, grad_in: np.ndarray, grad_out: np.ndarray) -> None:
     """grad_out[i] = grad_in[i] where bit i of `buf` is set, else 0 (in place allowed)."""
     n = grad_in.size
@@ -441,7 +441,7 @@ def get_code(buf: np.ndarray, i: int, bits: int) -> int:
     return (np.int64(buf[i // per]) >> ((i % per) * bits)) & ((1 << bits) - 1)
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def pack_codes(codes: np.ndarray, out: np.ndarray, bits: int) -> None:
     """Pack integer `codes` (1-D, each < 2**bits) at `bits` each into `out` (uint8)."""
     n = codes.size
@@ -459,7 +459,7 @@ def pack_codes(codes: np.ndarray, out: np.ndarray, bits: int) -> None:
         out[b] = byte
 
 
-@njit(cache=True, parallel=True)
+@kernel
 def unpack_codes(buf: np.ndarray, out: np.ndarray, bits: int) -> None:
     """Inverse of `pack_codes`: `bits`-bit codes in `buf` -> integer `out` (1-D)."""
     n = out.size

@@ -10,8 +10,8 @@ slice (milliseconds) when another process holds a core, so only big calls go par
 
 A thread can ask for serial builds only (`serial_in_this_thread`): the session's lanes,
 which each train a slice of the batch on one core, do. Numba's workqueue threading layer
-aborts when two threads launch parallel kernels at once, so kernels that are parallel in
-any case (the codecs') are called holding `PARALLEL_LOCK`.
+aborts when two threads launch parallel kernels at once, so every parallel CPU kernel is a
+Kernel (none is a bare `njit(parallel=True)`): lanes then launch none, and need no lock.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from numba import njit
 
 PARALLEL_MIN = 1 << 18  # elements of the largest array argument (a launch costs ~50 us)
 REASSOC = {"reassoc"}  # fastmath flag for reductions: lets float64 sums vectorize
-PARALLEL_LOCK = threading.Lock()
 _local = threading.local()
 
 
