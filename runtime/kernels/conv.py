@@ -152,6 +152,19 @@ def _dw_args(g: ConvGeom) -> tuple:
     return g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.dh, g.dw
 
 
+def _planes_args(g: ConvGeom, ho: int, wo: int) -> tuple:
+    return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.dh, g.dw, ho, wo
+
+
+def _im2col(x, cols, ws: dict, g: ConvGeom, ho: int, wo: int) -> None:
+    """cols = im2col of x: through padded planes in scratch rows where the kernel has
+    taps to shift (several times faster on small planes), else directly (1x1 strided)."""
+    if "planes" in ws:
+        padded.im2col_planes(x, cols, *_planes_args(g, ho, wo), ws["planes"])
+    else:
+        im2col(x, cols, *_geom_args(g, ho, wo))
+
+
 def _geom_args(g: ConvGeom, ho: int, wo: int) -> tuple:
     return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, ho, wo
 
@@ -207,7 +220,10 @@ def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tup
             "wtap": (g.kh * g.kw, m, c),
         }
     if path == "im2col":
-        return {"cols": (c * g.kh * g.kw, n * ho * wo)}
+        cols = {"cols": (c * g.kh * g.kw, n * ho * wo)}
+        if g.kh * g.kw == 1:
+            return cols
+        return cols | {"planes": (padded.CHUNKS, (h + g.pt + g.pb) * (w + g.pl + g.pr))}
     if path == "padded":
         hp, wp = h + g.pt + g.pb, w + g.pl + g.pr
         return {
@@ -309,7 +325,7 @@ def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
         np.matmul(w.reshape(m, -1), x.reshape(x.shape[0], -1), out=y.reshape(m, -1))
     else:
         cols = ws["cols"]
-        im2col(x, cols, *_geom_args(g, ho, wo))
+        _im2col(x, cols, ws, g, ho, wo)
         np.matmul(_by_group(w, g.groups), _by_group(cols, g.groups), out=_by_group(y, g.groups))
     if b is not None:
         add_bias(y.reshape(1, m, -1), b)
@@ -337,7 +353,10 @@ def conv2d_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
         cols = ws["cols"]
         wt = _by_group(w, g.groups).transpose(0, 2, 1)
         np.matmul(wt, _by_group(gy, g.groups), out=_by_group(cols, g.groups))
-        col2im(cols, gx, *_geom_args(g, ho, wo))
+        if "planes" in ws:
+            padded.col2im_planes(cols, gx, *_planes_args(g, ho, wo), ws["planes"])
+        else:
+            col2im(cols, gx, *_geom_args(g, ho, wo))
 
 
 def conv2d_bwd_weight(gy, x, gw, gb, ws: dict, g: ConvGeom) -> None:
@@ -364,7 +383,7 @@ def conv2d_bwd_weight(gy, x, gw, gb, ws: dict, g: ConvGeom) -> None:
         return
     src = x.reshape(x.shape[0], -1)
     if path == "im2col":
-        im2col(x, ws["cols"], *_geom_args(g, gy.shape[2], gy.shape[3]))
+        _im2col(x, ws["cols"], ws, g, gy.shape[2], gy.shape[3])
         src = ws["cols"]
     gs = _by_group(src, g.groups).transpose(0, 2, 1)
     np.matmul(_by_group(gy, g.groups), gs, out=_by_group(gw, g.groups))

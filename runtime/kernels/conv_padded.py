@@ -1,16 +1,19 @@
-"""Zero-padded planes for stride-1 convolutions. `to_planes`/`from_planes` lay a
-channel-major tensor out as padded planes one after another in a row per channel (and
-back, adding a bias), for the shifted-matmul path of kernels/conv.py. Its fallback
-without a BLAS sgemm that takes leading dimensions is im2col over padded planes, where
-each lowered row is one contiguous copy (memcpy speed) instead of a copy per output row
-with edge cases:
+"""Zero-padded planes for convolutions, in scratch and workspace rows.
 
-Channel-major x [C, N, H, W] is copied into `xp` [C, N, Hp*Wp + slack], each plane
-zero-padded to Hp x Wp. Output (oy, ox) of kernel tap (i, j) reads xp at q + i*dh*Wp +
-j*dw with q = oy*Wp + ox, so the lowered row of (c, i, j) for sample n is the slice
-xp[c, n, off : off + Ho*Wp]. The matmul then yields `yp` [M, N*Ho*Wp] whose last Wp - Wo
-columns per output row are garbage that `crop` drops; backward pads gy with zero columns
-there, so the garbage contributes nothing to input or weight gradients.
+- `to_planes`/`from_planes` lay a channel-major tensor out as padded planes one after
+  another in a row per channel (and back, adding a bias), for the shifted-matmul path of
+  kernels/conv.py.
+- `im2col_planes`/`col2im_planes` lower k x k convolutions of any stride through a
+  zero-padded copy of one plane at a time in a scratch row (`CHUNKS` rows, one per prange
+  chunk, so kernels allocate nothing): no edge cases per output row.
+- Without a BLAS sgemm that takes leading dimensions, stride-1 convolutions with wide
+  planes take im2col over padded planes, where each lowered row is one contiguous copy:
+  channel-major x [C, N, H, W] is copied into `xp` [C, N, Hp*Wp + slack], each plane
+  zero-padded to Hp x Wp. Output (oy, ox) of kernel tap (i, j) reads xp at q + i*dh*Wp +
+  j*dw with q = oy*Wp + ox, so the lowered row of (c, i, j) for sample n is the slice
+  xp[c, n, off : off + Ho*Wp]. The matmul then yields `yp` [M, N*Ho*Wp] whose last
+  Wp - Wo columns per output row are garbage that `crop` drops; backward pads gy with zero
+  columns there, so the garbage contributes nothing to input or weight gradients.
 """
 
 from __future__ import annotations
@@ -35,6 +38,19 @@ def _span(off: int, stride: int, size: int, n_out: int) -> tuple[int, int]:
     hi = min((size - 1 - off) // stride + 1, n_out)
     hi = max(hi, 0)
     return min(lo, hi), hi
+
+
+CHUNKS = 16  # scratch rows of the *_planes kernels: planes go round-robin to this many
+
+
+@njit(cache=True, inline="always")
+def _place(src, row, top, left, wp, sy, sx):
+    """row[(top + iy*sy)*wp + left + ix*sx] = src[iy, ix] (the rest of row untouched)."""
+    h, w = src.shape
+    for iy in range(h):
+        base = (top + iy * sy) * wp + left
+        for ix in range(w):
+            row[uidx(base + ix * sx)] = src[iy, ix]
 
 
 @kernel
@@ -124,3 +140,56 @@ def from_planes(xp, x, top, left, hp, wp, bias):  # pragma: no cover - compiled
             base = b * plane + (iy + top) * wp + left
             for ix in range(w):
                 x[a, b, iy, ix] = xp[a, uidx(base + ix)] + add
+
+
+@kernel
+def im2col_planes(  # pragma: no cover - compiled
+    x, cols, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, ho, wo, rows
+):
+    """im2col (cols[(c*kh + i)*kw + j, (n*ho + oy)*wo + ox] = x[c, n, oy*sh + i*dh - pt,
+    ox*sw + j*dw - pl], zero outside x) through a zero-padded copy of each plane in a
+    scratch row (`CHUNKS` rows of (h + pt + pb) * (w + pl + pr)): no edge cases per row."""
+    nc, nb, h, w = x.shape
+    wp = w + pl + pr
+    plane = (h + pt + pb) * wp
+    for k in prange(CHUNKS):
+        pad = rows[k, :plane]
+        for t in range(k, nc * nb, CHUNKS):
+            c, n = t // nb, t % nb
+            pad[:] = 0.0
+            _place(x[c, n], pad, pt, pl, wp, 1, 1)
+            for i in range(kh):
+                for j in range(kw):
+                    row = cols[(c * kh + i) * kw + j, n * ho * wo : (n + 1) * ho * wo]
+                    off = i * dh * wp + j * dw
+                    for oy in range(ho):
+                        src = oy * sh * wp + off
+                        for ox in range(wo):
+                            row[oy * wo + ox] = pad[uidx(src + ox * sw)]
+
+
+@kernel
+def col2im_planes(  # pragma: no cover - compiled
+    cols, gx, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, ho, wo, rows
+):
+    """gx = the adjoint of im2col_planes applied to cols (overwrites gx)."""
+    nc, nb, h, w = gx.shape
+    wp = w + pl + pr
+    plane = (h + pt + pb) * wp
+    for k in prange(CHUNKS):
+        pad = rows[k, :plane]
+        for t in range(k, nc * nb, CHUNKS):
+            c, n = t // nb, t % nb
+            pad[:] = 0.0
+            for i in range(kh):
+                for j in range(kw):
+                    row = cols[(c * kh + i) * kw + j, n * ho * wo : (n + 1) * ho * wo]
+                    off = i * dh * wp + j * dw
+                    for oy in range(ho):
+                        src = oy * sh * wp + off
+                        for ox in range(wo):
+                            pad[uidx(src + ox * sw)] += row[oy * wo + ox]
+            for iy in range(h):
+                base = (iy + pt) * wp + pl
+                for ix in range(w):
+                    gx[c, n, iy, ix] = pad[uidx(base + ix)]

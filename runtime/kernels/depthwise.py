@@ -15,10 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv_padded import _span, uidx
+from .conv_padded import CHUNKS, _place, _span, uidx
 from .dispatch import REASSOC, kernel
-
-CHUNKS = 16  # scratch rows: planes are dealt out round-robin to this many chunks
 
 
 @njit(cache=True)
@@ -32,16 +30,6 @@ def depthwise_workspace(g, h: int, w: int) -> tuple[int, int]:
     h x w input planes."""
     p, q = _rows(g.kh, g.kw, g.dh, g.dw, h + g.pt + g.pb, w + g.pl + g.pr)
     return CHUNKS, p + q
-
-
-@njit(cache=True, inline="always")
-def _place(src, row, top, left, wp, sy, sx):
-    """row[(top + iy*sy)*wp + left + ix*sx] = src[iy, ix] (the rest of row untouched)."""
-    h, w = src.shape
-    for iy in range(h):
-        base = (top + iy * sy) * wp + left
-        for ix in range(w):
-            row[uidx(base + ix * sx)] = src[iy, ix]
 
 
 @kernel

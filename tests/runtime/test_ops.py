@@ -143,6 +143,9 @@ def test_conv_depthwise():
 def test_conv_depthwise_dilated_asymmetric():
     check_op("Conv", {"group": 3, "pads": (2, 0, 1, 3), "dilations": (1, 2)}, [X4, W((3, 1, 2, 3)), W((3,))], lambda x, w, b: F.conv2d(F.pad(x, (0, 3, 2, 1)), w, b, dilation=(1, 2), groups=3))
 
+def test_conv_strided_dilated_asymmetric():
+    check_op("Conv", {"pads": (1, 2, 0, 1), "strides": (2, 1), "dilations": (2, 1)}, [X4, W((4, 3, 3, 2)), W((4,))], lambda x, w, b: F.conv2d(F.pad(x, (2, 1, 1, 0)), w, b, stride=(2, 1), dilation=(2, 1)))
+
 def test_conv_pointwise():
     check_op("Conv", {}, [X4, W((5, 3, 1, 1)), W((5,))], lambda x, w, b: F.conv2d(x, w, b))
 
