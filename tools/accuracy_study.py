@@ -1,6 +1,6 @@
 """Accuracy study: facto-edge fine-tuning against PyTorch full fine-tuning, on real data.
 
-    python tools/accuracy_study.py --epochs 10 --seeds 0 1 2 -o docs/accuracy_table.md
+    python tools/accuracy_study.py --epochs 10 --seeds 0 1 2 -o tables.md  # docs/accuracy.md
 
 Per seed: simple_cnn (1 x 16 x 16) is pretrained in PyTorch on task A, scikit-learn's
 digits turned a quarter turn, and given a fresh (zeroed) head; task B is the upright
