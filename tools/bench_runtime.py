@@ -174,7 +174,8 @@ def main() -> None:
             )
 
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
-    print(f"{args.model} batch {args.batch} codec {args.codec} threads {torch.get_num_threads()}")
+    name = args.model_dir.name if args.model_dir else args.model
+    print(f"{name} batch {args.batch} codec {args.codec} threads {torch.get_num_threads()}")
     print(f"facto-edge time to first step: {first:.2f} s, lanes {session._lanes}")
     for name, m in med.items():
         cpu = statistics.median(c for _, c in times[name])
