@@ -124,8 +124,9 @@ class TrainingSession:
         self._schedule = build_schedule([*self._graph.nodes, loss], self._graph.trainable, LOSS)
         self._running_names = self._running_stat_names()
         self._plans: dict[tuple[int, int], MemoryPlan] = {}
-        self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
-        self._load_kernels()
+        with releasing_while_loading():  # the kernels binding and the warm run load
+            self._micro, self._accumulate = self._fit(batch_size, budget, accumulate)
+            self._load_kernels()
         self._memory = ArenaAllocator(self._plan(self._micro, self._accumulate), device)
         self._bind(self._micro, self._accumulate)
         self._graph.initializers = dict(self._params)  # frees the loaded copies
@@ -416,13 +417,12 @@ class TrainingSession:
             return
         self._memory = ArenaAllocator(self._plan(1, 1))
         ex = self._bind(1, 1)[0]
-        with releasing_while_loading():
-            x = np.zeros((1, *self._graph.input_shape), np.float32)
-            self._run_micro(x, np.zeros(1, np.int64), 1, 0)
-            self._backend.check_codec(self._codec)
-            ex.forward(training=False, until=self._graph.output_name)
-            self._optimizer.step(self._lane_grads)
-            load_both_builds()
+        x = np.zeros((1, *self._graph.input_shape), np.float32)
+        self._run_micro(x, np.zeros(1, np.int64), 1, 0)
+        self._backend.check_codec(self._codec)
+        ex.forward(training=False, until=self._graph.output_name)
+        self._optimizer.step(self._lane_grads)
+        load_both_builds()
         self._memory = self._executors = self._optimizer = self._params = None
         self._grads = self._lane_grads = self._feedback = None
         release_compiler_pages()
