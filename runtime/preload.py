@@ -14,7 +14,9 @@ inflate the process's resident memory. A session therefore
 3. then touches its arena.
 
 The process peaks at the larger of its start-up (imports and kernel loading) and its
-steady state (what stays resident plus the arena), not at their sum. On systems without
+steady state (what stays resident plus the arena), not at their sum. The kernel reclaims
+only pages that no other process maps: while other numba processes run on the machine,
+the pages they share stay resident (up to ~40 MiB measured). On systems without
 MADV_PAGEOUT (Linux before 5.4, macOS, Windows) the release does nothing.
 """
 
@@ -27,6 +29,7 @@ import os
 import pkgutil
 import sys
 from contextlib import contextmanager
+from functools import lru_cache
 
 MADV_PAGEOUT = 21  # Linux 5.4+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -107,6 +110,7 @@ def _resident() -> int:
         return 0
 
 
+@lru_cache(maxsize=1)
 def _madvise():
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     fn = libc.madvise
