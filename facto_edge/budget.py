@@ -9,6 +9,7 @@ fresh subprocess (`measure_runtime_fixed_cost`, `measure_runtime_startup_peak`) 
 caches them per set of versions.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -108,12 +109,18 @@ def _cache_file() -> Path:
 
 
 def _versions() -> str:
-    """The cache key: everything the fixed cost depends on."""
+    """The cache key: everything the fixed cost depends on, the runtime's source included
+    (so that a changed kernel in a development tree is measured again)."""
     import numba
     import numpy
     import onnx
 
     import facto_edge
+    import facto_edge.runtime as rt
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(rt.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
 
     parts = [
         f"python={platform.python_version()}",
@@ -122,6 +129,7 @@ def _versions() -> str:
         f"numba={numba.__version__}",
         f"onnx={onnx.__version__}",
         f"facto_edge={facto_edge.__version__}",
+        f"runtime={digest.hexdigest()[:12]}",
     ]
     return ";".join(parts)
 
