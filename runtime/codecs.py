@@ -5,11 +5,14 @@ views); nothing here allocates on the hot path. Names:
 
 - ``fp32``: lossless copy. ``fp16``: IEEE half, round to nearest even.
 - ``q8``, ``q4``, ``q2``: the value-similarity block codec. A tensor of rank >= 3 is read
-  as N*C rows (one per sample and channel) of H*W values, a 2-D [N, F] tensor as N rows of
-  F, a 1-D tensor as one row. Each row is cut into blocks of ``group`` consecutive values
-  (the last block of a row may be shorter). A block stores its minimum rounded *down* to
-  fp16 and its scale ``(max - min16) / (2**b - 1)`` rounded *up* to fp16, and each value
-  as a b-bit code ``q`` computed against those stored numbers; decoding gives
+  as rows along its first axis: the runtime stores activations channel-major, [C, N, H,
+  W] (bound.py), so a row is one channel over the whole batch, and blocks stay within a
+  channel while small feature maps (4x4, 2x2) still fill whole blocks. A 2-D [N, F]
+  tensor is N rows of F, a 1-D tensor one row. Each row is cut into blocks of ``group``
+  consecutive values (the last block of a row may be shorter). A block stores its
+  minimum rounded *down* to fp16 and its scale ``(max - min16) / (2**b - 1)`` rounded *up*
+  to fp16, and each value as a b-bit code ``q`` computed against those stored numbers;
+  decoding gives
   ``min16 + q * scale16``. Rounding is ``nearest`` (error <= scale16 / 2) or
   ``stochastic`` (unbiased, error < scale16; the random stream is a hash of ``seed`` and
   the element index, so it is deterministic and thread-count independent).
@@ -50,9 +53,10 @@ def _size(shape: tuple[int, ...]) -> int:
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(rows, row length) of the block layout: N*C x H*W, N x F, or 1 x n."""
+    """(rows, row length) of the block layout: shape[0] x the rest (a stored activation
+    [C, N, H, W]: C x N*H*W), N x F, or 1 x n."""
     if len(shape) >= 3:
-        return shape[0] * shape[1], _size(shape[2:])
+        return shape[0], _size(shape[1:])
     if len(shape) == 2:
         return shape[0], shape[1]
     return 1, _size(shape)

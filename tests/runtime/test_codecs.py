@@ -167,21 +167,27 @@ def test_stochastic_is_unbiased_and_seeded():
 
 
 def test_block_layout_and_size():
-    # (2,3,7,9) with G=64, q4: 6 rows of 63 values = 6 blocks; header 6*2 mins + 6*2
-    # scales = 24 bytes; codes ceil(63*4/8) = 32 bytes per row -> 24 + 192 = 216
-    assert C.get_codec("q4").nbytes((2, 3, 7, 9)) == 216
+    # (2,3,7,9) with G=64, q4: rows along the first axis (a stored activation [C, N, H, W]
+    # gives a row per channel over the batch): 2 rows of 189 values, blocks of 64, 64, 61
+    # = 6 blocks; header 6*2 mins + 6*2 scales = 24 bytes; codes ceil(189*4/8) = 95 bytes
+    # per row -> 24 + 190 = 214
+    assert C.get_codec("q4").nbytes((2, 3, 7, 9)) == 214
     # (3, 70) with G=32, q2: 3 rows, 3 blocks each (32, 32, 6) -> 36 header + 3*18 codes
     assert C.get_codec("q2", group=32).nbytes((3, 70)) == 36 + 54
     x = _data((2, 3, 7, 9))
     buf, _ = _roundtrip(C.get_codec("q4"), x)
-    rows = x.reshape(6, 63).astype(np.float64)
+    rows = x.reshape(2, 189).astype(np.float64)
+    blocks = [rows[p, j * 64 : (j + 1) * 64] for p in range(2) for j in range(3)]
     mins = buf[:12].view(np.float16).astype(np.float64)
     scales = buf[12:24].view(np.float16).astype(np.float64)
-    assert np.all(mins <= rows.min(1))
-    assert np.all(mins + 15 * scales >= rows.max(1))
-    codes = np.unpackbits(buf[24:].reshape(6, 32), axis=1, bitorder="little")
-    q = codes.reshape(6, 64, 4)[:, :63] @ (1 << np.arange(4))
-    np.testing.assert_allclose(mins[:, None] + q * scales[:, None], rows, atol=scales.max())
+    assert np.all(mins <= [b.min() for b in blocks])
+    assert np.all(mins + 15 * scales >= [b.max() for b in blocks])
+    codes = np.unpackbits(buf[24:].reshape(2, 95), axis=1, bitorder="little")
+    q = codes.reshape(2, 190, 4)[:, :189] @ (1 << np.arange(4))
+    for k, block in enumerate(blocks):
+        p, j = divmod(k, 3)
+        got = mins[k] + q[p, j * 64 : j * 64 + block.size] * scales[k]
+        np.testing.assert_allclose(got, block, atol=scales[k])
 
 
 def test_constant_and_zero_blocks_are_exact():
