@@ -12,8 +12,7 @@ views); nothing here allocates on the hot path. Names:
   consecutive values (the last block of a row may be shorter). A block stores its
   minimum rounded *down* to fp16 and its scale ``(max - min16) / (2**b - 1)`` rounded *up*
   to fp16, and each value as a b-bit code ``q`` computed against those stored numbers;
-  decoding gives
-  ``min16 + q * scale16``. Rounding is ``nearest`` (error <= scale16 / 2) or
+  decoding gives ``min16 + q * scale16``. Rounding is ``nearest`` (error <= scale16 / 2) or
   ``stochastic`` (unbiased, error < scale16; the random stream is a hash of ``seed`` and
   the element index, so it is deterministic and thread-count independent).
 
