@@ -25,14 +25,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
-import os
 import pkgutil
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
 
+from facto_edge.fit import current_rss_bytes
+
 MADV_PAGEOUT = 21  # Linux 5.4+
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use
 
 
@@ -86,28 +86,19 @@ def releasing_while_loading(growth: int = 24 << 20):
     LLVM from disk each time (seconds of start-up)."""
     from numba.core import event
 
-    last = [_resident()]
+    last = [current_rss_bytes()]
 
     class _Release(event.Listener):
         def on_start(self, ev) -> None:
             pass
 
         def on_end(self, ev) -> None:
-            if _resident() - last[0] >= growth:
+            if current_rss_bytes() - last[0] >= growth:
                 release_compiler_pages()
-                last[0] = _resident()
+                last[0] = current_rss_bytes()
 
     with event.install_listener("numba:compiler_lock", _Release()):
         yield
-
-
-def _resident() -> int:
-    """Resident bytes of this process (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 @lru_cache(maxsize=1)
