@@ -199,6 +199,12 @@ def measure_runtime_startup_peak(refresh: bool = False) -> int:
 SAFETY_MARGIN = 32 << 20
 
 
+def expected_peak(fixed: int, arena: int, startup: int, margin: int) -> int:
+    """A training process's expected peak: the larger of the runtime's resident cost plus
+    the arena and its start-up peak (before the arena exists), plus the safety margin."""
+    return max(fixed + arena, startup) + margin
+
+
 @dataclass(frozen=True)
 class Allowance:
     """How a budget splits: the runtime's fixed cost, a safety margin for what the
@@ -214,10 +220,14 @@ class Allowance:
     def arena(self) -> int:
         return self.budget - self.fixed - self.margin
 
+    def peak(self, arena_bytes: int) -> int:
+        """The expected peak of a process with an arena of `arena_bytes`."""
+        return expected_peak(self.fixed, arena_bytes, self.startup, self.margin)
+
     def too_small(self, arena_bytes: int, at: str) -> BudgetError:
-        """The error for a budget below fixed + margin + `arena_bytes`, the smallest arena
-        (`at`: where it was found), naming the smallest budget that fits."""
-        need = max(self.fixed + self.margin + arena_bytes, self.startup + self.margin)
+        """The error for a budget below the expected peak with `arena_bytes`, the smallest
+        arena (`at`: where it was found), naming the smallest budget that fits."""
+        need = self.peak(arena_bytes)
         smallest = -(-need // (1 << 20))
         return BudgetError(
             f"a budget of {format_size(self.budget)} is too small: training needs at least "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from facto_edge.budget import (
     SAFETY_MARGIN,
+    expected_peak,
     format_size,
     measure_runtime_fixed_cost,
     measure_runtime_startup_peak,
@@ -44,7 +45,7 @@ class Fit:
 
     @property
     def estimated_peak(self) -> int:
-        return max(self.fixed_cost + self.arena_bytes, self.startup) + self.margin
+        return expected_peak(self.fixed_cost, self.arena_bytes, self.startup, self.margin)
 
 
 def _over_budget(fit: Fit) -> BudgetError:

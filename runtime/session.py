@@ -403,7 +403,7 @@ class TrainingSession:
 
         if accumulate is None:
             micro = largest_fitting(arena, room.arena, batch) or 1
-        if arena(micro) > room.arena or room.startup + room.margin > room.budget:
+        if room.peak(arena(micro)) > room.budget:
             what = f"at micro-batches of {micro}, codec {self._codec.name}"
             raise room.too_small(arena(micro), what)
         return _split(batch, -(-batch // micro))
