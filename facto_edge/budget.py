@@ -85,20 +85,13 @@ def format_size(n: int) -> str:
 # module's warm_up() once, and print the peak resident set size in bytes; then release the
 # compiler's pages as a session does and print the resident set size that stays.
 _PROBE = """
-import importlib, pkgutil
 import numpy, numba, onnx
-import facto_edge.runtime as rt
 from facto_edge.fit import current_rss_bytes, peak_rss_bytes
-from facto_edge.runtime.preload import release_compiler_pages, releasing_while_loading
-with releasing_while_loading():  # as a session loads its kernels
-    for pkg in (rt, importlib.import_module("facto_edge.runtime.kernels")):
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.ispkg:
-                mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
-                if callable(getattr(mod, "warm_up", None)):
-                    mod.warm_up()
+from facto_edge.runtime import preload
+with preload.releasing_while_loading():  # as a session loads its kernels
+    preload.warm_up_modules()
 peak = peak_rss_bytes()
-release_compiler_pages()
+preload.release_compiler_pages()
 print(peak, current_rss_bytes() or peak)
 """
 

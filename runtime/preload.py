@@ -110,13 +110,30 @@ def _madvise():
     return fn
 
 
+def warm_up_modules() -> None:
+    """Run the `warm_up()` of every runtime and CPU kernel module that has one (the
+    budget's probe: facto_edge/budget.py)."""
+    for module in _modules(__package__, f"{__package__}.kernels"):
+        if callable(getattr(module, "warm_up", None)):
+            module.warm_up()
+
+
 def _kernels(kind: type) -> list:
     """Every instance of `kind` at the top level of the CPU kernel modules."""
-    package = importlib.import_module(f"{__package__}.kernels")
+    return [
+        v
+        for module in _modules(f"{__package__}.kernels")
+        for v in vars(module).values()
+        if isinstance(v, kind)
+    ]
+
+
+def _modules(*packages: str) -> list:
+    """The (non-package) modules of `packages`, imported."""
     found = []
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        found += [v for v in vars(module).values() if isinstance(v, kind)]
+    for name in packages:
+        package = importlib.import_module(name)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.ispkg:
+                found.append(importlib.import_module(f"{name}.{info.name}"))
     return found
