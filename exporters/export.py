@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from facto_edge.errors import ExportError, UnsupportedOpError
-from facto_edge.manifest import Manifest
+from facto_edge.runtime.manifest import Manifest
 
 from . import load
 from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from facto_edge.manifest import Manifest
+from facto_edge.runtime.manifest import Manifest
 
 
 def ort_training_available() -> bool:

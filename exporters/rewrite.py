@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from facto_edge.errors import ExportError
-from facto_edge.manifest import LayerInfo
+from facto_edge.runtime.manifest import LayerInfo
 
 from . import decompose as dec
 

@@ -27,8 +27,8 @@ from queue import Empty
 
 import numpy as np
 
-from facto_edge.budget import format_size, parse_size
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.budget import format_size, parse_size
 from facto_edge.train import Callback, RunInfo
 
 INPUT_SHAPE = (1, 16, 16)

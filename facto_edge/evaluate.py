@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.checkpoint import load_checkpoint, load_weights
 from facto_edge.data import iterate_batches, open_for_model
 from facto_edge.data.dataset import Dataset
-from facto_edge.manifest import Manifest
 from facto_edge.rundir import resolve_trained
+from facto_edge.runtime.checkpoint import load_checkpoint, load_weights
+from facto_edge.runtime.manifest import Manifest
 
 
 @dataclass

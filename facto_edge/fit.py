@@ -11,18 +11,17 @@ session fits whole (no micro-batches), found by bisection over real sessions.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from facto_edge.budget import (
+from facto_edge.errors import BudgetError
+from facto_edge.runtime.budget import (
     SAFETY_MARGIN,
     expected_peak,
     format_size,
     measure_runtime_fixed_cost,
     measure_runtime_startup_peak,
 )
-from facto_edge.errors import BudgetError
 
 MAX_AUTO_BATCH = 256
 
@@ -108,39 +107,3 @@ def fit_batch_size(make: SessionFactory, budget: int, max_batch: int) -> int:
     if best is None:
         check_fits(make(1), budget)  # raises, with the figures
     return best or 1
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far, in bytes (0 where unknown).
-
-    On Linux it is VmHWM of /proc/self/status, the high-water mark of this program's
-    memory. getrusage's ru_maxrss is the fallback elsewhere; on Linux it would also carry
-    the peak of the process that forked this one (it survives fork and exec), which
-    misstates a child spawned by a big parent.
-    """
-    peak = _proc_status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    try:
-        import resource
-    except ImportError:
-        return 0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-def current_rss_bytes() -> int:
-    """This process's resident set size now, in bytes (VmRSS; 0 where unknown)."""
-    return _proc_status_bytes("VmRSS") or 0
-
-
-def _proc_status_bytes(field: str) -> int | None:
-    """A kB field of /proc/self/status in bytes; None where there is no such file."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None

@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from facto_edge.budget import allowance, parse_size
 from facto_edge.errors import BudgetError, FactoEdgeError
 from facto_edge.fit import MAX_AUTO_BATCH
+from facto_edge.runtime.budget import allowance, parse_size
 
 BITS = (8, 4, 2)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facto_edge.budget import format_size
 from facto_edge.plan import PlanReport
+from facto_edge.runtime.budget import format_size
 
 # stacking order of the timeline, bottom up: what lives all step first
 TIMELINE_KINDS = ("weights", "grads", "optimizer", "saved", "activations", "workspace")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from facto_edge.budget import format_size
+from facto_edge.runtime.budget import format_size
 from facto_edge.train import Callback, RunInfo, StepInfo
 
 Echo = Callable[[str], None]

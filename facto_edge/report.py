@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.budget import format_size
-from facto_edge.checkpoint import write_atomic
+from facto_edge.runtime.budget import format_size
+from facto_edge.runtime.checkpoint import write_atomic
 
 COLUMNS = (
     "epoch", "step", "lr", "loss", "accuracy", "val_loss",

@@ -19,14 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from facto_edge.checkpoint import (
+from facto_edge.errors import CheckpointError
+from facto_edge.runtime.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     fsync_dir,
     load_checkpoint,
     write_text_atomic,
 )
-from facto_edge.errors import CheckpointError
 
 RUN_FILE = "run.json"
 MODEL_COPY = "model.facto"

@@ -29,24 +29,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from facto_edge.budget import format_size, parse_size
-from facto_edge.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
 from facto_edge.data import iterate_batches, open_for_model, split_validation
 from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
-from facto_edge.fit import (
-    Fit,
-    check_fits,
-    current_rss_bytes,
-    fit_batch_size,
-    fit_of,
-    peak_rss_bytes,
-)
-from facto_edge.manifest import Manifest
+from facto_edge.fit import Fit, check_fits, fit_batch_size, fit_of
 from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
+from facto_edge.runtime.budget import format_size, parse_size
+from facto_edge.runtime.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
+from facto_edge.runtime.manifest import Manifest
+from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 
 DEFAULT_BATCH = 32
 OPTIMIZERS = ("sgd", "adamw")

@@ -1,26 +1,26 @@
 """The embeddable facto-edge runtime: train an exported model with numpy, Numba and onnx
-only (no torch, tensorly or onnxruntime).
+only (no torch, tensorly or onnxruntime), and nothing of the facto_edge application.
 
     from facto_edge.runtime import TrainingSession
 
-Numba's parallel kernels run on its "workqueue" threading layer unless the user chose one
-(NUMBA_THREADING_LAYER): OpenMP workers spin after each parallel region and then fight
-OpenBLAS's threads, which made convolution steps up to 30x slower on a 2-core machine.
+The names below load on first use, so that `facto_edge.runtime.errors` (which the
+application re-exports) costs no numba import. Numba's threading layer is chosen in
+runtime/kernels/__init__.py, before any kernel exists.
 """
 
-import os
+from importlib import import_module
 
-import numba
+_EXPORTS = {
+    "ReplayBuffer": ".replay",
+    "StreamingTrainer": ".stream",
+    "TrainingSession": ".session",
+    "get_codec": ".codecs",
+}
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+__all__ = sorted(_EXPORTS)
 
-from .codecs import get_codec  # noqa: E402
-from .preload import release_compiler_pages  # noqa: E402
-from .replay import ReplayBuffer  # noqa: E402
-from .session import TrainingSession  # noqa: E402
-from .stream import StreamingTrainer  # noqa: E402
 
-__all__ = ["ReplayBuffer", "StreamingTrainer", "TrainingSession", "get_codec"]
-
-release_compiler_pages()  # what importing numba touched of LLVM (see preload.py)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

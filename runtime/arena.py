@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 
-from facto_edge.errors import DeviceError
-
+from .errors import DeviceError
 from .planner import ALIGN
 
 

@@ -29,8 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from facto_edge.errors import FactoEdgeError, NumericalError
-
+from .errors import FactoEdgeError, NumericalError
 from .kernels import codec_kernels as K
 
 ROUNDINGS = ("nearest", "stochastic")

@@ -23,9 +23,8 @@ from types import MappingProxyType, ModuleType
 
 import numpy as np
 
-from facto_edge.errors import DeviceError
-
 from .bound import logical
+from .errors import DeviceError
 from .graph import Node
 from .ops import OpDef
 

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from facto_edge.errors import ExportError
+from .errors import ExportError
 
 ModelSource = str | Path | tuple[onnx.ModelProto, dict]
 

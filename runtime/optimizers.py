@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from numba import njit
 
-from ..errors import CheckpointError, FactoEdgeError
+from .errors import CheckpointError, FactoEdgeError
 
 Alloc = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 StateValue = np.ndarray | int | float

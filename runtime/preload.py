@@ -30,7 +30,7 @@ import sys
 from contextlib import contextmanager
 from functools import lru_cache
 
-from facto_edge.fit import current_rss_bytes
+from .rss import current_rss_bytes
 
 MADV_PAGEOUT = 21  # Linux 5.4+
 COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use

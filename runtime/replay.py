@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facto_edge.errors import DataError, FactoEdgeError
+from .errors import DataError, FactoEdgeError
 
 POLICIES = ("reservoir", "ring")
 _COUNT = itertools.count()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import FactoEdgeError
+from .errors import FactoEdgeError
 
 SCHEDULES = ("constant", "step", "cosine")
 

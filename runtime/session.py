@@ -50,13 +50,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from facto_edge.budget import Allowance, allowance, parse_size
-from facto_edge.errors import DataError, FactoEdgeError
-from facto_edge.fit import peak_rss_bytes
-
 from . import session_io
 from .bound import F32
+from .budget import Allowance, allowance, parse_size
 from .device import resolve_device
+from .errors import DataError, FactoEdgeError
 from .executor import Executor
 from .graph import ModelSource, Node, build_schedule, load_graph
 from .kernels import blas
@@ -64,6 +62,7 @@ from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
+from .rss import peak_rss_bytes
 
 LABELS, LOSS = "facto:labels", "facto:loss"
 LANE_MIN = 4  # samples per lane at full batch

@@ -1,6 +1,5 @@
 """What TrainingSession does beyond training, kept out of session.py: evaluation,
-checkpoints (facto_edge/checkpoint.py: atomic .npz, torch-free) and ONNX export
-(facto_edge/export_onnx.py, torch-free)."""
+checkpoints (checkpoint.py: atomic .npz) and inference ONNX export (inference_onnx.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.checkpoint import (
+from .checkpoint import (
     CHECKPOINT_FILE,
     Progress,
     capture,
@@ -62,8 +61,8 @@ def export(session, source, out: str | Path, merge: bool) -> Path:
     """Write the session's current weights as an inference ONNX model at `out`."""
     import onnx
 
-    from facto_edge.export_onnx import _set_initializers, export_proto
-    from facto_edge.manifest import Manifest
+    from .inference_onnx import export_proto, set_initializers
+    from .manifest import Manifest
 
     if isinstance(source, tuple):
         proto = onnx.ModelProto()
@@ -73,5 +72,5 @@ def export(session, source, out: str | Path, merge: bool) -> Path:
         proto = onnx.load(str(Path(source) / "model.onnx"))
         manifest = Manifest.load(source)
     tensors = {k: host_copy(v) for k, v in (session.parameters() | session.buffers()).items()}
-    _set_initializers(proto.graph, tensors, Path(out))
+    set_initializers(proto.graph, tensors, Path(out))
     return export_proto(proto, manifest, out, merge=merge).path

@@ -8,8 +8,7 @@ from functools import cache
 
 import numpy as np
 
-from facto_edge.errors import UnsupportedOpError
-
+from .errors import UnsupportedOpError
 from .graph import Node
 from .kernels.conv import ConvGeom
 

@@ -15,8 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from facto_edge.errors import DataError
-
+from .errors import DataError
 from .replay import ReplayBuffer
 from .session import TrainingSession
 

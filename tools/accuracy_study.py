@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.budget import format_size
 from facto_edge.demo import (
     INPUT_SHAPE,
     dense_saved_bytes,
@@ -46,6 +45,7 @@ from facto_edge.demo import (
     train_in_fresh_process,
     write_digits_npz,
 )
+from facto_edge.runtime.budget import format_size
 
 CODECS = ("fp32", "q4", "q2")
 BATCH = 32
@@ -153,7 +153,7 @@ def _torch_process(queue, kind: str, path: str, data: str, epochs: int, lr: floa
     """One fine-tuning in PyTorch, scored on the test split; reports to `queue`."""
     import torch
 
-    from facto_edge.fit import peak_rss_bytes
+    from facto_edge.runtime.rss import peak_rss_bytes
 
     torch.set_num_threads(1)
     train, test = _datasets(data, seed, validate=False)

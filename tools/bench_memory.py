@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facto_edge.bench.machine import load_average, versions
-from facto_edge.budget import (
+from facto_edge.runtime.budget import (
     SAFETY_MARGIN,
     format_size,
     measure_runtime_fixed_cost,

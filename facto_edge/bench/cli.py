@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from facto_edge.bench.protocol import DEFAULT_MODELS, SYSTEMS
-from facto_edge.budget import parse_size
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.budget import parse_size
 
 
 def _names(value: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from facto_edge.bench.machine import load_average, machine_info, peak_rss_of, wait_until_idle
 from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
 from facto_edge.bench.systems import WorkerArgs
-from facto_edge.budget import format_size
+from facto_edge.runtime.budget import format_size
 
 Progress = Callable[[int, int, str], None]
 POLL_S = 0.05

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from facto_edge.bench import summary as S  # noqa: E402
 from facto_edge.bench.driver import BenchResult  # noqa: E402
 from facto_edge.bench.protocol import FACTO, SYSTEMS  # noqa: E402
-from facto_edge.budget import format_size  # noqa: E402
+from facto_edge.runtime.budget import format_size  # noqa: E402
 
 MIB = 2**20
 PERSISTENT = ("weights", "grads", "optimizer")

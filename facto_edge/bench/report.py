@@ -12,8 +12,8 @@ from pathlib import Path
 from facto_edge.bench import summary as S
 from facto_edge.bench.driver import BenchResult, Run
 from facto_edge.bench.protocol import FACTO, SYSTEMS
-from facto_edge.budget import format_size
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.budget import format_size
 
 NA = "n/a"
 

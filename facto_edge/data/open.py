@@ -16,7 +16,7 @@ from facto_edge.data.npz import open_npz
 from facto_edge.errors import DataError
 
 if TYPE_CHECKING:
-    from facto_edge.manifest import Manifest
+    from facto_edge.runtime.manifest import Manifest
 
 SUPPORTED = (
     "a folder of class folders of PNG/JPEG images (optionally under train/ and test/ or "

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from facto_edge.exporters import decompose as dec
-from facto_edge.manifest import Manifest
+from facto_edge.runtime.manifest import Manifest
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from facto_edge import budget
 from facto_edge.errors import BudgetError
+from facto_edge.runtime import budget
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from facto_edge.checkpoint import (
+from facto_edge.errors import CheckpointError
+from facto_edge.rundir import prepare_run
+from facto_edge.runtime import TrainingSession
+from facto_edge.runtime.checkpoint import (
     Checkpoint,
     Progress,
     capture,
@@ -17,9 +20,6 @@ from facto_edge.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from facto_edge.errors import CheckpointError
-from facto_edge.rundir import prepare_run
-from facto_edge.runtime import TrainingSession
 
 CONFIG = {"lr": 0.01, "epochs": 2, "seed": 0}
 

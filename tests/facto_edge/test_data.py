@@ -517,7 +517,7 @@ def test_importing_data_loads_no_torch_pillow_or_sklearn():
 
 
 def test_open_for_model_uses_the_manifest_unless_overridden(tmp_path):
-    from facto_edge.manifest import Manifest
+    from facto_edge.runtime.manifest import Manifest
 
     norm = {"mean": [0.5], "std": [0.25]}
     manifest = Manifest(

@@ -9,7 +9,7 @@ import pytest
 from facto_edge.data import open_for_model
 from facto_edge.evaluate import trained_session
 from facto_edge.export_onnx import export_onnx
-from facto_edge.manifest import Manifest
+from facto_edge.runtime.manifest import Manifest
 
 ort = pytest.importorskip("onnxruntime")
 

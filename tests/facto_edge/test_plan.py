@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from facto_edge import budget as budget_mod
 from facto_edge.errors import BudgetError
 from facto_edge.plan import plan_training
 from facto_edge.plan_cli import plan
 from facto_edge.runtime import TrainingSession
+from facto_edge.runtime import budget as budget_mod
 
 MiB = 1 << 20
 FIXED = 100 * MiB

@@ -10,9 +10,9 @@ import signal
 import numpy as np
 import pytest
 
-from facto_edge.checkpoint import load_checkpoint
 from facto_edge.errors import BudgetError, NumericalError
 from facto_edge.report import read_metrics_csv
+from facto_edge.runtime.checkpoint import load_checkpoint
 from facto_edge.train import Callback, train
 
 FAST = {"batch_size": 20, "optimizer": "adamw", "lr": 3e-3, "codec": "q4", "plot": False}
@@ -123,7 +123,7 @@ def test_ctrl_c_waits_for_the_step_then_checkpoints(digits_model, small_npz, tmp
 def fixed_cost(monkeypatch, mib: int) -> None:
     """Pretend the runtime's measured fixed cost (and start-up peak) is `mib` MiB
     (wherever it is read)."""
-    for module in ("facto_edge.fit", "facto_edge.budget"):
+    for module in ("facto_edge.fit", "facto_edge.runtime.budget"):
         monkeypatch.setattr(f"{module}.measure_runtime_fixed_cost", lambda: mib << 20)
         monkeypatch.setattr(f"{module}.measure_runtime_startup_peak", lambda: mib << 20)
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from tiny_graphs import batch, tiny_model
 
-from facto_edge import budget as budget_mod
 from facto_edge.errors import BudgetError
 from facto_edge.runtime import TrainingSession
+from facto_edge.runtime import budget as budget_mod
+from facto_edge.runtime.kernels import blas
 from facto_edge.runtime.memory import Recorder, largest_fitting
 
 MiB = 1 << 20
@@ -115,9 +116,10 @@ def _poisoned_gradients(s: TrainingSession, x, y) -> dict[str, np.ndarray]:
     s._feed_x(ex, x)
     np.copyto(ex.values["facto:labels"], y)
     ex.grads["facto:loss"][...] = 1.0
-    ex.forward(training=True)
-    _poison(s, lambda b: b.last >= forward_steps)
-    ex.backward()
+    with blas.threads(1):  # as the session's step runs BLAS: the same summation order
+        ex.forward(training=True)
+        _poison(s, lambda b: b.last >= forward_steps)
+        ex.backward()
     return {name: g.copy() for name, g in s._lane_grads.items()}
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from facto_edge.errors import FactoEdgeError, NumericalError
-
 from ... import codecs as host
 from ...codecs import DEFAULT_GROUP, argmax_bits, argmax_nbytes, mask_nbytes
+from ...errors import FactoEdgeError, NumericalError
 from . import codec_kernels as K
 from .elementwise import copy, fill
 from .launch import THREADS, blocks

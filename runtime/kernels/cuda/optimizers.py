@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from numba import cuda
 
-from facto_edge.errors import CheckpointError
-
+from ...errors import CheckpointError
 from ...optimizers import AdamW as HostAdamW
 from ...optimizers import StateValue, _check_nonneg, _fail, check_state_keys
 from .elementwise import fill

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from facto_edge.errors import BudgetError
+from .errors import BudgetError
 
 _UNITS = {
     "": 1,
@@ -86,8 +86,8 @@ def format_size(n: int) -> str:
 # compiler's pages as a session does and print the resident set size that stays.
 _PROBE = """
 import numpy, numba, onnx
-from facto_edge.fit import current_rss_bytes, peak_rss_bytes
-from facto_edge.runtime import preload
+from facto_edge.runtime import TrainingSession, preload
+from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 with preload.releasing_while_loading():  # as a session loads its kernels
     preload.warm_up_modules()
 peak = peak_rss_bytes()

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from facto_edge.errors import CheckpointError
+from .errors import CheckpointError
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"

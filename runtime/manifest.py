@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facto_edge.errors import FactoEdgeError
+from .errors import FactoEdgeError
 
 FORMAT_VERSION = 1
 
