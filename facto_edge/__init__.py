@@ -4,7 +4,7 @@ Importing this package is light: the exporter (torch, tensorly) loads only when
 `facto_edge.export` is first used, so the runtime stays embeddable.
 """
 
-from facto_edge.errors import (
+from facto_edge.runtime.errors import (
     BudgetError,
     CheckpointError,
     DataError,

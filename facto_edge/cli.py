@@ -3,43 +3,13 @@ prints; user mistakes (FactoEdgeError) become one line on stderr and exit code 1
 
 from __future__ import annotations
 
-import functools
-import sys
 import warnings
 from pathlib import Path
 
 import click
 
+from facto_edge.cli_common import friendly_errors, parse_shape
 from facto_edge.errors import FactoEdgeError
-
-
-def friendly_errors(fn):
-    """Turn FactoEdgeError into `error: message` and exit 1, with no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FactoEdgeError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def parse_shape(value: str | None) -> tuple[int, int, int] | None:
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3:
-        raise FactoEdgeError(f"--input-shape must look like 3x32x32 (CxHxW), found {value!r}")
-    return shape  # type: ignore[return-value]
 
 
 @click.group()

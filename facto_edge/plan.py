@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facto_edge.errors import BudgetError, FactoEdgeError
-from facto_edge.fit import MAX_AUTO_BATCH
-from facto_edge.runtime.budget import allowance, parse_size
+from facto_edge.runtime.budget import parse_size
+from facto_edge.runtime.fitting import MAX_AUTO_BATCH, Fit, largest_batch
 
 BITS = (8, 4, 2)
 
@@ -42,10 +42,17 @@ class PlanReport:
     micro_batch: int
     accumulate: int
     bits: int
-    fixed_cost: int
-    margin: int
+    fit: Fit  # how the session fits the budget (runtime/fitting.py)
     memory: dict  # TrainingSession.memory_report()
     plan: object  # runtime.memory.MemoryPlan
+
+    @property
+    def fixed_cost(self) -> int:
+        return self.fit.fixed_cost
+
+    @property
+    def margin(self) -> int:
+        return self.fit.margin
 
     @property
     def codec(self) -> str:
@@ -57,8 +64,9 @@ class PlanReport:
 
     @property
     def total(self) -> int:
-        """The expected peak: fixed cost + safety margin + arena."""
-        return self.fixed_cost + self.margin + self.arena_bytes
+        """The expected peak (budget.expected_peak): the larger of fixed cost + arena and
+        the runtime's start-up peak, plus the safety margin."""
+        return self.fit.estimated_peak
 
     def breakdown(self) -> list[tuple[str, int]]:
         """(what, bytes) in the order `facto-edge plan` prints them."""
@@ -99,10 +107,9 @@ def _session(model_dir, budget: int, batch: int, bits: int, accumulate: int | No
 
 def _report(model_dir, budget: int, session, bits: int) -> PlanReport:
     m = session.memory_report()
-    room = allowance(budget)
     return PlanReport(
         str(model_dir), budget, session.batch_size, m["micro_batch"], m["accumulate"], bits,
-        room.fixed, room.margin, m, session.memory_plan,
+        session.fit, m, session.memory_plan,
     )  # fmt: skip
 
 
@@ -133,15 +140,19 @@ def _parts(session) -> int:
 def _largest_batch(model_dir, budget: int, tries, options, limit: int) -> tuple:
     """(session, bits) of the largest power-of-two batch in one micro-batch, then most
     bits."""
+    from facto_edge.runtime import TrainingSession
+
     best = None
     for bits in tries:
-        batch, session = 1, _session(model_dir, budget, 1, bits, 1, options)
-        while session is not None and batch * 2 <= limit:
-            bigger = _session(model_dir, budget, batch * 2, bits, 1, options)
-            if bigger is None:
-                break
-            batch, session = batch * 2, bigger
-        if session is not None and (best is None or batch > best[0].batch_size):
+
+        def make(batch: int, bits: int = bits):
+            return TrainingSession(
+                model_dir, batch_size=batch, codec=f"q{bits}", budget=budget, accumulate=1,
+                **options,
+            )  # fmt: skip
+
+        session = largest_batch(make, limit)
+        if session is not None and (best is None or session.batch_size > best[0].batch_size):
             best = (session, bits)
     return best
 

@@ -6,23 +6,11 @@ imports (numpy, numba, onnx), plus matplotlib when --plot asks for a picture.
 
 from __future__ import annotations
 
-import functools
-
 import click
 
+from facto_edge.cli_common import friendly_errors
+
 BITS = ["8", "4", "2"]
-
-
-def _friendly(fn):
-    """cli.friendly_errors, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from facto_edge.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command()
@@ -39,7 +27,7 @@ def _friendly(fn):
 )
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the memory timeline PNG here.")
-@_friendly
+@friendly_errors
 def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     """Fit training of MODEL (*.facto) into --budget: batch, micro-batches and codec bits,
     with a breakdown of the memory and the saved bytes per layer."""

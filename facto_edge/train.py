@@ -18,7 +18,6 @@ losses, bit for bit, as one that ran straight through.
 
 from __future__ import annotations
 
-import inspect
 import math
 import signal
 import threading
@@ -34,11 +33,11 @@ from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
-from facto_edge.fit import Fit, check_fits, fit_batch_size, fit_of
 from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
 from facto_edge.runtime.budget import format_size, parse_size
 from facto_edge.runtime.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
+from facto_edge.runtime.fitting import Fit, largest_batch
 from facto_edge.runtime.manifest import Manifest
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 
@@ -248,36 +247,32 @@ def _data_key(data: str) -> str:
 def _session_factory(
     model_dir: str | Path, cfg: TrainConfig, budget: int | None, device: str = "cpu"
 ):
-    """`make(batch_size)` building sessions with the run's options and, where the session
-    takes one, the budget: it then plans its arena (and micro-batches) to fit, and
-    `make.owns_budget` is True."""
+    """`make(batch_size, accumulate=None)` building sessions with the run's options and
+    budget: each plans its arena (and micro-batches) to fit, or raises BudgetError."""
     from facto_edge.runtime import TrainingSession
 
-    extra = {}
-    if budget is not None and "budget" in inspect.signature(TrainingSession).parameters:
-        extra["budget"] = budget
-
-    def make(batch_size: int):
+    def make(batch_size: int, accumulate: int | None = None):
         return TrainingSession(
             model_dir, batch_size=batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
-            label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, **extra,
+            label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device,
+            budget=budget, accumulate=accumulate,
         )  # fmt: skip
 
-    make.owns_budget = "budget" in extra
     return make
 
 
-def _resolve_batch(cfg: TrainConfig, make, budget: int | None, n_train: int, saved: dict | None):
-    """(batch size, budget fit or None): "auto" is the saved run's size on resume, the
-    largest that fits the budget, or DEFAULT_BATCH without one."""
+def _make_session(cfg: TrainConfig, make, budget: int | None, n_train: int, saved: dict | None):
+    """The run's session. Batch "auto" is the saved run's size on resume, the largest
+    power of two that fits the budget in one micro-batch (runtime/fitting.py), or
+    DEFAULT_BATCH without a budget."""
     if cfg.batch_size != "auto":
-        return cfg.batch_size, None
+        return make(cfg.batch_size)
     if saved is not None and "batch_size" in saved:
-        return int(saved["batch_size"]), None
+        return make(int(saved["batch_size"]))
     if budget is None:
-        return min(DEFAULT_BATCH, n_train), None
-    return fit_batch_size(make, budget, max_batch=n_train), None
+        return make(min(DEFAULT_BATCH, n_train))
+    return largest_batch(lambda b: make(b, accumulate=1), n_train) or make(1)  # make(1) says why
 
 
 def _saved_config(out_dir: str | Path, resume: bool) -> dict | None:
@@ -449,13 +444,8 @@ def train(
         )
     make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
-    batch, fit = _resolve_batch(cfg, make, budget_bytes, len(train_ds), saved)
-    cfg = replace(cfg, batch_size=batch)
-    session = make(batch)
-    if budget_bytes is not None:
-        fit = (
-            fit_of(session, budget_bytes) if make.owns_budget else check_fits(session, budget_bytes)
-        )
+    session = _make_session(cfg, make, budget_bytes, len(train_ds), saved)
+    cfg, fit = replace(cfg, batch_size=session.batch_size), session.fit
     run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
     loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
     if ckpt is not None:

@@ -9,7 +9,6 @@ first node that touches a trainable tensor runs forward only.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .errors import ExportError
+from .manifest import Manifest
 
 ModelSource = str | Path | tuple[onnx.ModelProto, dict]
 
@@ -48,7 +48,7 @@ class Graph:
     output_name: str
     num_classes: int
     trainable: tuple[str, ...]
-    manifest: dict
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -65,29 +65,25 @@ def load_graph(source: ModelSource) -> Graph:
     """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair."""
     if isinstance(source, tuple):
         proto, manifest = source
-    else:
-        proto, manifest = _read_dir(Path(source))
-    return _build_graph(proto, manifest)
+        return _build_graph(proto, Manifest.in_memory(manifest))
+    return _build_graph(*_read_dir(Path(source)))
 
 
-def _read_dir(path: Path) -> tuple[onnx.ModelProto, dict]:
-    onnx_path, manifest_path = path / "model.onnx", path / "manifest.json"
-    for p in (onnx_path, manifest_path):
-        if not p.is_file():
-            raise ExportError(
-                f"{path} is not an exported model: {p.name} is missing; "
-                "create one with `facto-edge export model.pt -o model.facto`"
-            )
+def _read_dir(path: Path) -> tuple[onnx.ModelProto, Manifest]:
+    onnx_path = path / "model.onnx"
+    if not onnx_path.is_file():
+        raise ExportError(
+            f"{path} is not an exported model: model.onnx is missing; "
+            "create one with `facto-edge export model.pt -o model.facto`"
+        )
+    manifest = Manifest.load(path)
     try:
-        return onnx.load(str(onnx_path)), json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, DecodeError, OSError, ValueError) as e:
+        return onnx.load(str(onnx_path)), manifest
+    except (DecodeError, OSError, ValueError) as e:
         raise ExportError(f"{path} is corrupt ({e}); re-export the model") from e
 
 
-def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
-    for key in ("input_shape", "num_classes", "trainable"):
-        if key not in manifest:
-            raise ExportError(f"manifest.json has no {key!r}; re-export the model")
+def _build_graph(proto: onnx.ModelProto, manifest: Manifest) -> Graph:
     g = proto.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     nodes: list[Node] = []
@@ -97,11 +93,11 @@ def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
             inits[n.output[0]] = _constant_value(attrs, n.name)
             continue
         node = _make_node(n, attrs, f"{n.op_type}_{i}", inits)
-        nodes.append(_batch_statistics(node, manifest["trainable"]))
+        nodes.append(_batch_statistics(node, manifest.trainable))
     inputs = [v.name for v in g.input if v.name not in inits]
     if len(inputs) != 1 or len(g.output) < 1:
         raise ExportError(f"expected one graph input and an output, found inputs {inputs}")
-    trainable = tuple(manifest["trainable"])
+    trainable = tuple(manifest.trainable)
     missing = [t for t in trainable if t not in inits]
     if missing:
         raise ExportError(f"trainable tensors {missing} are not initializers of model.onnx")
@@ -109,9 +105,9 @@ def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
         nodes=_unique_names(nodes),
         initializers={k: _as_runtime_array(v) for k, v in inits.items()},
         input_name=inputs[0],
-        input_shape=tuple(int(d) for d in manifest["input_shape"]),
+        input_shape=tuple(int(d) for d in manifest.input_shape),
         output_name=g.output[0].name,
-        num_classes=int(manifest["num_classes"]),
+        num_classes=int(manifest.num_classes),
         trainable=trainable,
         manifest=manifest,
     )

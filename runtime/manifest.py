@@ -65,6 +65,21 @@ class Manifest:
         return cls(**d)
 
     @classmethod
+    def in_memory(cls, d: dict) -> Manifest:
+        """The manifest of a model built in memory (an (onnx.ModelProto, dict) source):
+        `input_shape`, `num_classes` and `trainable` are required, the rest defaults."""
+        missing = [k for k in ("input_shape", "num_classes", "trainable") if k not in d]
+        if missing:
+            raise FactoEdgeError(f"the manifest has no {missing[0]!r}; re-export the model")
+        defaults = {
+            "normalization": {},
+            "config": {},
+            "layers": [],
+            "format_version": FORMAT_VERSION,
+        }
+        return cls.from_dict(defaults | dict(d))
+
+    @classmethod
     def load(cls, model_dir: str | Path) -> Manifest:
         path = Path(model_dir) / "manifest.json"
         if not path.is_file():

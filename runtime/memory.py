@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import math
 import mmap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -230,18 +230,3 @@ class ArenaAllocator:
             self.unplanned[name] = nbytes
             return self._zeros(nbytes)
         return self.arena.view(b.offset, (b.nbytes,), np.uint8)
-
-
-def largest_fitting(cost: Callable[[int], int], limit: int, high: int) -> int | None:
-    """The largest n in [1, high] with cost(n) <= limit, for a cost that grows with n
-    (bisection); None when even cost(1) exceeds the limit."""
-    if cost(1) > limit:
-        return None
-    lo, hi = 1, high
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(mid) <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo

@@ -127,4 +127,4 @@ def _allocator(session) -> Alloc:
     if session is None:
         return lambda name, shape, dtype: np.zeros(shape, dtype)
     prefix = f"replay{next(_COUNT)}:"  # one name space per buffer
-    return lambda name, shape, dtype: session._alloc(prefix + name, shape, dtype, "replay")
+    return lambda name, shape, dtype: session.allocate(prefix + name, shape, dtype, "replay")

@@ -47,15 +47,15 @@ class StreamingTrainer:
         capacity: int = 256,
         seed: int = 0,
     ) -> None:
-        shape = tuple(session._graph.input_shape)
+        shape = tuple(session.input_shape)
         self.session = session
         self.buffer = buffer or ReplayBuffer(capacity, shape, seed=seed, session=session)
         if self.buffer.sample_shape != shape:
             raise DataError(f"the buffer holds samples {self.buffer.sample_shape}, not {shape}")
         self.replay = session.batch_size // 2 if replay is None else int(replay)
         batch = session.batch_size
-        self._x = session._alloc("stream:x", (batch, *shape), np.dtype(np.float32), "stream")
-        self._y = session._alloc("stream:y", (batch,), np.dtype(np.int64), "stream")
+        self._x = session.allocate("stream:x", (batch, *shape), np.dtype(np.float32), "stream")
+        self._y = session.allocate("stream:y", (batch,), np.dtype(np.int64), "stream")
         self.steps = 0
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:

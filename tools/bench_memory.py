@@ -171,9 +171,9 @@ def codec_share(
 
     s = TrainingSession(model_dir, batch_size=batch, codec=codec)
     spent = [0.0]
-    c = s._codec
+    c = s.binding.spec.codec
     timed = Codec(c.name, c.nbytes, _timed(c.encode, spent), _timed(c.decode, spent))
-    for ex in s._executors.values():
+    for ex in s.binding.executors.values():
         ex._codec = timed
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((batch, 3, 32, 32), np.float32), np.arange(batch) % 10

@@ -82,21 +82,21 @@ def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
     from facto_edge.runtime.kernels import blas
     from facto_edge.runtime.kernels.dispatch import serial_in_this_thread
 
-    lane, a, b = session._slices(x.shape[0])[0]
-    ex = session._executor(b - a, lane)
-    session._feed_x(ex, x[a:b])
-    session._io.put(ex.values["facto:labels"], y[a:b])
-    session._io.fill(ex.grads["facto:loss"], (b - a) / x.shape[0])
+    lane, a, b = session.binding.slices(x.shape[0])[0]
+    ex = session.binding.executor(b - a, lane)
+    session.binding.feed_x(ex, x[a:b])
+    session.binding.io.put(ex.values["facto:labels"], y[a:b])
+    session.binding.io.fill(ex.grads["facto:loss"], (b - a) / x.shape[0])
     acc: dict[str, float] = collections.defaultdict(float)
-    clock, codec = time.perf_counter, session._codec
+    clock, codec = time.perf_counter, session.binding.spec.codec
 
     def timed(key: str, fn, *args) -> None:
         t = clock()
         fn(*args)
         acc[key] += clock() - t
 
-    serial_in_this_thread(session._lanes > 1)
-    with blas.threads(1 if session._lanes > 1 else session._threads):
+    serial_in_this_thread(session.binding.lanes > 1)
+    with blas.threads(1 if session.binding.lanes > 1 else session.threads):
         for _ in range(steps):
             for k, st in enumerate(ex._forward):
                 op = st.b.site.node.op_type
@@ -110,7 +110,7 @@ def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
                 timed(f"backward {op}", st.op.backward, st.b)
                 for scratch, g in st.accumulate:
                     timed(f"grad sum {op}", ex._accumulate, g, scratch)
-            timed("optimizer", session._optimizer.step, session._grads)
+            timed("optimizer", session.optimizer.step, session.binding.grads)
     serial_in_this_thread(False)
     return {k: v / steps for k, v in acc.items()}
 
@@ -156,9 +156,9 @@ def main() -> None:
         t0 = time.perf_counter()
         ours, session = _ours(model_dir, args.batch, args.codec)
         rng = np.random.default_rng(0)
-        shape = tuple(session._graph.input_shape)
+        shape = tuple(session.input_shape)
         x = rng.standard_normal((args.batch, *shape)).astype(np.float32)
-        y = rng.integers(0, session._graph.num_classes, args.batch).astype(np.int64)
+        y = rng.integers(0, session.num_classes, args.batch).astype(np.int64)
         ours(x, y)
         first = time.perf_counter() - t0
         theirs = _torch(model_dir)
@@ -176,7 +176,7 @@ def main() -> None:
     med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     name = args.model_dir.name if args.model_dir else args.model
     print(f"{name} batch {args.batch} codec {args.codec} threads {torch.get_num_threads()}")
-    print(f"facto-edge time to first step: {first:.2f} s, lanes {session._lanes}")
+    print(f"facto-edge time to first step: {first:.2f} s, lanes {session.binding.lanes}")
     for name, m in med.items():
         cpu = statistics.median(c for _, c in times[name])
         fastest = min(w for w, _ in times[name])
@@ -188,7 +188,7 @@ def main() -> None:
     r = session.memory_report()
     print(f"saved {r['saved_bytes'] / 2**20:.1f} MiB, arena {r['arena_bytes'] / 2**20:.1f} MiB")
     if args.profile:
-        lane = -(-args.batch // session._lanes)
+        lane = -(-args.batch // session.binding.lanes)
         _print_profiles(*profiles, f"{lane} of {args.batch} samples")
 
 

@@ -216,9 +216,9 @@ def main() -> int:
         rng = np.random.default_rng(0)
 
         def data(session):
-            shape = tuple(session._graph.input_shape)
+            shape = tuple(session.input_shape)
             x = rng.standard_normal((args.batch, *shape)).astype(np.float32)
-            y = rng.integers(0, session._graph.num_classes, args.batch).astype(np.int64)
+            y = rng.integers(0, session.num_classes, args.batch).astype(np.int64)
             return x, y
 
         ours, session = bench_ours(model_dir, args.batch, args.codec, args.warmup, args.steps, data)

@@ -123,7 +123,7 @@ def test_ctrl_c_waits_for_the_step_then_checkpoints(digits_model, small_npz, tmp
 def fixed_cost(monkeypatch, mib: int) -> None:
     """Pretend the runtime's measured fixed cost (and start-up peak) is `mib` MiB
     (wherever it is read)."""
-    for module in ("facto_edge.fit", "facto_edge.runtime.budget"):
+    for module in ("facto_edge.runtime.budget",):
         monkeypatch.setattr(f"{module}.measure_runtime_fixed_cost", lambda: mib << 20)
         monkeypatch.setattr(f"{module}.measure_runtime_startup_peak", lambda: mib << 20)
 

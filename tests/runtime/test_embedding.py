@@ -32,6 +32,40 @@ def test_import_pulls_no_heavy_module():
     assert done.stdout.strip() == "[]"
 
 
+# Imports the runtime, trains one step and predicts in a fresh interpreter, then lists what
+# it loaded of facto_edge beyond facto_edge.runtime and of the application's libraries.
+_ONE_STEP = """
+import sys
+import numpy as np
+import facto_edge.runtime
+from facto_edge.runtime import TrainingSession
+s = TrainingSession(sys.argv[1], batch_size=4, codec="q4")
+x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+s.train_step(x, np.arange(4) % 5)
+s.predict(x)
+app = [m for m in sys.modules if m.startswith("facto_edge") and m != "facto_edge"
+       and not m.startswith("facto_edge.runtime")]
+libs = [m for m in ("torch", "tensorly", "onnxruntime", "click", "tqdm", "matplotlib")
+        if m in sys.modules]
+print(sorted(app), libs)
+"""
+
+
+def test_a_training_step_loads_nothing_of_the_application(tmp_path):
+    import onnx
+
+    from facto_edge.runtime.manifest import Manifest
+
+    model, manifest = tiny_model()
+    onnx.save(model, tmp_path / "model.onnx")
+    (tmp_path / "manifest.json").write_text(Manifest.in_memory(manifest).to_json())
+    run = subprocess.run(
+        [sys.executable, "-c", _ONE_STEP, str(tmp_path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[] []"
+
+
 def test_example_app_adapts_to_the_shift(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")

@@ -21,8 +21,9 @@ from tiny_graphs import batch, tiny_model
 from facto_edge.errors import BudgetError
 from facto_edge.runtime import TrainingSession
 from facto_edge.runtime import budget as budget_mod
+from facto_edge.runtime.fitting import largest_fitting
 from facto_edge.runtime.kernels import blas
-from facto_edge.runtime.memory import Recorder, largest_fitting
+from facto_edge.runtime.memory import Recorder
 
 MiB = 1 << 20
 ZOO = ["simple_cnn", "resnet18_cifar", "mobilenetv2_cifar", "vgg11_bn_cifar"]
@@ -82,13 +83,13 @@ def test_every_buffer_is_an_arena_view_at_its_planned_offset(bn):
     s.train_step(x, y)
     s.train_step(x[:5], y[:5])  # binds an executor for 5 samples: the same buffers
     s.predict(x[:3])
-    plan, arena = s.memory_plan, s._memory.arena
+    plan, arena = s.memory_plan, s.binding.memory.arena
     base = arena.view(0, (arena.nbytes,), np.uint8).ctypes.data
     assert s.memory_report()["unplanned_bytes"] == 0 and plan.overlaps() == []
     assert arena.nbytes == plan.arena_bytes == s.memory_report()["arena_bytes"]
-    for name, (raw, _) in s._buffers.items():
+    for name, (raw, _) in s.binding.memory.buffers.items():
         assert raw.ctypes.data - base == plan.buffers[name].offset, name
-    for ex in s._executors.values():
+    for ex in s.binding.executors.values():
         steps, io = ex.step_arrays()
         for a in (a for arrays in steps for a in arrays + io if a.size):
             assert base <= a.ctypes.data and a.ctypes.data + a.nbytes <= base + arena.nbytes
@@ -98,7 +99,7 @@ def _poison(s: TrainingSession, keep) -> None:
     """Fill every arena byte outside the planned buffers `keep` selects with 0xFF (NaN
     as float32): whatever reads them after this point reads garbage."""
     plan = s.memory_plan
-    raw = s._memory.arena.view(0, (plan.arena_bytes,), np.uint8)
+    raw = s.binding.memory.arena.view(0, (plan.arena_bytes,), np.uint8)
     live = np.zeros(plan.arena_bytes, bool)
     for b in plan.buffers.values():
         if keep(b):
@@ -110,17 +111,17 @@ def _poisoned_gradients(s: TrainingSession, x, y) -> dict[str, np.ndarray]:
     """The gradients of (x, y) with every byte that is dead by the plan poisoned before
     forward (all but whole-step buffers) and before backward (all that died in forward)."""
     plan, n = s.memory_plan, x.shape[0]
-    end, forward_steps = len(plan.steps) - 1, len(s._schedule.forward)
-    ex = s._executor(n)
+    end, forward_steps = len(plan.steps) - 1, len(s.binding.spec.schedule.forward)
+    ex = s.binding.executor(n)
     _poison(s, lambda b: (b.first, b.last) == (0, end))
-    s._feed_x(ex, x)
+    s.binding.feed_x(ex, x)
     np.copyto(ex.values["facto:labels"], y)
     ex.grads["facto:loss"][...] = 1.0
     with blas.threads(1):  # as the session's step runs BLAS: the same summation order
         ex.forward(training=True)
         _poison(s, lambda b: b.last >= forward_steps)
         ex.backward()
-    return {name: g.copy() for name, g in s._lane_grads.items()}
+    return {name: g.copy() for name, g in s.binding.lane_grads.items()}
 
 
 @pytest.mark.parametrize("bn", ["fold", "train"])
@@ -187,7 +188,7 @@ def test_lanes_get_regions_of_their_own(monkeypatch):
     expected = TrainingSession(tiny_model(), batch_size=8, threads=1).compute_gradients(x, y)[1]
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     s = TrainingSession(tiny_model(), batch_size=8, threads=2)
-    assert s._lanes == 2
+    assert s.binding.lanes == 2
     plan = s.memory_plan
     lane0_end = max(b.offset + b.nbytes for b in plan.buffers.values() if b.lane == 0)
     lane1 = [b for b in plan.buffers.values() if b.lane == 1]

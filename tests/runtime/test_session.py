@@ -48,7 +48,7 @@ def test_gradients_match_torch(bn, stem_trainable):
 
 def test_frozen_layers_keep_nothing_and_run_no_backward():
     s = TrainingSession(tiny_model(), batch_size=2)
-    saved = {n.split(":", 1)[1] for n in s._buffers if n.startswith("saved:")}
+    saved = {n.split(":", 1)[1] for n in s.binding.memory.buffers if n.startswith("saved:")}
     assert saved == {
         "last:in0",  # the input of the trainable factor
         "relu:mask",
@@ -56,17 +56,17 @@ def test_frozen_layers_keep_nothing_and_run_no_backward():
         "fc:in0",
         "facto:loss:logp",
     }
-    assert [n.name for n in s._schedule.backward] == [
+    assert [n.name for n in s.binding.spec.schedule.backward] == [
         "facto:loss", "fc", "flatten", "gap", "pool", "relu", "add", "last",
     ]  # fmt: skip
-    grads = {n.removeprefix("grad:") for n in s._buffers if n.startswith("grad:")}
+    grads = {n.removeprefix("grad:") for n in s.binding.memory.buffers if n.startswith("grad:")}
     assert not grads & {"input", "s", "r", "f", "c"}
 
 
 def test_shared_gradient_of_residual_is_summed():
     model, manifest = tiny_model(stem_trainable=True)
     s = TrainingSession((model, manifest), batch_size=3)
-    assert "r" in s._executor(3).grads  # the stem output feeds the block and the skip
+    assert "r" in s.binding.executor(3).grads  # the stem output feeds the block and the skip
     x, y = batch(3, seed=4)
     assert_grads_match(s.compute_gradients(x, y)[1], torch_grads(model, manifest, x, y)[1])
 
@@ -91,7 +91,7 @@ def test_lanes_match_one_lane(monkeypatch, n):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     monkeypatch.setattr(blas, "available", lambda: False)  # BLAS threads that stay on
     one = TrainingSession((model, manifest), batch_size=8, threads=2)
-    assert (lanes._lanes, one._lanes) == (2, 1)
+    assert (lanes.binding.lanes, one.binding.lanes) == (2, 1)
     for _ in range(2):  # the second step also checks that lane gradients do not pile up
         loss, grads = lanes.compute_gradients(x, y)
         ref_loss, ref_grads = one.compute_gradients(x, y)
@@ -102,7 +102,7 @@ def test_lanes_match_one_lane(monkeypatch, n):
 
 def test_batch_statistics_need_one_lane(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert TrainingSession(tiny_model("train"), batch_size=8, threads=2)._lanes == 1
+    assert TrainingSession(tiny_model("train"), batch_size=8, threads=2).binding.lanes == 1
 
 
 def test_train_step_is_sgd_with_momentum():
@@ -131,7 +131,7 @@ def test_batchnorm_running_statistics_follow_onnx():
     model, manifest = tiny_model("train")
     s = TrainingSession((model, manifest), batch_size=4)
     x, y = batch(4)
-    mean = s._params["bn.mean"]
+    mean = s.binding.params["bn.mean"]
     s.compute_gradients(x, y)
     assert not mean.any()  # compute_gradients updates nothing
     s.train_step(x, y)
@@ -143,7 +143,7 @@ def test_batchnorm_running_statistics_follow_onnx():
         h = F.conv2d(h, branch["last.w"], branch["last.b"])
     np.testing.assert_allclose(mean, 0.1 * h.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
     var = 0.9 + 0.1 * h.var((0, 2, 3), unbiased=False).numpy()
-    np.testing.assert_allclose(s._params["bn.var"], var, rtol=1e-4)
+    np.testing.assert_allclose(s.binding.params["bn.var"], var, rtol=1e-4)
     assert s.buffers().keys() == {"bn.mean", "bn.var"}
     assert s.buffers()["bn.mean"] is mean and s.step == 1
 
@@ -165,7 +165,7 @@ def test_memory_report_accounts_for_every_buffer():
     assert r["lower_bound"] <= r["arena_bytes"] <= requested <= r["linear_bytes"]
     trainable_bytes = sum(p.nbytes for p in s.parameters().values())
     assert r["grads_bytes"] == trainable_bytes
-    assert r["optimizer_bytes"] == trainable_bytes == s._optimizer.state_bytes()
+    assert r["optimizer_bytes"] == trainable_bytes == s.optimizer.state_bytes()
     # fp32: the input of `last` [4,4,8,8] and of fc [4,8]; log-probs [4,5]; 1-bit ReLU
     # mask of [4,8,8,8]; 2-bit argmax of [4,8,4,4]
     assert r["saved_bytes"] == 4 * (4 * 4 * 64 + 4 * 8 + 4 * 5) + 4 * 8 * 64 // 8 + 4 * 8 * 16 // 4
