@@ -6,7 +6,7 @@
 
 The budget is the whole process's peak resident memory. It splits into the runtime's
 measured fixed cost, a safety margin for what the process holds beside the arena
-(facto_edge/budget.py), and the arena. Each candidate is the real session bound with the
+(runtime/budget.py), and the arena. Each candidate is the real session bound with the
 budget (runtime/memory.py plans its arena from a dry run; the arena's pages cost memory
 only once training writes them), so the figures are those training will have.
 

@@ -112,7 +112,7 @@ def _madvise():
 
 def warm_up_modules() -> None:
     """Run the `warm_up()` of every runtime and CPU kernel module that has one (the
-    budget's probe: facto_edge/budget.py)."""
+    budget's probe: budget.py)."""
     for module in _modules(__package__, f"{__package__}.kernels"):
         if callable(getattr(module, "warm_up", None)):
             module.warm_up()

@@ -281,7 +281,7 @@ class TrainingSession:
 
     def save_checkpoint(self, directory: str | os.PathLike) -> str:
         """Write ``directory/checkpoint.npz`` atomically: trained tensors, running
-        statistics, optimizer state and step (facto_edge/checkpoint.py format).
+        statistics, optimizer state and step (runtime/checkpoint.py format).
 
         Parameters
         ----------
