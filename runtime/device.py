@@ -119,8 +119,8 @@ def _cuda() -> Backend:
         ops=MappingProxyType(CUDA_OPS),
         lookup=lookup,
         kernels=MappingProxyType(_modules(__package__ + ".kernels.cuda", FAMILIES)),
-        get_codec=partial(codecs.get_codec, deferred=True),
-        check_codec=lambda codec: codec.errors.check(codec.name),
+        get_codec=codecs.get_codec,  # counts bad input on the device, for check_codec
+        check_codec=lambda codec: codec.kernels.check(codec.name),
         make_optimizer=optimizers.make_optimizer,
         fill=elementwise.fill,
         accumulate=elementwise.add_into,
