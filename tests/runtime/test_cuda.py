@@ -543,7 +543,7 @@ def test_optimizer_matches_cpu(case):
     host_p = {k: v.copy() for k, v in params.items()}
     dev_p = {k: cuda.to_device(v) for k, v in params.items()}
     cpu = host_optimizers.make_optimizer(name, host_p, lr=0.1, **kwargs)
-    dev = dev_optimizers.make_optimizer(name, dev_p, lr=0.1, **kwargs)
+    dev = host_optimizers.make_optimizer(name, dev_p, lr=0.1, kernels=dev_optimizers, **kwargs)
     for _ in range(3):
         grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
         cpu.step(grads)
