@@ -20,6 +20,15 @@ Every codec raises NumericalError on NaN/Inf input (and the fp16-based ones on v
 beyond +-65504), found while encoding at no extra pass.
 
 Also here: 1-bit masks for ReLU/ReLU6/Clip backward and packed max-pool argmax codes.
+
+The layouts, their sizes and the checks are written here once, for every backend: a
+backend supplies only its kernels (`kernels=`), an object with the attributes of
+runtime/kernels/codec_kernels.py, the CPU's (the default), each taking the arrays of its
+device as this module passes them (flat, viewed as the kernel's dtype). Encoders return
+the number of bad values (blocks, for q8/q4/q2) met, which this module turns into
+NumericalError; a backend that counts them elsewhere returns 0 and raises
+`numerical_error(...)` when asked (CUDA counts on the device, and a step reads the count
+once: runtime/kernels/cuda/codecs.py, `Backend.check_codec`).
 """
 
 import math
@@ -38,12 +47,14 @@ DEFAULT_GROUP = 64
 
 @dataclass(frozen=True)
 class Codec:
-    """A codec: ``nbytes(shape)``, ``encode(x, out, seed=0)``, ``decode(buf, out)``."""
+    """A codec: ``nbytes(shape)``, ``encode(x, out, seed=0)``, ``decode(buf, out)``, running
+    the codec kernels `kernels` (its backend's)."""
 
     name: str
     nbytes: Callable[[tuple[int, ...]], int]
     encode: Callable[..., None]
     decode: Callable[[np.ndarray, np.ndarray], None]
+    kernels: object = K
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -61,25 +72,25 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _check_encode(codec: str, x: np.ndarray, out: np.ndarray, nbytes: int) -> None:
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
+    if x.dtype != np.float32 or not x.flags["C_CONTIGUOUS"]:
         raise ValueError(
             f"{codec}.encode: expected a C-contiguous float32 array, got {x.dtype}, "
-            f"c_contiguous={x.flags.c_contiguous}"
+            f"c_contiguous={x.flags['C_CONTIGUOUS']}"
         )
     _check_buffer(codec, out, nbytes)
 
 
 def _check_decode(codec: str, buf: np.ndarray, out: np.ndarray, nbytes: int) -> None:
     _check_buffer(codec, buf, nbytes)
-    if out.dtype != np.float32 or not out.flags.c_contiguous:
+    if out.dtype != np.float32 or not out.flags["C_CONTIGUOUS"]:
         raise ValueError(
             f"{codec}.decode: expected a C-contiguous float32 output, got {out.dtype}, "
-            f"c_contiguous={out.flags.c_contiguous}"
+            f"c_contiguous={out.flags['C_CONTIGUOUS']}"
         )
 
 
 def _check_buffer(codec: str, buf: np.ndarray, nbytes: int) -> None:
-    if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.c_contiguous:
+    if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags["C_CONTIGUOUS"]:
         raise ValueError(
             f"{codec}: expected a contiguous 1-D uint8 buffer, got {buf.dtype} "
             f"with shape {buf.shape}"
@@ -88,54 +99,66 @@ def _check_buffer(codec: str, buf: np.ndarray, nbytes: int) -> None:
         raise ValueError(f"{codec}: buffer holds {buf.size} bytes, the tensor needs {nbytes}")
 
 
-def _raise_bad(codec: str, x: np.ndarray, bad: int, limit: float) -> None:
-    nonfinite = int(np.count_nonzero(~np.isfinite(x)))
+def numerical_error(
+    codec: str, nonfinite: int, beyond: int, unit: str = "value(s)", about: str = ""
+) -> NumericalError:
+    """The error of codec `codec` that met `nonfinite` NaN/Inf values and `beyond` values
+    past the fp16 range (`unit`: what was counted) in a saved activation; `about`
+    describes that activation."""
     if nonfinite:
-        raise NumericalError(
-            f"{codec} codec: NaN/Inf in saved activation of shape {x.shape} ({nonfinite} "
-            f"value(s)); training has diverged (try a lower learning rate)"
+        return NumericalError(
+            f"{codec} codec: NaN/Inf in saved activation{about} ({nonfinite} {unit}); "
+            f"training has diverged (try a lower learning rate)"
         )
-    raise NumericalError(
-        f"{codec} codec: {bad} value(s) in saved activation of shape {x.shape} exceed "
-        f"the fp16 range +-{limit:g} (max |x| = {float(np.abs(x).max()):g}); use the "
-        f"fp32 codec or a lower learning rate"
+    return NumericalError(
+        f"{codec} codec: {beyond} {unit} of saved activation{about} exceed the fp16 range "
+        f"+-{K.FP16_MAX:g}; use the fp32 codec or a lower learning rate"
     )
 
 
-def _fp32() -> Codec:
+def _raise_bad(codec: str, x: np.ndarray, bad: int, unit: str) -> None:
+    """Raise what an encoder of host array `x` met: `bad` bad `unit`."""
+    nonfinite = int(np.count_nonzero(~np.isfinite(x)))
+    if nonfinite:
+        raise numerical_error(codec, nonfinite, 0, about=f" of shape {x.shape}")
+    about = f" of shape {x.shape} (max |x| = {float(np.abs(x).max()):g})"
+    raise numerical_error(codec, 0, bad, unit, about)
+
+
+def _fp32(k) -> Codec:
     def nbytes(shape: tuple[int, ...]) -> int:
         return 4 * _size(shape)
 
     def encode(x: np.ndarray, out: np.ndarray, seed: int = 0) -> None:
         n = nbytes(x.shape)
         _check_encode("fp32", x, out, n)
-        bad = K.fp32_encode(x.reshape(-1), out[:n].view(np.float32))
+        bad = k.fp32_encode(x.reshape(-1), out[:n].view(np.float32))
         if bad:
-            _raise_bad("fp32", x, bad, np.inf)
+            _raise_bad("fp32", x, bad, "value(s)")
 
     def decode(buf: np.ndarray, out: np.ndarray) -> None:
         n = nbytes(out.shape)
         _check_decode("fp32", buf, out, n)
-        K.fp32_decode(buf[:n].view(np.float32), out.reshape(-1))
+        k.fp32_decode(buf[:n].view(np.float32), out.reshape(-1))
 
-    return Codec("fp32", nbytes, encode, decode)
+    return Codec("fp32", nbytes, encode, decode, k)
 
 
-def _fp16() -> Codec:
+def _fp16(k) -> Codec:
     def nbytes(shape: tuple[int, ...]) -> int:
         return 2 * _size(shape)
 
     def encode(x: np.ndarray, out: np.ndarray, seed: int = 0) -> None:
         _check_encode("fp16", x, out, nbytes(x.shape))
-        bad = K.fp16_encode(x.reshape(-1).view(np.uint32), out)
+        bad = k.fp16_encode(x.reshape(-1).view(np.uint32), out)
         if bad:
-            _raise_bad("fp16", x, bad, K.FP16_MAX)
+            _raise_bad("fp16", x, bad, "value(s)")
 
     def decode(buf: np.ndarray, out: np.ndarray) -> None:
         _check_decode("fp16", buf, out, nbytes(out.shape))
-        K.fp16_decode(buf, out.reshape(-1).view(np.uint32))
+        k.fp16_decode(buf, out.reshape(-1).view(np.uint32))
 
-    return Codec("fp16", nbytes, encode, decode)
+    return Codec("fp16", nbytes, encode, decode, k)
 
 
 def _seed_mix(seed: int) -> np.uint64:
@@ -146,7 +169,7 @@ def _seed_mix(seed: int) -> np.uint64:
     return np.uint64(z ^ (z >> 31))
 
 
-def _block(bits: int, group: int, rounding: str) -> Codec:
+def _block(bits: int, group: int, rounding: str, k) -> Codec:
     name = f"q{bits}"
     stochastic = rounding == "stochastic"
 
@@ -160,48 +183,57 @@ def _block(bits: int, group: int, rounding: str) -> Codec:
         rows, length = _rows(x.shape)
         mix = _seed_mix(seed)
         flat = x.reshape(-1)
-        bad = K.block_encode(
+        bad = k.block_encode(
             flat, flat.view(np.int32), out, rows, length, group, bits, stochastic, mix
         )
         if bad:
-            _raise_bad(name, x, bad, K.FP16_MAX)
+            _raise_bad(name, x, bad, "block(s)")
 
     def decode(buf: np.ndarray, out: np.ndarray) -> None:
         _check_decode(name, buf, out, nbytes(out.shape))
         rows, length = _rows(out.shape)
-        K.block_decode(buf, out.reshape(-1), rows, length, group, bits)
+        k.block_decode(buf, out.reshape(-1), rows, length, group, bits)
 
-    return Codec(name, nbytes, encode, decode)
+    return Codec(name, nbytes, encode, decode, k)
+
+
+def _make(name: str, group: int, rounding: str, k) -> Codec:
+    if name == "fp32":
+        return _fp32(k)
+    if name == "fp16":
+        return _fp16(k)
+    return _block(int(name[1:]), group, rounding, k)
 
 
 CODECS: dict[str, Codec] = {
-    "fp32": _fp32(),
-    "fp16": _fp16(),
-    "q8": _block(8, DEFAULT_GROUP, "nearest"),
-    "q4": _block(4, DEFAULT_GROUP, "nearest"),
-    "q2": _block(2, DEFAULT_GROUP, "nearest"),
+    name: _make(name, DEFAULT_GROUP, "nearest", K) for name in ("fp32", "fp16", "q8", "q4", "q2")
 }
 
 
 @lru_cache(maxsize=64)
-def get_codec(name: str, group: int = DEFAULT_GROUP, rounding: str = "nearest") -> Codec:
-    """The codec `name` (one of CODECS); `group` and `rounding` apply to q8/q4/q2 only."""
+def get_codec(
+    name: str, group: int = DEFAULT_GROUP, rounding: str = "nearest", kernels: object = K
+) -> Codec:
+    """The codec `name` (one of CODECS) running `kernels` (default the CPU's); `group`
+    and `rounding` apply to q8/q4/q2 only."""
     if name not in CODECS:
         raise FactoEdgeError(f"unknown codec {name!r}; expected one of {', '.join(CODECS)}")
     if not isinstance(group, int) or group < 1:
         raise FactoEdgeError(f"codec group size must be a positive int, got {group!r}")
     if rounding not in ROUNDINGS:
         raise FactoEdgeError(f"codec rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if not name.startswith("q") or (group, rounding) == (DEFAULT_GROUP, "nearest"):
+    if not name.startswith("q"):
+        group, rounding = DEFAULT_GROUP, "nearest"
+    if kernels is K and (group, rounding) == (DEFAULT_GROUP, "nearest"):
         return CODECS[name]
-    return _block(int(name[1:]), group, rounding)
+    return _make(name, group, rounding, kernels)
 
 
 def _check_flat(what: str, a: np.ndarray, kinds: str) -> None:
-    if a.dtype.kind not in kinds or not a.flags.c_contiguous:
+    if a.dtype.kind not in kinds or not a.flags["C_CONTIGUOUS"]:
         raise ValueError(
             f"{what}: expected a C-contiguous array of kind {kinds!r}, got {a.dtype} "
-            f"(c_contiguous={a.flags.c_contiguous})"
+            f"(c_contiguous={a.flags['C_CONTIGUOUS']})"
         )
 
 
@@ -210,21 +242,23 @@ def mask_nbytes(shape: tuple[int, ...]) -> int:
     return -(-_size(shape) // 8)
 
 
-def mask_encode(x: np.ndarray, out: np.ndarray, low: float = 0.0, high: float = math.inf) -> None:
+def mask_encode(
+    x: np.ndarray, out: np.ndarray, low: float = 0.0, high: float = math.inf, kernels=K
+) -> None:
     """Pack ``low < x < high`` into `out`: ReLU keeps x > 0, ReLU6 passes ``high=6.0``."""
     _check_flat("mask_encode", x, "f")
     _check_buffer("mask_encode", out, mask_nbytes(x.shape))
-    K.mask_encode(x.reshape(-1), out, float(low), float(high))
+    kernels.mask_encode(x.reshape(-1), out, float(low), float(high))
 
 
-def mask_decode(buf: np.ndarray, out: np.ndarray) -> None:
+def mask_decode(buf: np.ndarray, out: np.ndarray, kernels=K) -> None:
     """Unpack a mask into `out` (bool or uint8 array of the tensor's shape)."""
     _check_flat("mask_decode", out, "bu")
     _check_buffer("mask_decode", buf, mask_nbytes(out.shape))
-    K.mask_decode(buf, out.reshape(-1))
+    kernels.mask_decode(buf, out.reshape(-1))
 
 
-def mask_apply(buf: np.ndarray, grad_in: np.ndarray, grad_out: np.ndarray) -> None:
+def mask_apply(buf: np.ndarray, grad_in: np.ndarray, grad_out: np.ndarray, kernels=K) -> None:
     """``grad_out = grad_in * mask`` without unpacking the mask; grad_out may be grad_in."""
     _check_flat("mask_apply", grad_in, "f")
     _check_flat("mask_apply", grad_out, "f")
@@ -234,7 +268,7 @@ def mask_apply(buf: np.ndarray, grad_in: np.ndarray, grad_out: np.ndarray) -> No
             f"{grad_out.dtype}{grad_out.shape} differ"
         )
     _check_buffer("mask_apply", buf, mask_nbytes(grad_in.shape))
-    K.mask_apply(buf, grad_in.reshape(-1), grad_out.reshape(-1))
+    kernels.mask_apply(buf, grad_in.reshape(-1), grad_out.reshape(-1))
 
 
 def argmax_bits(kernel: int | tuple[int, int]) -> int:
@@ -252,18 +286,22 @@ def argmax_nbytes(out_shape: tuple[int, ...], kernel: int | tuple[int, int]) -> 
     return -(-_size(out_shape) * argmax_bits(kernel) // 8)
 
 
-def argmax_encode(idx: np.ndarray, out: np.ndarray, kernel: int | tuple[int, int]) -> None:
+def argmax_encode(
+    idx: np.ndarray, out: np.ndarray, kernel: int | tuple[int, int], kernels=K
+) -> None:
     """Pack window-local argmax indices `idx` (ints in [0, kh*kw)) into `out`."""
     _check_flat("argmax_encode", idx, "iu")
     _check_buffer("argmax_encode", out, argmax_nbytes(idx.shape, kernel))
-    K.pack_codes(idx.reshape(-1), out, argmax_bits(kernel))
+    kernels.pack_codes(idx.reshape(-1), out, argmax_bits(kernel))
 
 
-def argmax_decode(buf: np.ndarray, out: np.ndarray, kernel: int | tuple[int, int]) -> None:
+def argmax_decode(
+    buf: np.ndarray, out: np.ndarray, kernel: int | tuple[int, int], kernels=K
+) -> None:
     """Unpack argmax indices into the integer array `out` (the max-pool output's shape)."""
     _check_flat("argmax_decode", out, "iu")
     _check_buffer("argmax_decode", buf, argmax_nbytes(out.shape, kernel))
-    K.unpack_codes(buf, out.reshape(-1), argmax_bits(kernel))
+    kernels.unpack_codes(buf, out.reshape(-1), argmax_bits(kernel))
 
 
 def warm_up() -> None:

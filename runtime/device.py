@@ -107,6 +107,7 @@ def _cuda() -> Backend:
 
     from .kernels.cuda import codecs, elementwise, optimizers
     from .kernels.cuda.ops import CUDA_OPS, lookup
+    from .optimizers import make_optimizer
 
     def zeros(n: int):
         a = cuda.device_array(max(n, 1), np.uint8)
@@ -118,9 +119,9 @@ def _cuda() -> Backend:
         ops=MappingProxyType(CUDA_OPS),
         lookup=lookup,
         kernels=MappingProxyType(_modules(__package__ + ".kernels.cuda", FAMILIES)),
-        get_codec=partial(codecs.get_codec, deferred=True),
-        check_codec=lambda codec: codec.errors.check(codec.name),
-        make_optimizer=optimizers.make_optimizer,
+        get_codec=codecs.get_codec,  # counts bad input on the device, for check_codec
+        check_codec=lambda codec: codec.kernels.check(codec.name),
+        make_optimizer=partial(make_optimizer, kernels=optimizers),
         fill=elementwise.fill,
         accumulate=elementwise.add_into,
         copy=elementwise.copy,

@@ -2,10 +2,17 @@
 
 `make_optimizer(name, params, lr=...)` returns an `Optimizer` for "sgd" or "adamw". Every
 state array (momentum buffer, Adam moments) is allocated at construction through
-`alloc(name, shape, dtype)` (default `np.zeros`), so that a memory arena can own it;
-`step()` runs Numba kernels that write into the parameters and that state and allocates
+`alloc(name, shape, dtype)` (default: the backend's own), so that a memory arena can own
+it; `step()` runs kernels that write into the parameters and that state and allocates
 nothing. Arithmetic happens in the parameters' dtype (float32 or float64), with every
 hyperparameter rounded to that dtype first, as ONNX Runtime does.
+
+The rules, their checks and the state are written here once, for every backend: a backend
+supplies its kernels (`kernels=`), a module with the names of
+runtime/kernels/optimizer_kernels.py (the CPU's, the default): one update kernel per rule
+over flat arrays of its device, and its array handling (allocation, fill, host copies).
+runtime/kernels/cuda/optimizers.py is the CUDA one; state_dict() holds host arrays on
+every backend, so a checkpoint written on one loads on the other.
 
 The rules are those of ONNX Runtime training 1.19.2 (`SGDOptimizerV2` and
 `AdamWOptimizer` in orttraining/training_ops/cpu/optimizer), so that a run here follows a
@@ -50,11 +57,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from types import ModuleType
 
 import numpy as np
-from numba import njit
 
 from .errors import CheckpointError, FactoEdgeError
+from .kernels import optimizer_kernels as cpu_kernels
 
 Alloc = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 StateValue = np.ndarray | int | float
@@ -62,48 +70,17 @@ StateValue = np.ndarray | int | float
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit(cache=True)
-def _sgd_kernel(p, g, lr, wd):  # pragma: no cover - compiled
-    for i in range(p.size):
-        d = g[i] + wd * p[i] if wd != 0 else g[i]
-        p[i] = p[i] + -(lr * d)
-
-
-@njit(cache=True)
-def _sgd_momentum_kernel(p, g, buf, lr, wd, mu, nesterov):  # pragma: no cover - compiled
-    for i in range(p.size):
-        d = g[i] + wd * p[i] if wd != 0 else g[i]
-        buf[i] = mu * buf[i] + d
-        d = d + mu * buf[i] if nesterov else buf[i]
-        p[i] = p[i] + -(lr * d)
-
-
-@njit(cache=True)
-def _adamw_kernel(p, g, m, v, lr, lr_t, b1, c1, b2, c2, eps, wd):  # pragma: no cover
-    decay = lr * wd
-    for i in range(p.size):
-        m[i] = b1 * m[i] + c1 * g[i]
-        v[i] = b2 * v[i] + c2 * g[i] * g[i]
-        p[i] = p[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps)
-        p[i] = p[i] - decay * p[i]
-
-
 def _fail(what: str, expected: str, found: object) -> FactoEdgeError:
     return FactoEdgeError(f"{what}: expected {expected}, got {found!r}")
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    """A 1-D view of a C-contiguous array (never a copy)."""
-    return a.reshape(-1)
-
-
-def _check_params(params: Mapping[str, np.ndarray]) -> None:
+def _check_params(params: Mapping[str, np.ndarray], k: ModuleType) -> None:
     if not params:
         raise _fail("optimizer parameters", "at least one array", params)
     for name, p in params.items():
-        if not isinstance(p, np.ndarray) or p.dtype not in _DTYPES:
-            raise _fail(f"parameter {name!r}", "a float32 or float64 numpy array", type(p))
-        if not (p.flags.c_contiguous and p.flags.writeable):
+        if not k.is_array(p) or np.dtype(p.dtype) not in _DTYPES:
+            raise _fail(f"parameter {name!r}", f"a float32 or float64 {k.ARRAY}", type(p))
+        if not (p.flags["C_CONTIGUOUS"] and k.writeable(p)):
             raise _fail(f"parameter {name!r}", "a writeable C-contiguous array", p.flags)
 
 
@@ -113,35 +90,47 @@ def _check_nonneg(what: str, value: float) -> None:
 
 
 class Optimizer(ABC):
-    """Updates `params` in place from gradients; owns its state arrays.
+    """Updates `params` in place from gradients with the kernels `kernels`; owns its
+    state arrays.
 
     `lr` may be changed between steps (a schedule sets it). `step_count` counts the
     steps taken. `state_dict()` / `load_state_dict()` round-trip exactly, so that a run
     resumed from them continues bit for bit.
     """
 
-    def __init__(self, params: Mapping[str, np.ndarray], lr: float, alloc: Alloc | None):
-        _check_params(params)
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        lr: float,
+        alloc: Alloc | None,
+        kernels: ModuleType,
+    ):
+        _check_params(params, kernels)
         _check_nonneg("learning rate", lr)
         self.params = dict(params)
         self.lr = float(lr)
         self.step_count = 0
+        self._kernels = kernels
         self._alloc = alloc
         self._state: dict[str, np.ndarray] = {}
         self._flat_state: dict[str, np.ndarray] = {}
-        self._flat_params = {k: _flat(p) for k, p in self.params.items()}
+        self._flat_params = {k: p.reshape(-1) for k, p in self.params.items()}
 
     def _new_state(self, param: str, kind: str) -> np.ndarray:
         """Allocates the zeroed state array `param.kind`, shaped like the parameter."""
         p, key = self.params[param], f"{param}.{kind}"
-        a = self._alloc(key, p.shape, p.dtype) if self._alloc else np.zeros(p.shape, p.dtype)
-        if a.shape != p.shape or a.dtype != p.dtype or not a.flags.c_contiguous:
+        a = (
+            self._alloc(key, p.shape, p.dtype)
+            if self._alloc
+            else self._kernels.empty(p.shape, p.dtype)
+        )
+        if a.shape != p.shape or a.dtype != p.dtype or not a.flags["C_CONTIGUOUS"]:
             raise ValueError(
                 f"alloc({key!r}): expected a C-contiguous {p.dtype} {p.shape}, got {a!r}"
             )
-        a.fill(0)
+        self._kernels.fill(a, 0)
         self._state[key] = a
-        self._flat_state[key] = _flat(a)
+        self._flat_state[key] = a.reshape(-1)
         return a
 
     def _flat_grads(self, grads: Mapping[str, np.ndarray]):
@@ -152,12 +141,12 @@ class Optimizer(ABC):
             )
         for name, p in self.params.items():
             g = grads[name]
-            if g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
+            if g.shape != p.shape or g.dtype != p.dtype or not g.flags["C_CONTIGUOUS"]:
                 raise ValueError(
                     f"gradient of {name!r}: expected C-contiguous {p.dtype} "
                     f"{p.shape}, got {g.dtype} {g.shape}"
                 )
-            yield name, self._flat_params[name], _flat(g)
+            yield name, self._flat_params[name], g.reshape(-1)
 
     @abstractmethod
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
@@ -165,12 +154,12 @@ class Optimizer(ABC):
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state (not counting the parameters)."""
-        return sum(a.nbytes for a in self._state.values())
+        return sum(a.size * a.dtype.itemsize for a in self._state.values())
 
     def state_dict(self) -> dict[str, StateValue]:
-        """A copy of the state: `step_count`, `lr` and every state array by name."""
+        """A host copy of the state: `step_count`, `lr` and every state array by name."""
         d: dict[str, StateValue] = {"step_count": self.step_count, "lr": self.lr}
-        d.update({k: a.copy() for k, a in self._state.items()})
+        d.update({k: self._kernels.to_host(a) for k, a in self._state.items()})
         return d
 
     def load_state_dict(self, d: Mapping[str, StateValue]) -> None:
@@ -184,7 +173,7 @@ class Optimizer(ABC):
                     f"got {src.dtype} {src.shape}"
                 )
         for key, a in self._state.items():
-            np.copyto(a, d[key])
+            self._kernels.from_host(a, np.ascontiguousarray(d[key]))
         self.step_count = int(d["step_count"])
         self.lr = float(d["lr"])
 
@@ -201,25 +190,28 @@ class SGD(Optimizer):
         nesterov: bool,
         weight_decay: float,
         alloc: Alloc | None = None,
+        kernels: ModuleType = cpu_kernels,
     ):
-        super().__init__(params, lr, alloc)
+        super().__init__(params, lr, alloc, kernels)
         _check_nonneg("momentum", momentum)
         _check_nonneg("weight decay", weight_decay)
         if nesterov and momentum == 0:
             raise _fail("nesterov=True", "momentum > 0", momentum)
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
         if momentum != 0:
             for name in self.params:
                 self._new_state(name, "momentum")
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        k = self._kernels
         for name, p, g in self._flat_grads(grads):
-            lr, wd = p.dtype.type(self.lr), p.dtype.type(self.weight_decay)
+            f = p.dtype.type
+            lr, wd = f(self.lr), f(self.weight_decay)
             if self.momentum == 0:
-                _sgd_kernel(p, g, lr, wd)
+                k.sgd(p, g, lr, wd)
             else:
-                buf, mu = self._flat_state[f"{name}.momentum"], p.dtype.type(self.momentum)
-                _sgd_momentum_kernel(p, g, buf, lr, wd, mu, self.nesterov)
+                buf, mu = self._flat_state[f"{name}.momentum"], f(self.momentum)
+                k.sgd_momentum(p, g, buf, lr, wd, mu, self.nesterov)
         self.step_count += 1
 
 
@@ -235,8 +227,9 @@ class AdamW(Optimizer):
         eps: float,
         weight_decay: float,
         alloc: Alloc | None = None,
+        kernels: ModuleType = cpu_kernels,
     ):
-        super().__init__(params, lr, alloc)
+        super().__init__(params, lr, alloc, kernels)
         b1, b2 = betas
         for what, b in (("beta1", b1), ("beta2", b2)):
             if not 0 <= b < 1:
@@ -259,9 +252,10 @@ class AdamW(Optimizer):
         return lr, lr_t, b1, f(1) - b1, b2, f(1) - b2, f(self.eps), f(self.weight_decay)
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        k = self._kernels
         for name, p, g in self._flat_grads(grads):
             m, v = self._flat_state[f"{name}.m"], self._flat_state[f"{name}.v"]
-            _adamw_kernel(p, g, m, v, *self._scalars(p.dtype))
+            k.adamw(p, g, m, v, *self._scalars(p.dtype))
         self.step_count += 1
 
 
@@ -286,13 +280,16 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     alloc: Alloc | None = None,
+    kernels: ModuleType = cpu_kernels,
 ) -> Optimizer:
     """Builds the optimizer `name` ("sgd" or "adamw") over `params`, updated in place.
 
     `momentum` and `nesterov` apply to "sgd" only, `betas` and `eps` to "adamw" only;
     `weight_decay` is L2 (added to the gradient) for "sgd" and decoupled for "adamw".
-    State arrays come from `alloc(name, shape, dtype)` (default `np.zeros`), once.
+    State arrays come from `alloc(name, shape, dtype)` (default: the backend's own), once. `kernels`
+    is the backend's (default the CPU's, runtime/kernels/optimizer_kernels.py).
     """
+    backend = {"alloc": alloc, "kernels": kernels}
     if name == "sgd":
         return SGD(
             params,
@@ -300,8 +297,8 @@ def make_optimizer(
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
-            alloc=alloc,
+            **backend,
         )
     if name == "adamw":
-        return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alloc=alloc)
+        return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **backend)
     raise _fail("optimizer name", "one of 'sgd', 'adamw'", name)
