@@ -1,17 +1,16 @@
 """numba.cuda kernels of the runtime, one module per kernel family, mirroring
-runtime/kernels/ (conv, gemm, pool, elementwise, bn, loss), with the activation codecs
-(codec_kernels.py, codecs.py), the optimizers (optimizers.py), data movement
-(movement.py), the launch configuration and shared device helpers (launch.py), and the
-CUDA op table (ops.py, ops_movement.py, ops_batchnorm.py).
+runtime/kernels/ (conv, gemm, pool, elementwise, movement, bn, loss), with the activation
+codecs (codec_kernels.py, codecs.py), the optimizers (optimizers.py), and the launch
+configuration and shared device helpers (launch.py). The op glue is the CPU's
+(runtime/ops.py): it calls these modules through the backend's kernel table.
 
-Each module's host-side wrappers have the signature and semantics of the CPU wrapper they
-mirror, but take numba device arrays instead of numpy arrays, launch kernels that write
-into the arrays they are given and allocate nothing on the device. Where the CPU ops pass
-numpy views (a channel-major array swapped to NCHW), the CUDA ones pass the stored array
-and its channel-major flag. A few wrappers take one more keyword: `maxpool_bwd(...,
-kh=)` (bounds its gather), `softmax_xent_bwd(..., gy=)` (the loss gradient, read on the
-device), and codecs count bad input on the device (`CodecErrors`) instead of raising on
-every encode when built `deferred`.
+Each module's host-side wrappers have the names, signatures and semantics of the CPU
+functions they mirror (the glue calls one name), but take numba device arrays instead of
+numpy arrays, launch kernels that write into the arrays they are given and allocate
+nothing on the device. Arrays travel as stored, with their channel-major flags. The
+kernels' own choices show in the workspace they ask for (`conv.conv_workspace`,
+`elementwise.product_workspace`), and codecs count bad input on the device
+(`CodecErrors`) instead of raising on every encode when built `deferred`.
 
 Wrappers use only the part of the device-array API that real GPUs and the CUDA simulator
 share: `shape`, `size`, `dtype`, `ndim`, contiguous `reshape`, `view(dtype)`, basic
