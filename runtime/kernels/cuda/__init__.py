@@ -1,8 +1,8 @@
 """numba.cuda kernels of the runtime, one module per kernel family, mirroring
 runtime/kernels/ (conv, gemm, pool, elementwise, movement, bn, loss), with the activation
 codecs (codec_kernels.py, codecs.py), the optimizers (optimizers.py), and the launch
-configuration and shared device helpers (launch.py). The op glue is the CPU's
-(runtime/ops.py): it calls these modules through the backend's kernel table.
+configuration and shared device helpers (launch.py). There is no CUDA op glue: the one
+op table (runtime/ops.py) calls these modules through the backend's kernel table.
 
 Each module's host-side wrappers have the names, signatures and semantics of the CPU
 functions they mirror (the glue calls one name), but take numba device arrays instead of
