@@ -5,7 +5,9 @@ Layout: a rank-4 activation (and its gradient) is stored channel-major, [C, N, H
 the NCHW tensor with its first two axes swapped, so that convolutions see the whole
 batch as one matrix (see kernels/conv.py). Initializers keep their ONNX layout. Shapes
 in a `Site` are the logical (ONNX) ones; `Bound.x`, `y`, `gx`, `gy` hold the stored
-arrays, and `logical()` gives the ONNX view of one.
+arrays, and `logical()` gives the ONNX view of one. The op glue hands kernels the stored
+arrays with their channel-major flags (`Site.cm_in`, `cm_out`); each backend's kernels
+view them as they need.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Node
+from .kernels.layout import logical as logical  # the ONNX view, for executor and device
 from .shapes import Shape
 
 F32, U8 = np.dtype(np.float32), np.dtype(np.uint8)
@@ -44,19 +47,6 @@ def channel_major(shape: Shape | None, persistent: bool = False) -> bool:
 def stored_shape(shape: Shape, persistent: bool = False) -> Shape:
     """The shape a tensor of this logical shape is stored with."""
     return (shape[1], shape[0], *shape[2:]) if channel_major(shape, persistent) else shape
-
-
-def logical(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
-    """The ONNX (NCHW) view of a stored array."""
-    return a.swapaxes(0, 1) if stored_channel_major else a
-
-
-def _as_channel_major(a: np.ndarray, stored_channel_major: bool) -> np.ndarray:
-    """A view of `a` to combine elementwise with rank-4 channel-major arrays: lower ranks
-    are broadcast up to 4 (numpy rules) and their first two axes swapped."""
-    if stored_channel_major:
-        return a
-    return a.reshape((1,) * (4 - a.ndim) + a.shape).swapaxes(0, 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,31 +85,6 @@ class Bound:
     def input(self, i: int) -> np.ndarray | None:
         """Input i as forward saw it: its decoded copy when backward kept one."""
         return self.saved.get(f"in{i}", opt(self.x, i))
-
-    def lx(self, i: int) -> np.ndarray:
-        """Logical (ONNX) view of input i."""
-        return logical(self.x[i], self.site.cm_in(i))
-
-    def ly(self, i: int = 0) -> np.ndarray:
-        """Logical view of output i."""
-        return logical(self.y[i], self.site.cm_out(i))
-
-    def lgx(self, i: int) -> np.ndarray:
-        """Logical view of the gradient of input i."""
-        return logical(self.gx[i], self.site.cm_in(i))
-
-    def lgy(self) -> np.ndarray:
-        """Logical view of the gradient of output 0."""
-        return logical(self.gy, self.site.cm_out(0))
-
-    def like_output(self, i: int, a: np.ndarray) -> np.ndarray:
-        """`a`, input i or its gradient, viewed to combine elementwise with output 0."""
-        if len(self.site.outs[0]) != 4:
-            return a
-        return _as_channel_major(a, self.site.cm_in(i))
-
-
-Workspace = dict[str, tuple[Shape, np.dtype]]
 
 
 def opt(seq: list, i: int):

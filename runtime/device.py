@@ -1,10 +1,11 @@
 """Device selection: `resolve_device("cpu" | "cuda") -> Backend`, resolved once when a
 session binds, so that nothing in a step asks which device it runs on.
 
-A Backend is a table: the op table of its device (op type -> OpDef, one lookup per node
-at bind time), the kernel module of each op family, the codec and optimizer factories,
-and the few array primitives the executor and session need beside the ops (zero-fill,
-gradient accumulation, copies to and from the host).
+A Backend is a table: the kernel module of each family (a `Kernels` table, which the one
+op table of runtime/ops.py calls: adding a backend is one kernels package and one entry
+here), the op types its kernels lack if any, the codec and optimizer factories, and the
+few array primitives the executor and session need beside the ops (zero-fill, gradient
+accumulation, copies to and from the host).
 
 Asking for CUDA where it cannot run raises DeviceError naming what is missing: numba's
 CUDA target (the numba-cuda package, `pip install 'facto-edge[cuda]'`), the NVIDIA
@@ -26,24 +27,24 @@ import numpy as np
 from .bound import logical
 from .errors import DeviceError
 from .graph import Node
-from .ops import OpDef
+from .kernels import Kernels
+from .ops import OPS, OpDef, lookup
 
 DEVICES = ("cpu", "cuda")
-KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "bn", "loss")
+KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "movement", "bn", "loss")
 FAMILIES = (*KERNEL_FAMILIES, "codecs", "optimizers")
 INSTALL_HINT = "install it with: pip install 'facto-edge[cuda]'"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """The kernels and primitives of one device. `ops` maps ONNX op types to OpDefs,
-    `kernels` op families (FAMILIES) to kernel modules; the functions work on that
-    device's arrays (numpy for cpu, numba device arrays for cuda)."""
+    """The kernels and primitives of one device. `kernels` maps op families (FAMILIES)
+    to kernel modules, which the op glue calls (`k.conv.conv2d_fwd(...)`); `lacks`
+    names the op types those kernels cannot run. The functions work on that device's
+    arrays (numpy for cpu, numba device arrays for cuda)."""
 
     name: str
-    ops: Mapping[str, OpDef]
-    lookup: Callable[[Node], OpDef]  # the OpDef of a node, or UnsupportedOpError
-    kernels: Mapping[str, ModuleType]
+    kernels: Kernels
     get_codec: Callable  # get_codec(name, group, rounding) -> a codec of this device
     check_codec: Callable[[object], None]  # raise what a step's encoding met, if anything
     make_optimizer: Callable
@@ -55,6 +56,16 @@ class Backend:
     scalar: Callable[[object], float]  # the value of a one-element array
     zeros: Callable[[int], object]  # a zeroed uint8 buffer of n bytes
     simulated: bool = False
+    lacks: frozenset[str] = frozenset()  # op types of OPS that its kernels cannot run
+
+    @property
+    def ops(self) -> Mapping[str, OpDef]:
+        """The op table (runtime/ops.py's OPS) less the op types this device lacks."""
+        return MappingProxyType({t: op for t, op in OPS.items() if t not in self.lacks})
+
+    def lookup(self, node: Node) -> OpDef:
+        """The OpDef of a node, or UnsupportedOpError naming its op type and name."""
+        return lookup(node, self.lacks, self.name)
 
 
 @cache
@@ -75,21 +86,19 @@ def _modules(package: str, families: tuple[str, ...]) -> dict[str, ModuleType]:
 
 def _cpu() -> Backend:
     from . import codecs, optimizers
-    from .ops import OPS, lookup
 
     kernels = _modules(__package__ + ".kernels", KERNEL_FAMILIES)
     kernels.update(codecs=codecs, optimizers=optimizers)
+    elementwise = kernels["elementwise"]
     return Backend(
         name="cpu",
-        ops=MappingProxyType(OPS),
-        lookup=lookup,
-        kernels=MappingProxyType(kernels),
+        kernels=Kernels(kernels),
         get_codec=codecs.get_codec,
         check_codec=lambda codec: None,  # CPU codecs raise while encoding
         make_optimizer=optimizers.make_optimizer,
-        fill=lambda a, value: a.fill(value),
+        fill=elementwise.fill,
         accumulate=lambda g, scratch: np.add(g, scratch, out=g),
-        copy=lambda src, dst: np.copyto(dst, src.reshape(dst.shape)),
+        copy=elementwise.copy,
         put=_put_host,
         get=np.array,
         scalar=float,
@@ -106,7 +115,6 @@ def _cuda() -> Backend:
     from numba import cuda
 
     from .kernels.cuda import codecs, elementwise, optimizers
-    from .kernels.cuda.ops import CUDA_OPS, lookup
     from .optimizers import make_optimizer
 
     def zeros(n: int):
@@ -116,9 +124,7 @@ def _cuda() -> Backend:
 
     return Backend(
         name="cuda",
-        ops=MappingProxyType(CUDA_OPS),
-        lookup=lookup,
-        kernels=MappingProxyType(_modules(__package__ + ".kernels.cuda", FAMILIES)),
+        kernels=Kernels(_modules(__package__ + ".kernels.cuda", FAMILIES)),
         get_codec=codecs.get_codec,  # counts bad input on the device, for check_codec
         check_codec=lambda codec: codec.kernels.check(codec.name),
         make_optimizer=partial(make_optimizer, kernels=optimizers),

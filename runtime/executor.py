@@ -27,6 +27,7 @@ import numpy as np
 from .bound import F32, U8, Bound, Site, logical, stored_shape
 from .device import Backend, resolve_device
 from .graph import Schedule
+from .kernels import Kernels
 from .ops import OpDef
 from .shapes import Shape
 
@@ -52,8 +53,8 @@ class Executor:
     the graph inputs, `root` the value whose gradient `backward` starts from; the caller
     fills `values[feed]` before `forward` and `grads[root]` before `backward`. Rank-4
     activations are stored channel-major (see bound.py); `logical()` gives ONNX views.
-    `backend` (runtime/device.py, default cpu) supplies the op table and the array
-    primitives; `alloc` must hand out arrays of its device.
+    `backend` (runtime/device.py, default cpu) supplies the kernels the ops run on and
+    the array primitives; `alloc` must hand out arrays of its device.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Executor:
     ) -> None:
         backend = backend or resolve_device("cpu")
         self._lookup, self._accumulate = backend.lookup, backend.accumulate
+        self._k = k = backend.kernels
         self._codec = codec
         self.values: dict[str, np.ndarray] = dict(params)
         self._params = params
@@ -82,11 +84,11 @@ class Executor:
         self._backward = [self._steps[n.name] for n in schedule.backward]
         shared = _shared_grads(schedule, sites)
         for name, st in self._steps.items():
-            st.ws_fwd = _workspace(name, "fwd", st.op.workspace(sites[name]), alloc)
+            st.ws_fwd = _workspace(name, "fwd", st.op.workspace(k, sites[name]), alloc)
             st.b.ws = st.ws_fwd
         for node in schedule.backward:
             st = self._steps[node.name]
-            req = _requests(st.op, sites[node.name], shared)
+            req = _requests(k, st.op, sites[node.name], shared)
             st.ws_bwd = st.b.ws = _workspace(node.name, "bwd", req, alloc)
             self._bind_backward(st, shared.get(node.name, ()), alloc)
         self._producer = {v: i for i, n in enumerate(schedule.forward) for v in n.outputs}
@@ -171,22 +173,22 @@ class Executor:
         """Run forward (up to the node producing `until`); when training, keep what
         backward needs, encoding with codec seeds seed, seed + 1, ..."""
         end = len(self._forward) if until is None else self._producer[until] + 1
-        codec = self._codec
-        for k, st in enumerate(self._forward[:end]):
+        codec, k = self._codec, self._k
+        for i, st in enumerate(self._forward[:end]):
             st.b.ws = st.ws_fwd
-            st.op.forward(st.b, training)
+            st.op.forward(k, st.b, training)
             if training:
                 for x, buf in st.encode:
-                    codec.encode(x, buf, seed + k)
+                    codec.encode(x, buf, seed + i)
 
     def backward(self) -> None:
         """Run backward from grads[root], writing every gradient buffer."""
-        codec, accumulate = self._codec, self._accumulate
+        codec, accumulate, k = self._codec, self._accumulate, self._k
         for st in self._backward:
             st.b.ws = st.ws_bwd
             for buf, out in st.decode:
                 codec.decode(buf, out)
-            st.op.backward(st.b)
+            st.op.backward(k, st.b)
             for scratch, g in st.accumulate:
                 accumulate(g, scratch)
 
@@ -237,10 +239,10 @@ def _shared_grads(schedule: Schedule, sites: dict[str, Site]) -> dict[str, tuple
     return shared
 
 
-def _requests(op: OpDef, site: Site, shared: dict) -> dict[str, tuple[Shape, np.dtype]]:
-    """The workspace of one node: its op's, plus scratch for shared gradients and the
-    decode targets of inputs kept through the codec."""
-    req = dict(op.workspace(site))
+def _requests(k: Kernels, op: OpDef, site: Site, shared: dict) -> dict[str, tuple[Shape, np.dtype]]:
+    """The workspace of one node: its op's on kernels k, plus scratch for shared gradients
+    and the decode targets of inputs kept through the codec."""
+    req = dict(op.workspace(k, site))
     for i in shared.get(site.node.name, ()):
         req[f"acc{i}"] = (_stored_input(site, i), F32)
     if any(site.need):

@@ -1,13 +1,17 @@
-"""The op registry: one literal table (`OPS`), ONNX op type -> `OpDef`.
+"""The op registry: one literal table (`OPS`), ONNX op type -> `OpDef`, for every backend.
 
 An OpDef says how to infer output shapes (`infer`), how to run forward and backward on
-bound buffers (`forward(b, training)`, `backward(b)`), what backward keeps (`saved`) and
-which scratch buffers the op needs (`workspace`). `saved` lists, per node, either an input
-kept through the session's codec (`keep_input(i)`: the input of a trainable factor, the
-operand of a product) or raw bytes the op writes itself (a ReLU/Clip mask of 1 bit per
-element, a max-pool argmax, batch statistics). Add, frozen convolutions, average pools,
-Flatten and Reshape keep nothing. ONNX `Constant` nodes are folded into initializers when
-the graph loads, so they need no entry.
+bound buffers (`forward(k, b, training)`, `backward(k, b)`), what backward keeps (`saved`)
+and which scratch buffers the op needs (`workspace(k, site)`). `k` is the backend's
+kernel table (kernels.Kernels: `k.conv.conv2d_fwd(...)`), so this glue is written once
+and runs the kernels of whichever device the session bound (runtime/device.py); a
+backend's kernel modules have the same functions with the same signatures, and arrays
+travel as stored with their channel-major flags (`Site.cm_in`, `cm_out`). `saved` lists,
+per node, either an input kept through the session's codec (`keep_input(i)`: the input
+of a trainable factor, the operand of a product) or raw bytes the op writes itself (a
+ReLU/Clip mask of 1 bit per element, a max-pool argmax, batch statistics). Add, frozen
+convolutions, average pools, Flatten and Reshape keep nothing. ONNX `Constant` nodes are
+folded into initializers when the graph loads, so they need no entry.
 
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
 executor sums the gradients of tensors used more than once. Buffers and their layout are
@@ -18,7 +22,7 @@ ops_batchnorm.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,26 +30,10 @@ import numpy as np
 from . import ops_batchnorm as bn
 from . import ops_movement as mv
 from . import shapes
-from .bound import F32, U8, Bound, Saved, Site, Workspace, keep_input, logical, opt, stored_shape
-from .codecs import (
-    argmax_decode,
-    argmax_encode,
-    argmax_nbytes,
-    mask_nbytes,
-)
+from .bound import F32, U8, Bound, Saved, Site, Workspace, keep_input, opt, stored_shape
+from .codecs import argmax_nbytes, mask_nbytes
 from .graph import Node
-from .kernels.conv import conv2d_bwd_input, conv2d_bwd_weight, conv2d_fwd, conv_workspace
-from .kernels.elementwise import clip_mask_fwd, mask_bwd, reduce_to
-from .kernels.gemm import gemm_bwd, gemm_fwd, matmul_bwd_operand
-from .kernels.loss import softmax_xent_bwd, softmax_xent_fwd
-from .kernels.pool import (
-    avgpool_bwd,
-    avgpool_fwd,
-    global_avgpool_bwd,
-    global_avgpool_fwd,
-    maxpool_bwd,
-    maxpool_fwd,
-)
+from .kernels import Kernels
 from .shapes import Shape, geometry
 
 
@@ -53,7 +41,7 @@ def _nothing(site: Site) -> tuple[Saved, ...]:
     return ()
 
 
-def _no_workspace(site: Site) -> Workspace:
+def _no_workspace(k: Kernels, site: Site) -> Workspace:
     return {}
 
 
@@ -62,10 +50,10 @@ class OpDef:
     """How one ONNX op type infers shapes, runs forward and backward, and what it keeps."""
 
     infer: Callable[[Node, list, list], list[Shape]]
-    forward: Callable[[Bound, bool], None]
-    backward: Callable[[Bound], None]
+    forward: Callable[[Kernels, Bound, bool], None]
+    backward: Callable[[Kernels, Bound], None]
     saved: Callable[[Site], tuple[Saved, ...]] = _nothing
-    workspace: Callable[[Site], Workspace] = _no_workspace
+    workspace: Callable[[Kernels, Site], Workspace] = _no_workspace
     passthrough: tuple[int, ...] = ()  # inputs whose gradient is gy when shapes match
 
 
@@ -89,21 +77,21 @@ def _conv_geom(site: Site):
     return geometry(site.node, site.ins[0], site.ins[1][2:])
 
 
-def _conv_ws(site: Site) -> Workspace:
-    shapes_ = conv_workspace(_conv_geom(site), site.ins[0], site.outs[0])
+def _conv_ws(k: Kernels, site: Site) -> Workspace:
+    shapes_ = k.conv.conv_workspace(_conv_geom(site), site.ins[0], site.outs[0])
     return {key: (shape, F32) for key, shape in shapes_.items()}
 
 
-def _conv_fwd(b: Bound, training: bool) -> None:
-    conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws, _conv_geom(b.site))
+def _conv_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    k.conv.conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws, _conv_geom(b.site))
 
 
-def _conv_bwd(b: Bound) -> None:
+def _conv_bwd(k: Kernels, b: Bound) -> None:
     g, gb = _conv_geom(b.site), opt(b.gx, 2)
     if b.gx[1] is not None or gb is not None:
-        conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws, g)
+        k.conv.conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws, g)
     if b.gx[0] is not None:
-        conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws, g)
+        k.conv.conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws, g)
 
 
 # Gemm, MatMul ----------------------------------------------------------------------------
@@ -114,16 +102,16 @@ def _gemm_args(node: Node) -> tuple[float, float, bool, bool]:
     return a.get("alpha", 1.0), a.get("beta", 1.0), bool(a.get("transA")), bool(a.get("transB"))
 
 
-def _gemm_fwd(b: Bound, training: bool) -> None:
-    gemm_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], *_gemm_args(b.site.node))
+def _gemm_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    k.gemm.gemm_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], *_gemm_args(b.site.node))
 
 
-def _gemm_bwd(b: Bound) -> None:
+def _gemm_bwd(k: Kernels, b: Bound) -> None:
     args = _gemm_args(b.site.node)
-    gemm_bwd(b.gy, b.input(0), b.input(1), b.gx[0], b.gx[1], opt(b.gx, 2), *args)
+    k.gemm.gemm_bwd(b.gy, b.input(0), b.input(1), b.gx[0], b.gx[1], opt(b.gx, 2), *args)
 
 
-def _matmul_ws(site: Site) -> Workspace:
+def _matmul_ws(k: Kernels, site: Site) -> Workspace:
     out = site.outs[0]
     ws: Workspace = {}
     for i, x in enumerate(site.ins[:2]):
@@ -133,63 +121,67 @@ def _matmul_ws(site: Site) -> Workspace:
     return ws
 
 
-def _matmul_fwd(b: Bound, training: bool) -> None:
-    np.matmul(b.lx(0), b.lx(1), out=b.ly())
+def _matmul_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    k.gemm.matmul_fwd(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0))
 
 
-def _matmul_bwd(b: Bound) -> None:
+def _matmul_bwd(k: Kernels, b: Bound) -> None:
     s = b.site
     for i, left in ((0, True), (1, False)):
         if b.gx[i] is not None:
-            other = logical(b.input(1 - i), s.cm_in(1 - i))
-            tmp = b.ws.get(f"tmp{i}")
-            matmul_bwd_operand(b.lgy(), other, b.lgx(i), tmp, left=left)
+            other, tmp = b.input(1 - i), b.ws.get(f"tmp{i}")
+            args = (b.gy, s.cm_out(0), other, s.cm_in(1 - i), b.gx[i], s.cm_in(i), tmp)
+            k.gemm.matmul_bwd_operand(*args, left)
 
 
 # Add, Mul, Relu, Clip --------------------------------------------------------------------
 
 
-def _add_fwd(b: Bound, training: bool) -> None:
-    np.add(b.like_output(0, b.x[0]), b.like_output(1, b.x[1]), out=b.y[0])
+def _add_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    k.elementwise.broadcast_op(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0), False)
 
 
-def _add_bwd(b: Bound) -> None:
+def _add_bwd(k: Kernels, b: Bound) -> None:
     for i, g in enumerate(b.gx):
         if g is not None and g is not b.gy:  # gy itself: the executor shared the buffer
-            reduce_to(b.gy, b.like_output(i, g))
+            k.elementwise.reduce_to(b.gy, g, b.site.cm_out(0), b.site.cm_in(i))
 
 
-def _mul_ws(site: Site) -> Workspace:
+def _mul_ws(k: Kernels, site: Site) -> Workspace:
     broadcast = any(n and x != site.outs[0] for n, x in zip(site.need, site.ins, strict=True))
-    return {"prod": (stored_shape(site.outs[0]), F32)} if broadcast else {}
+    if not broadcast:
+        return {}
+    scratch = k.elementwise.product_workspace(stored_shape(site.outs[0]))
+    return {key: (shape, F32) for key, shape in scratch.items()}
 
 
-def _mul_fwd(b: Bound, training: bool) -> None:
-    np.multiply(b.like_output(0, b.x[0]), b.like_output(1, b.x[1]), out=b.y[0])
+def _mul_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    k.elementwise.broadcast_op(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0), True)
 
 
-def _mul_bwd(b: Bound) -> None:
+def _mul_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
     for i, other in ((0, 1), (1, 0)):
-        if b.gx[i] is None:
-            continue
-        g = b.like_output(i, b.gx[i])
-        prod = g if g.shape == b.gy.shape else b.ws["prod"]
-        np.multiply(b.gy, b.like_output(other, b.input(other)), out=prod)
-        if prod is not g:
-            reduce_to(prod, g)
+        if b.gx[i] is not None:
+            o, o_swap = b.input(other), s.cm_in(other)
+            k.elementwise.reduce_to(b.gy, b.gx[i], s.cm_out(0), s.cm_in(i), o, o_swap, b.ws)
 
 
-def _clip_fwd(b: Bound, training: bool) -> None:
+def _clip_fwd(k: Kernels, b: Bound, training: bool) -> None:
     s = b.site
     lo, hi = (0.0, math.inf) if s.node.op_type == "Relu" else shapes.clip_bounds(s.node, s.consts)
+    x, y = b.x[0].reshape(-1), b.y[0].reshape(-1)
     if training and "mask" in b.saved:
-        clip_mask_fwd(b.x[0].reshape(-1), b.y[0].reshape(-1), b.saved["mask"], lo, hi)
+        k.elementwise.clip_mask_fwd(x, y, b.saved["mask"], lo, hi)
     else:
-        np.clip(b.x[0], np.float32(lo), np.float32(hi), out=b.y[0])
+        k.elementwise.clip(x, y, lo, hi)
 
 
-def _mask_bwd(b: Bound) -> None:
-    mask_bwd(b.saved["mask"], b.gy.reshape(-1), b.gx[0].reshape(-1))
+def _mask_bwd(k: Kernels, b: Bound) -> None:
+    k.elementwise.mask_bwd(b.saved["mask"], b.gy.reshape(-1), b.gx[0].reshape(-1))
 
 
 # Pooling ---------------------------------------------------------------------------------
@@ -204,21 +196,21 @@ def _maxpool_saved(site: Site) -> tuple[Saved, ...]:
     return (Saved("argmax", nbytes=argmax_nbytes(site.outs[0], (g.kh, g.kw))),)
 
 
-def _maxpool_ws(site: Site) -> Workspace:
+def _maxpool_ws(k: Kernels, site: Site) -> Workspace:
     return {"arg": (stored_shape(site.outs[0]), U8)}
 
 
-def _maxpool_fwd(b: Bound, training: bool) -> None:
+def _maxpool_fwd(k: Kernels, b: Bound, training: bool) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
-    maxpool_fwd(b.x[0], b.y[0], arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+    k.pool.maxpool_fwd(b.x[0], b.y[0], arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
     if training and "argmax" in b.saved:
-        argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
+        k.codecs.argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
 
 
-def _maxpool_bwd(b: Bound) -> None:
+def _maxpool_bwd(k: Kernels, b: Bound) -> None:
     g, arg = _pool_geom(b.site), b.ws["arg"]
-    argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
-    maxpool_bwd(b.gy, arg, b.gx[0], g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+    k.codecs.argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
+    k.pool.maxpool_bwd(b.gy, arg, b.gx[0], g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
 
 
 def _avgpool_args(site: Site) -> tuple:
@@ -227,20 +219,20 @@ def _avgpool_args(site: Site) -> tuple:
     return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, include
 
 
-def _avgpool_fwd(b: Bound, training: bool) -> None:
-    avgpool_fwd(b.x[0], b.y[0], *_avgpool_args(b.site))
+def _avgpool_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    k.pool.avgpool_fwd(b.x[0], b.y[0], *_avgpool_args(b.site))
 
 
-def _avgpool_bwd(b: Bound) -> None:
-    avgpool_bwd(b.gy, b.gx[0], *_avgpool_args(b.site))
+def _avgpool_bwd(k: Kernels, b: Bound) -> None:
+    k.pool.avgpool_bwd(b.gy, b.gx[0], *_avgpool_args(b.site))
 
 
-def _gap_fwd(b: Bound, training: bool) -> None:
-    global_avgpool_fwd(b.x[0], b.y[0])
+def _gap_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    k.pool.global_avgpool_fwd(b.x[0], b.y[0])
 
 
-def _gap_bwd(b: Bound) -> None:
-    global_avgpool_bwd(b.gy, b.gx[0])
+def _gap_bwd(k: Kernels, b: Bound) -> None:
+    k.pool.global_avgpool_bwd(b.gy, b.gx[0])
 
 
 # Loss ------------------------------------------------------------------------------------
@@ -250,11 +242,11 @@ def _xent_saved(site: Site) -> tuple[Saved, ...]:
     return (Saved("logp", nbytes=4 * math.prod(site.ins[0])),)
 
 
-def _xent_ws(site: Site) -> Workspace:
+def _xent_ws(k: Kernels, site: Site) -> Workspace:
     return {"logp": (site.ins[0], F32), "losses": (site.ins[0][:1], F32)}
 
 
-def _logp(b: Bound) -> np.ndarray:
+def _logp(b: Bound):
     if "logp" in b.saved:
         return b.saved["logp"].view(np.float32).reshape(b.site.ins[0])
     return b.ws["logp"]
@@ -265,17 +257,18 @@ def _xent_scale(b: Bound) -> float:
     return 1.0 / b.site.ins[0][0] if mean else 1.0
 
 
-def _xent_fwd(b: Bound, training: bool) -> None:
+def _smoothing(b: Bound) -> float:
+    return float(b.site.node.attrs.get("label_smoothing", 0.0))
+
+
+def _xent_fwd(k: Kernels, b: Bound, training: bool) -> None:
     losses = b.ws["losses"]
-    smoothing = float(b.site.node.attrs.get("label_smoothing", 0.0))
-    softmax_xent_fwd(b.x[0], b.x[1], smoothing, _logp(b), losses)
-    b.y[0][...] = np.add.reduce(losses, dtype=np.float64) * _xent_scale(b)
+    k.loss.softmax_xent_fwd(b.x[0], b.x[1], _smoothing(b), _logp(b), losses)
+    k.loss.loss_total(losses, _xent_scale(b), b.y[0])
 
 
-def _xent_bwd(b: Bound) -> None:
-    smoothing = float(b.site.node.attrs.get("label_smoothing", 0.0))
-    scale = float(b.gy) * _xent_scale(b)
-    softmax_xent_bwd(_logp(b), b.x[1], smoothing, scale, b.gx[0])
+def _xent_bwd(k: Kernels, b: Bound) -> None:
+    k.loss.softmax_xent_bwd(_logp(b), b.x[1], _smoothing(b), _xent_scale(b), b.gx[0], b.gy)
 
 
 # The table -------------------------------------------------------------------------------
@@ -303,11 +296,14 @@ OPS: dict[str, OpDef] = {
 }
 
 
-def lookup(node: Node) -> OpDef:
-    """The OpDef of `node`, or UnsupportedOpError naming its op type and name."""
+def lookup(node: Node, lacks: Collection[str] = (), device: str = "cpu") -> OpDef:
+    """The OpDef of `node`, or UnsupportedOpError naming its op type and name; `lacks`
+    lists the op types that `device`'s kernels cannot run."""
     op = OPS.get(node.op_type)
-    if op is None:
+    if op is None or node.op_type in lacks:
+        where = f" on device {device!r}" if node.op_type in OPS else ""
+        supported = ", ".join(t for t in OPS if t not in lacks)
         raise shapes.unsupported(
-            node, f"op type {node.op_type} is not supported; supported: {', '.join(OPS)}"
+            node, f"op type {node.op_type} is not supported{where}; supported: {supported}"
         )
     return op

@@ -1,59 +1,54 @@
 """Forward and backward of the ops that only move data: Flatten, Reshape, Identity,
-Dropout (an identity when training here), Pad (constant), Slice and Concat. They work on
-logical (ONNX) views, so the channel-major storage of rank-4 tensors is invisible here."""
+Dropout (an identity when training here), Pad (constant), Slice and Concat. They hand
+the movement kernels (`k.movement`) stored arrays with their channel-major flags and
+numpy basic indices into the logical (ONNX) views."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import shapes
 from .bound import Bound
+from .kernels import Kernels
 
 
-def _copy_reshaped(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst = src reshaped (logical views), reshaping whichever side is contiguous."""
-    if dst.shape == src.shape:
-        np.copyto(dst, src)
-    elif dst.flags.c_contiguous:
-        np.copyto(dst.reshape(src.shape), src)
-    else:
-        np.copyto(dst, src.reshape(dst.shape))
+def copy_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    k.movement.reshape_copy(b.x[0], b.site.cm_in(0), b.y[0], b.site.cm_out(0))
 
 
-def copy_fwd(b: Bound, training: bool) -> None:
-    _copy_reshaped(b.ly(), b.lx(0))
-
-
-def copy_bwd(b: Bound) -> None:
+def copy_bwd(k: Kernels, b: Bound) -> None:
     if b.gx[0] is not b.gy:  # gy itself: the executor shared the buffer
-        _copy_reshaped(b.lgx(0), b.lgy())
+        k.movement.reshape_copy(b.gy, b.site.cm_out(0), b.gx[0], b.site.cm_in(0))
 
 
-def pad_fwd(b: Bound, training: bool) -> None:
-    _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
-    value = shapes.const(b.site.node, b.site.consts, 2, "constant_value")
-    b.y[0].fill(0.0 if value is None else float(value))
-    np.copyto(b.ly()[dst], b.lx(0)[src])
+def pad_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    _, src, dst = shapes.pad_slices(s.node, s.ins[0], s.consts)
+    value = shapes.const(s.node, s.consts, 2, "constant_value")
+    k.elementwise.fill(b.y[0], 0.0 if value is None else float(value))
+    k.movement.window_copy(b.x[0], s.cm_in(0), b.y[0], s.cm_out(0), src, dst)
 
 
-def pad_bwd(b: Bound) -> None:
-    _, src, dst = shapes.pad_slices(b.site.node, b.site.ins[0], b.site.consts)
-    b.gx[0].fill(0.0)
-    np.copyto(b.lgx(0)[src], b.lgy()[dst])
+def pad_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
+    _, src, dst = shapes.pad_slices(s.node, s.ins[0], s.consts)
+    k.elementwise.fill(b.gx[0], 0.0)
+    k.movement.window_copy(b.gy, s.cm_out(0), b.gx[0], s.cm_in(0), dst, src)
 
 
-def slice_fwd(b: Bound, training: bool) -> None:
-    _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
-    np.copyto(b.ly(), b.lx(0)[index])
+def slice_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    _, index = shapes.slice_index(s.node, s.ins[0], s.consts)
+    k.movement.window_copy(b.x[0], s.cm_in(0), b.y[0], s.cm_out(0), index, None)
 
 
-def slice_bwd(b: Bound) -> None:
-    _, index = shapes.slice_index(b.site.node, b.site.ins[0], b.site.consts)
-    b.gx[0].fill(0.0)
-    np.copyto(b.lgx(0)[index], b.lgy())
+def slice_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
+    _, index = shapes.slice_index(s.node, s.ins[0], s.consts)
+    k.elementwise.fill(b.gx[0], 0.0)
+    k.movement.window_copy(b.gy, s.cm_out(0), b.gx[0], s.cm_in(0), None, index)
 
 
 def _concat_parts(b: Bound):
+    """(input position, where it lands in the output as a numpy index) of each input."""
     axis = b.site.node.attrs["axis"] % len(b.site.outs[0])
     start = 0
     for i, shape in enumerate(b.site.ins):
@@ -61,12 +56,14 @@ def _concat_parts(b: Bound):
         start += shape[axis]
 
 
-def concat_fwd(b: Bound, training: bool) -> None:
+def concat_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    cm = b.site.cm_out(0)
     for i, index in _concat_parts(b):
-        np.copyto(b.ly()[index], b.lx(i))
+        k.movement.window_copy(b.x[i], b.site.cm_in(i), b.y[0], cm, None, index)
 
 
-def concat_bwd(b: Bound) -> None:
+def concat_bwd(k: Kernels, b: Bound) -> None:
+    cm = b.site.cm_out(0)
     for i, index in _concat_parts(b):
         if b.gx[i] is not None:
-            np.copyto(b.lgx(i), b.lgy()[index])
+            k.movement.window_copy(b.gy, cm, b.gx[i], b.site.cm_in(i), index, None)

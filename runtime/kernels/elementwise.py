@@ -1,6 +1,9 @@
 """Elementwise kernels: ReLU/Clip forward fused with their 1-bit backward mask and its
-application backward, per-channel bias and spreads, broadcast-aware reductions for the
-backward of Add and Mul, and a finiteness check for input batches. The mask layout is
+application backward, per-channel bias and spreads, broadcast Add and Mul and the
+broadcast-aware reductions of their backward, fill and copy, and a finiteness check for
+input batches. Where numpy does the work, the function is a thin wrapper with the
+signature of its CUDA twin (cuda/elementwise.py): operands travel as stored arrays with
+their channel-major flags (kernels/layout.py). The mask layout is
 `codecs.mask_encode`'s (element i in bit i % 8 of byte i // 8); these serial kernels run
 a full byte per iteration, 3x faster than the codecs' general ones on ReLU-sized tensors."""
 
@@ -10,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .dispatch import kernel
+from .layout import as_channel_major
 
 
 @kernel
@@ -89,8 +93,49 @@ def broadcast_axes(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
     return tuple(i for i, (f, s) in enumerate(zip(full, padded, strict=True)) if s == 1 and f != 1)
 
 
-def reduce_to(g: np.ndarray, out: np.ndarray) -> None:
-    """out = g summed over the axes along which an operand of out's shape was broadcast."""
+def clip(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> None:
+    """y = clip(x, lo, hi), 1-D (eval mode: no mask)."""
+    np.clip(x, np.float32(lo), np.float32(hi), out=y)
+
+
+def fill(a: np.ndarray, value: float) -> None:
+    """a[...] = value."""
+    a.fill(value)
+
+
+def copy(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst = src, element for element in C order (same size)."""
+    np.copyto(dst, src.reshape(dst.shape))
+
+
+def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, mul: bool) -> None:
+    """y = a * b (mul) or a + b with numpy broadcasting of logical shapes, each array
+    given with its channel-major flag."""
+    if sy:
+        a, b = as_channel_major(a, sa), as_channel_major(b, sb)
+    (np.multiply if mul else np.add)(a, b, out=y)
+
+
+def product_workspace(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Scratch that reduce_to(..., other=) needs to reduce a product of stored `shape`
+    to a smaller operand: the product itself."""
+    return {"prod": shape}
+
+
+def reduce_to(g, out, g_swap=False, out_swap=False, other=None, o_swap=False, ws=None) -> None:
+    """out = g (times `other`, broadcast, when given) summed over the axes along which an
+    operand of out's logical shape was broadcast to g's (numpy rules); each array comes
+    with its channel-major flag. Overwrites out. A product that needs reducing goes
+    through ws["prod"] (product_workspace)."""
+    if g_swap or out_swap:
+        g, out = as_channel_major(g, g_swap), as_channel_major(out, out_swap)
+        other = None if other is None else as_channel_major(other, o_swap)
+    if other is not None:
+        prod = out if out.shape == g.shape else ws["prod"]
+        np.multiply(g, other, out=prod)
+        if prod is out:
+            return
+        g = prod
     axes = broadcast_axes(g.shape, out.shape)
     if not axes:
         np.copyto(out, g.reshape(out.shape))

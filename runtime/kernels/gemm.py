@@ -1,11 +1,13 @@
 """Gemm and MatMul on BLAS (numpy matmul into the given output, which allocates nothing):
-forward and the gradients of both operands and the bias."""
+forward and the gradients of both operands and the bias. MatMul operands come as stored
+arrays with their channel-major flags (kernels/layout.py), as in cuda/gemm.py."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .elementwise import add_bias, reduce_to
+from .layout import logical
 
 
 def _t(a: np.ndarray, trans: bool) -> np.ndarray:
@@ -53,9 +55,15 @@ def _scale(a: np.ndarray, s: float) -> None:
         np.multiply(a, np.float32(s), out=a)
 
 
-def matmul_bwd_operand(gy, other, g, tmp, left: bool) -> None:
+def matmul_fwd(a, sa: bool, b, sb: bool, y, sy: bool) -> None:
+    """y = a @ b (numpy matmul of logical views, batch axes broadcast)."""
+    np.matmul(logical(a, sa), logical(b, sb), out=logical(y, sy))
+
+
+def matmul_bwd_operand(gy, sgy, other, so, g, sg, tmp, left: bool) -> None:
     """Gradient of one MatMul operand: left -> gy @ other^T, right -> other^T @ gy, summed
     over broadcast batch axes through `tmp` (the full batch shape) when g is smaller."""
+    gy, other, g = logical(gy, sgy), logical(other, so), logical(g, sg)
     full = tmp if g.shape != _full_shape(gy, other, left) else g
     other_t = np.swapaxes(other, -1, -2)
     if left:

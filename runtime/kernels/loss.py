@@ -1,10 +1,12 @@
 """Softmax cross-entropy over logits [N, K] and int64 labels [N], with label smoothing:
-the target is (1 - eps) * onehot(label) + eps / K, as torch.nn.CrossEntropyLoss."""
+the target is (1 - eps) * onehot(label) + eps / K, as torch.nn.CrossEntropyLoss. The
+signatures are cuda/loss.py's."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 
@@ -27,8 +29,19 @@ def softmax_xent_fwd(logits, labels, smoothing, logp, losses):  # pragma: no cov
         losses[n] = -(1.0 - smoothing) * (logits[n, labels[n]] - lse) - smoothing * total / nk
 
 
+def loss_total(losses: np.ndarray, scale: float, out: np.ndarray) -> None:
+    """out (one float32) = sum of losses in float64, times scale (the op's reduction)."""
+    out[...] = np.add.reduce(losses, dtype=np.float64) * scale
+
+
+def softmax_xent_bwd(logp, labels, smoothing: float, scale: float, glogits, gy) -> None:
+    """glogits = scale * gy * (softmax - target); `gy` is the loss's incoming gradient,
+    a one-element array."""
+    _xent_bwd(logp, labels, smoothing, scale * gy.item(), glogits)
+
+
 @njit(cache=True, nogil=True)
-def softmax_xent_bwd(logp, labels, smoothing, scale, glogits):  # pragma: no cover - compiled
+def _xent_bwd(logp, labels, smoothing, scale, glogits):  # pragma: no cover - compiled
     """glogits = scale * (softmax - target)."""
     nb, nk = logp.shape
     for n in range(nb):

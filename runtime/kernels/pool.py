@@ -37,8 +37,9 @@ def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
 
 
 @kernel
-def maxpool_bwd(gy, arg, gx, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
-    """gx = gy routed to each window's argmax (overwrites gx)."""
+def maxpool_bwd(gy, arg, gx, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
+    """gx = gy routed to each window's argmax (overwrites gx). A scatter: it needs no
+    window height `kh` (CUDA's gather does; the signature is shared)."""
     nb, nc, ho, wo = gy.shape
     for t in prange(nb * nc):
         n, c = t // nc, t % nc

@@ -13,13 +13,17 @@ Python thread per CUDA thread.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -174,9 +178,48 @@ def test_cuda_backend_covers_the_op_table():
     assert b.name == "cuda" and b.simulated == SIM
     assert set(b.ops) == set(OPS) and set(b.kernels) == set(device_mod.FAMILIES)
     for op_type, op in b.ops.items():
-        cpu = OPS[op_type]
-        assert (op.infer, op.saved) == (cpu.infer, cpu.saved), op_type
-        assert op.forward is not cpu.forward and op.backward is not cpu.backward, op_type
+        assert op is OPS[op_type] and b.lookup(Node(op_type, "n", (), ())) is op, op_type
+    cpu = device_mod.resolve_device("cpu").kernels
+    assert all(b.kernels[f] is not cpu[f] for f in device_mod.FAMILIES)
+
+
+def test_lacking_backend_names_the_op_and_device():
+    from facto_edge.errors import UnsupportedOpError
+
+    cpu = device_mod.resolve_device("cpu")
+    b = device_mod.Backend(**{**vars(cpu), "lacks": frozenset({"Pad"})})
+    assert "Pad" not in b.ops and set(b.ops) == set(OPS) - {"Pad"}
+    with pytest.raises(UnsupportedOpError, match="op type Pad is not supported on device 'cpu'"):
+        b.lookup(Node("Pad", "p", ("x",), ("y",)))
+    with pytest.raises(UnsupportedOpError, match="op type Foo is not supported; supported: Conv"):
+        b.lookup(Node("Foo", "f", ("x",), ("y",)))
+
+
+GLUE = [Path(device_mod.__file__).with_name(n) for n in ("ops.py", "ops_movement.py", "ops_batchnorm.py")]  # fmt: skip  # noqa: E501
+
+
+def _glue_calls() -> set[tuple[str, str]]:
+    """(family, function) of every kernel the op glue calls as k.<family>.<function>."""
+    return {c for path in GLUE for c in re.findall(r"\bk\.(\w+)\.(\w+)\(", path.read_text())}
+
+
+def _params(fn) -> list[str]:
+    return list(inspect.signature(getattr(fn, "py_func", fn)).parameters)
+
+
+def test_cuda_kernels_have_every_function_the_glue_calls():
+    """The glue calls one name per kernel: the CUDA modules have each function the CPU
+    ones have, with the same parameters (imported only: no device needed)."""
+    pytest.importorskip("numba.cuda")
+    cpu = device_mod.resolve_device("cpu").kernels
+    calls = _glue_calls()
+    assert {f for f, _ in calls} <= set(device_mod.FAMILIES) and len(calls) > 30
+    for family, name in sorted(calls):
+        dev = importlib.import_module(f"facto_edge.runtime.kernels.cuda.{family}")
+        assert hasattr(cpu[family], name), f"cpu {family}.{name}"
+        assert hasattr(dev, name), f"cuda {family}.{name}"
+        host_fn, dev_fn = getattr(cpu[family], name), getattr(dev, name)
+        assert _params(host_fn) == _params(dev_fn), f"{family}.{name}"
 
 
 @pytest.mark.parametrize("name", ["cpu", pytest.param("cuda", marks=needs_cuda)])
@@ -256,7 +299,7 @@ def _stored(a: np.ndarray, cm: bool) -> np.ndarray:
     return np.array(a.swapaxes(0, 1) if cm else a, order="C")
 
 
-def _bind(op, site: Site, values, gy: np.ndarray) -> Bound:
+def _bind(op, k, site: Site, values, gy: np.ndarray) -> Bound:
     """Host buffers of one node: inputs as stored, zeroed outputs, gradients, saved bytes
     and workspace; an input backward keeps is kept as is (the codecs are tested apart)."""
     x = [None if v is None else _stored(v, site.cm_in(i)) for i, v in enumerate(values)]
@@ -269,13 +312,13 @@ def _bind(op, site: Site, values, gy: np.ndarray) -> Bound:
         s.key: np.zeros(s.nbytes, np.uint8) if s.source is None else x[s.source]
         for s in op.saved(site)
     }
-    ws = {k: np.zeros(shape, dtype) for k, (shape, dtype) in op.workspace(site).items()}
+    ws = {key: np.zeros(shape, dtype) for key, (shape, dtype) in op.workspace(k, site).items()}
     return Bound(site, x, y, gx, _stored(gy, site.cm_out(0)), saved, ws)
 
 
-def _to_device(b: Bound, op) -> Bound:
+def _to_device(b: Bound, op, k) -> Bound:
     """The device twin of host bound buffers (fresh device copies of each array), with
-    the CUDA op's own workspace."""
+    the workspace the CUDA kernels `k` ask for."""
     from numba import cuda
 
     def dev(a):
@@ -283,7 +326,7 @@ def _to_device(b: Bound, op) -> Bound:
 
     x = [dev(a) for a in b.x]
     saved = {k: x[int(k[2:])] if k.startswith("in") else dev(a) for k, a in b.saved.items()}
-    ws = {k: cuda.to_device(np.zeros(s, d)) for k, (s, d) in op.workspace(b.site).items()}
+    ws = {key: cuda.to_device(np.zeros(s, d)) for key, (s, d) in op.workspace(k, b.site).items()}
     gx = [dev(a) for a in b.gx]
     return Bound(b.site, x, [dev(a) for a in b.y], gx, dev(b.gy), saved, ws)
 
@@ -302,21 +345,20 @@ def _outputs(b: Bound) -> dict[str, np.ndarray]:
 
 
 def check_cuda_op(op_type, attrs, shapes_, n_out=1, atol=1e-5, seed=0, training=True):
-    """Run one `op_type` node forward (training) and backward on the CPU and CUDA op
-    tables from the same inputs and output gradient; outputs and input gradients agree."""
-    from facto_edge.runtime.kernels.cuda.ops import CUDA_OPS
-
+    """Run one `op_type` node forward (training) and backward on the CPU and CUDA kernels
+    from the same inputs and output gradient; outputs and input gradients agree."""
     rng = np.random.default_rng(seed)
     values, persistent, need = _inputs(shapes_, rng)
     site = _site(op_type, dict(attrs), values, persistent, need, n_out)
     gy = rng.standard_normal(site.outs[0]).astype(np.float32)
-    cpu, gpu_op = OPS[op_type], CUDA_OPS[op_type]
-    hb = _bind(cpu, site, values, gy)
-    db = _to_device(hb, gpu_op)
-    for op, b in ((cpu, hb), (gpu_op, db)):
-        op.forward(b, training)
+    op = OPS[op_type]
+    cpu_k, cuda_k = (device_mod.resolve_device(d).kernels for d in ("cpu", "cuda"))
+    hb = _bind(op, cpu_k, site, values, gy)
+    db = _to_device(hb, op, cuda_k)
+    for k, b in ((cpu_k, hb), (cuda_k, db)):
+        op.forward(k, b, training)
         if training and any(site.need):
-            op.backward(b)
+            op.backward(k, b)
     want, got = _outputs(hb), _outputs(db)
     assert want.keys() == got.keys()
     for key in want:

@@ -1,7 +1,8 @@
 """Elementwise CUDA kernels, mirroring runtime/kernels/elementwise.py: ReLU/Clip forward
-fused with their 1-bit mask (the layout of `codecs.mask_encode`), per-channel bias and
-spreads, broadcast Add/Mul and the broadcast-aware reduction of their backward, plus the
-fill/add/copy helpers that replace numpy's in-place calls on device arrays."""
+fused with their 1-bit mask (the layout of `codecs.mask_encode`) and its application
+backward, per-channel bias and spreads, broadcast Add/Mul and the broadcast-aware
+reduction of their backward, plus the fill/add/copy helpers that replace numpy's
+in-place calls on device arrays."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from .codec_kernels import mask_apply as _mask_apply
 from .launch import THREADS, as4, bidx, blocks, ld4, logical4, st4, unravel4
 
 
@@ -112,6 +114,11 @@ def clip_mask_fwd(x, y, bits, lo: float, hi: float) -> None:
     _clip_mask[blocks((x.size + 7) // 8), THREADS](x, y, bits, np.float32(lo), np.float32(hi))
 
 
+def mask_bwd(bits, gy, gx) -> None:
+    """gx = gy where the mask bit is set, else 0 (1-D; gx may be gy)."""
+    _mask_apply[blocks(gy.size), THREADS](bits, gy, gx)
+
+
 def clip(x, y, lo: float, hi: float) -> None:
     """y = clip(x, lo, hi), 1-D (eval mode: no mask)."""
     _clip[blocks(x.size), THREADS](x, y, np.float32(lo), np.float32(hi))
@@ -162,9 +169,15 @@ def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, mul: bool) -> None:
     _broadcast[blocks(y.size), THREADS](a4, sa, b4, sb, y4, sy, mul, d[1], d[2], d[3])
 
 
-def reduce_to(g, out, g_swap: bool = False, out_swap: bool = False, other=None, o_swap=False):
+def product_workspace(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Scratch that reduce_to(..., other=) needs: none, the product is fused."""
+    return {}
+
+
+def reduce_to(g, out, g_swap=False, out_swap=False, other=None, o_swap=False, ws=None) -> None:
     """out = g (times `other`, broadcast, when given) summed over the axes along which an
-    operand of out's logical shape was broadcast to g's (numpy rules). Overwrites out."""
+    operand of out's logical shape was broadcast to g's (numpy rules). Overwrites out.
+    `ws` (product_workspace's) is unused: the product is formed inside the sum."""
     (g4, g_swap), (out4, out_swap) = as4(g, g_swap), as4(out, out_swap)
     full, small = logical4(g4, g_swap), logical4(out4, out_swap)
     red = tuple(int(s == 1 and f != 1) for f, s in zip(full, small, strict=True))

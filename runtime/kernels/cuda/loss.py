@@ -38,9 +38,9 @@ def _sum_scaled(losses, scale, out):  # pragma: no cover - compiled
 
 
 @cuda.jit(cache=True)
-def _xent_bwd(logp, labels, smoothing, scale, gy, use_gy, glogits):  # pragma: no cover
+def _xent_bwd(logp, labels, smoothing, scale, gy, glogits):  # pragma: no cover - compiled
     nb, nk = logp.shape
-    s = scale * gy[0] if use_gy else scale
+    s = scale * gy[0]
     for t in range(cuda.grid(1), logp.size, cuda.gridsize(1)):
         n, k = t // nk, t % nk
         g = s * (math.exp(logp[n, k]) - smoothing / nk)
@@ -59,9 +59,8 @@ def loss_total(losses, scale: float, out) -> None:
     _sum_scaled[1, 1](losses, float(scale), out.reshape(-1))
 
 
-def softmax_xent_bwd(logp, labels, smoothing: float, scale: float, glogits, gy=None) -> None:
+def softmax_xent_bwd(logp, labels, smoothing: float, scale: float, glogits, gy) -> None:
     """glogits = scale * gy * (softmax - target); `gy`, the loss's incoming gradient, is a
-    one-element device array read on the device (default 1)."""
-    flat = glogits.reshape(-1) if gy is None else gy.reshape(-1)
-    args = (logp, labels, float(smoothing), float(scale), flat, gy is not None, glogits)
+    one-element device array read on the device."""
+    args = (logp, labels, float(smoothing), float(scale), gy.reshape(-1), glogits)
     _xent_bwd[blocks(logp.size), THREADS](*args)

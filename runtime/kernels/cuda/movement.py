@@ -1,7 +1,8 @@
 """Data movement on CUDA between logical (ONNX) views of stored tensors of rank <= 4,
-each given as (array, channel-major flag) (see launch.as4): a reshaping copy (Flatten,
-Reshape, Identity, Dropout) and a strided window copy (Slice, Pad, Concat and their
-backward), which replace numpy's copies through views in runtime/ops_movement.py."""
+each given as (array, channel-major flag) (see launch.as4), mirroring
+runtime/kernels/movement.py: a reshaping copy (Flatten, Reshape, Identity, Dropout) and
+a strided window copy between numpy basic indices (Slice, Pad, Concat and their
+backward)."""
 
 from __future__ import annotations
 
@@ -52,21 +53,31 @@ def _at4(at) -> tuple[tuple, tuple]:
     return _pad4(starts, 0), _pad4(steps, 1)
 
 
-def window_copy(src, src_cm: bool, dst, dst_cm: bool, shape, src_at, dst_at) -> None:
-    """Logical dst[od + i * sd] = src[os + i * ss] for every index i of `shape`, where
-    src_at and dst_at are per-axis (start, step) pairs (rank <= 4)."""
+def window_copy(src, src_cm: bool, dst, dst_cm: bool, src_index=None, dst_index=None) -> None:
+    """Logical dst[dst_index] = logical src[src_index], each index a tuple of slices (a
+    numpy basic index; None: the whole tensor), rank <= 4."""
+    ls, ld = _logical_shape(src, src_cm), _logical_shape(dst, dst_cm)
+    shape = _window_shape(src_index, ls) if src_index is not None else ls
     (s4, src_cm), (d4, dst_cm) = as4(src, src_cm), as4(dst, dst_cm)
-    shape4 = _pad4(tuple(shape), 1)
-    (os_, ss_), (od_, sd_) = _at4(src_at), _at4(dst_at)
+    shape4 = _pad4(shape, 1)
+    (os_, ss_), (od_, sd_) = _at4(_slices_at(src_index, ls)), _at4(_slices_at(dst_index, ld))
     args = (s4, src_cm, d4, dst_cm, shape4, os_, ss_, od_, sd_)
     _window_copy[blocks(math.prod(shape4)), THREADS](*args)
 
 
-def slices_at(index: tuple[slice, ...], shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(start, step) per axis of a numpy basic index of slices into `shape`."""
-    return [sl.indices(d)[::2] for sl, d in zip(index, shape, strict=True)]
+def _logical_shape(a, cm: bool) -> tuple[int, ...]:
+    s = tuple(a.shape)
+    return (s[1], s[0], *s[2:]) if cm else s
 
 
-def window_shape(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+def _slices_at(index, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, step) per axis of `shape` under a numpy basic index of slices (None: all)."""
+    index = () if index is None else index
+    at = [sl.indices(d)[::2] for sl, d in zip(index, shape, strict=False)]
+    return at + [(0, 1)] * (len(shape) - len(at))
+
+
+def _window_shape(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of `shape` indexed by the slices of `index`."""
-    return tuple(len(range(*sl.indices(d))) for sl, d in zip(index, shape, strict=True))
+    window = [len(range(*sl.indices(d))) for sl, d in zip(index, shape, strict=False)]
+    return (*window, *shape[len(window) :])

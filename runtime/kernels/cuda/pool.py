@@ -115,10 +115,9 @@ def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw) -> None:
     _maxpool_fwd[blocks(y.size), THREADS](x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw)
 
 
-def maxpool_bwd(gy, arg, gx, kw, sh, sw, pt, pl, dh, dw, kh: int | None = None) -> None:
-    """gx = gy routed to each window's argmax (overwrites gx). `kh`, the window height,
-    bounds the search; by default every tap up to the input height is tried."""
-    kh = gx.shape[2] + pt if kh is None else kh
+def maxpool_bwd(gy, arg, gx, kh, kw, sh, sw, pt, pl, dh, dw) -> None:
+    """gx = gy routed to each window's argmax (overwrites gx), as a gather over the
+    kh x kw taps that can reach each input cell."""
     _maxpool_bwd[blocks(gx.size), THREADS](gy, arg, gx, kh, kw, sh, sw, pt, pl, dh, dw)
 
 
