@@ -6,23 +6,9 @@ imports (numpy, numba, onnx), plus matplotlib when --plot asks for a picture.
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 BITS = ["8", "4", "2"]
-
-
-def _friendly(fn):
-    """cli.friendly_errors, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from facto_edge.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command()
@@ -39,12 +25,17 @@ def _friendly(fn):
 )
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the memory timeline PNG here.")
-@_friendly
 def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     """Fit training of MODEL (*.facto) into --budget: batch, micro-batches and codec bits,
     with a breakdown of the memory and the saved bytes per layer."""
+    from pathlib import Path
+
     from facto_edge.plan import plan_training
     from facto_edge.plan_report import format_plan, plot_timeline
+    from facto_edge.safe_io import check_plot_path
+
+    if plot:
+        check_plot_path(Path(plot))
 
     report = plan_training(
         model,

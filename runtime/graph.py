@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .errors import ExportError
+from .manifest import check_manifest
 
 ModelSource = str | Path | tuple[onnx.ModelProto, dict]
 
@@ -65,8 +66,10 @@ def load_graph(source: ModelSource) -> Graph:
     """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair."""
     if isinstance(source, tuple):
         proto, manifest = source
+        check_manifest(manifest, version=False)
     else:
         proto, manifest = _read_dir(Path(source))
+        check_manifest(manifest)
     return _build_graph(proto, manifest)
 
 
@@ -80,14 +83,11 @@ def _read_dir(path: Path) -> tuple[onnx.ModelProto, dict]:
             )
     try:
         return onnx.load(str(onnx_path)), json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, DecodeError, OSError, ValueError) as e:
+    except (DecodeError, OSError, ValueError) as e:
         raise ExportError(f"{path} is corrupt ({e}); re-export the model") from e
 
 
 def _build_graph(proto: onnx.ModelProto, manifest: dict) -> Graph:
-    for key in ("input_shape", "num_classes", "trainable"):
-        if key not in manifest:
-            raise ExportError(f"manifest.json has no {key!r}; re-export the model")
     g = proto.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     nodes: list[Node] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from facto_edge.bench.protocol import DEFAULT_MODELS, SYSTEMS
+from facto_edge.cli_errors import FactoCommand
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
 
@@ -48,7 +49,7 @@ def _progress(done: int, total: int, text: str) -> None:
     click.echo(f"[{done:>3}/{total}] {text}", err=True)
 
 
-@click.command()
+@click.command(cls=FactoCommand)
 @click.option(
     "--models",
     default=",".join(DEFAULT_MODELS),
@@ -130,24 +131,20 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
     from facto_edge.bench.driver import BenchResult
 
     # Imported here: facto_edge.cli imports this module to register the command.
-    from facto_edge.cli import friendly_errors, parse_shape
+    from facto_edge.cli import parse_shape
 
-    @friendly_errors
-    def go() -> None:
-        if from_results:
-            result = BenchResult.from_json(Path(from_results).read_text())
-        else:
-            cfg = BenchConfig(
-                models=_names(models), systems=_names(systems), batch=batch, rank=rank,
-                codecs=_names(codec), input_shape=parse_shape(input_shape), steps=steps,
-                warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
-                sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
-                budget=None if budget.lower() == "none" else parse_size(budget),
-                max_busy=_optional_float(max_busy, "--max-busy"), max_wait_s=max_wait,
-                timeout_s=timeout, command=_command_line(),
-            )  # fmt: skip
-            result = run_bench(cfg, work_dir, progress=_progress)
-        path = write_outputs(result, output, report)
-        click.echo(f"wrote {path} and the plots in {output}")
-
-    go()
+    if from_results:
+        result = BenchResult.read(Path(from_results))
+    else:
+        cfg = BenchConfig(
+            models=_names(models), systems=_names(systems), batch=batch, rank=rank,
+            codecs=_names(codec), input_shape=parse_shape(input_shape), steps=steps,
+            warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
+            sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
+            budget=None if budget.lower() == "none" else parse_size(budget),
+            max_busy=_optional_float(max_busy, "--max-busy"), max_wait_s=max_wait,
+            timeout_s=timeout, command=_command_line(),
+        )  # fmt: skip
+        result = run_bench(cfg, work_dir, progress=_progress)
+    path = write_outputs(result, output, report)
+    click.echo(f"wrote {path} and the plots in {output}")
