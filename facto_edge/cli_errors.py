@@ -41,11 +41,12 @@ _HINTS = {
 def os_error_line(e: OSError) -> str:
     """`path: reason; what to do` for an OSError."""
     reason = e.strerror or str(e) or type(e).__name__
-    where = e.filename if e.filename is not None else "(unnamed file)"
-    if e.filename2 is not None:
-        where = f"{where} -> {e.filename2}"
     hint = _HINTS.get(e.errno or 0)
-    return f"{where}: {reason}" + (f"; {hint}" if hint else "")
+    line = reason + (f"; {hint}" if hint else "")
+    if e.filename is None:
+        return line
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {line}"
 
 
 def error_line(e: BaseException) -> tuple[str, int] | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import click
 
+from facto_edge.cli_errors import FactoCommand
+
 BITS = ["8", "4", "2"]
 
 
-@click.command()
+@click.command(cls=FactoCommand)
 @click.argument("model", type=click.Path())
 @click.option("--budget", required=True, help="Peak memory of the training process, e.g. 512MB.")
 @click.option("--batch-size", type=int, help="The batch (default: the largest that fits).")

@@ -501,6 +501,11 @@ def train(
     make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
     batch, fit = _resolve_batch(cfg, make, budget_bytes, len(train_ds), saved)
+    if batch > len(train_ds):
+        raise FactoEdgeError(
+            f"batch size must be at most the {len(train_ds)} training samples of {data}, "
+            f"found {batch}: give --batch-size {len(train_ds)} or less, or auto"
+        )
     cfg = replace(cfg, batch_size=batch)
     session = make(batch)
     if budget_bytes is not None:
