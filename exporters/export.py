@@ -169,7 +169,7 @@ def _check_output(out: Path, force: bool) -> None:
     """Raise unless writing `out` loses nothing: new, or a previous export with `force`."""
     if not out.exists():
         return
-    if not force:
+    if out.is_dir() and is_export(out) and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if not out.is_dir() or not is_export(out):
         kind = "a directory" if out.is_dir() else "a file"

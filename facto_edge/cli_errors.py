@@ -57,7 +57,7 @@ def error_line(e: BaseException) -> tuple[str, int] | None:
         return f"error: {os_error_line(e)}", 1
     if isinstance(e, MemoryError):
         what = f" ({e})" if str(e) else ""
-        return f"error: out of memory{what}: lower --batch-size or --budget's demands", 1
+        return f"error: out of memory{what}: lower --batch-size, or free memory", 1
     if isinstance(e, click.Abort | KeyboardInterrupt):
         return "interrupted", INTERRUPTED
     if isinstance(e, click.ClickException):

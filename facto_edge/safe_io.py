@@ -43,15 +43,15 @@ PNG_SOFTWARE = "facto-edge"
 def check_output_file(
     path: Path, force: bool, is_ours: Callable[[Path], bool], what: str, command: str
 ) -> None:
-    """Raise unless writing the file `path` loses nothing: it must not exist, or (with
-    `force`) be `what`, a previous output of `facto-edge command`."""
+    """Raise unless writing the file `path` loses nothing: it must not exist, or be
+    `what`, a previous output of `facto-edge command`, and `force` given."""
     if path.is_dir():
         raise FactoEdgeError(
             f"{path} is a directory: expected the path of a file to write; choose another -o"
         )
     if not path.exists():
         return
-    if not force:
+    if is_ours(path) and not force:
         raise FactoEdgeError(f"{path} already exists; pass --force to replace it")
     if not is_ours(path):
         raise FactoEdgeError(

@@ -337,7 +337,7 @@ class _Loop:
     saved: Progress | None = None  # where the checkpoint on disk stands
 
     def __post_init__(self) -> None:
-        self.batch_size = int(self.cfg.batch_size)
+        self.batch_size = min(int(self.cfg.batch_size), len(self.train_ds))
         self.batches = math.ceil(len(self.train_ds) / self.batch_size)
         self.schedule = _schedule(self.cfg, self.batches)
 
@@ -501,13 +501,13 @@ def train(
     make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
     batch, fit = _resolve_batch(cfg, make, budget_bytes, len(train_ds), saved)
-    if batch > len(train_ds):
-        raise FactoEdgeError(
-            f"batch size must be at most the {len(train_ds)} training samples of {data}, "
-            f"found {batch}: give --batch-size {len(train_ds)} or less, or auto"
-        )
     cfg = replace(cfg, batch_size=batch)
-    session = make(batch)
+    if batch > len(train_ds):  # no batch holds more than the data: size the arena to it
+        cbs.on_warning(
+            f"batch size {batch} is larger than the {len(train_ds)} training samples of "
+            f"{data}: each epoch is one batch of {len(train_ds)}"
+        )
+    session = make(min(batch, len(train_ds)))
     if budget_bytes is not None:
         fit = (
             fit_of(session, budget_bytes) if make.owns_budget else check_fits(session, budget_bytes)
