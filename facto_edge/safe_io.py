@@ -151,19 +151,18 @@ def _exchange(a: Path, b: Path) -> bool:
 def replace_dir(build: Path, out: Path) -> None:
     """Put the finished directory `build` (from `new_build_dir(out)`) in the place of
     `out`, replacing what is there (the caller checked that it may)."""
-    if not out.exists():
-        os.rename(build, out)
-    elif _exchange(build, out):
+    if out.exists() and _exchange(build, out):
         fsync_dir(out.parent)
-        shutil.rmtree(build)
+        shutil.rmtree(build)  # it holds the old output now
         return
-    else:
+    aside = None
+    if out.exists():
         aside = _sibling(out, "old")
         os.rename(out, aside)
-        os.rename(build, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(aside)
+    os.rename(build, out)
     fsync_dir(out.parent)
+    if aside is not None:
+        shutil.rmtree(aside)
 
 
 @contextmanager
