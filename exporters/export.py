@@ -1,14 +1,17 @@
 """`facto_edge.export`: a PyTorch CNN in, a factorized `*.facto` directory out.
 
-The directory is built in a temporary sibling and renamed at the end, so a failed export
-leaves nothing behind and an existing output is replaced only when `force` is given.
+The directory is built in a hidden sibling and put in place at the end (facto_edge/
+safe_io.py: an atomic exchange with a previous export), so a failed or killed export
+leaves the destination as it was; an existing output is replaced only when `force` is
+given and it is a previous export. A pickled model is loaded only with `trust_pickle`.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,9 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from facto_edge.errors import ExportError, UnsupportedOpError
+from facto_edge.runtime.checkpoint import write_atomic
 from facto_edge.runtime.manifest import Manifest
+from facto_edge.safe_io import clean_leftovers, new_build_dir, replace_dir
 
 from . import load
 from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts
@@ -33,7 +38,7 @@ SUPPORTED_OPS = {
 Progress = Callable[[str], None]
 
 
-def _check_args(rank, energy, train, bn, input_shape) -> None:
+def _check_args(rank, energy, train, bn, input_shape, min_channels) -> None:
     if energy is None and not (rank is not None and 0 < rank <= 1):
         raise ExportError(f"--rank must be in (0, 1], found {rank}")
     if energy is not None and not 0 < energy <= 1:
@@ -43,6 +48,8 @@ def _check_args(rank, energy, train, bn, input_shape) -> None:
         raise ExportError(f"--bn must be fold or train, found {bn!r}")
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ExportError(f"--input-shape must be CxHxW with positive sizes, found {input_shape}")
+    if not (isinstance(min_channels, int) and min_channels >= 0):
+        raise ExportError(f"--min-channels must be an integer >= 0, found {min_channels!r}")
 
 
 def to_onnx(model: nn.Module, input_shape: tuple[int, int, int]) -> onnx.ModelProto:
@@ -93,6 +100,7 @@ def export(
     bn: str = "fold",
     ort: bool = True,
     force: bool = False,
+    trust_pickle: bool = False,
     classes: list[str] | None = None,
     progress: Progress | None = None,
 ) -> Manifest:
@@ -109,19 +117,22 @@ def export(
         each factorized layer trains (batch statistics); a layer that stays dense stays
         frozen, its BN folded.
     ort : also write ONNX Runtime training artifacts when onnxruntime-training is present.
+    force : replace `out_dir` when it holds a previous export (and nothing else).
+    trust_pickle : load a pickled nn.Module (which runs code from the file); refused
+        otherwise.
     """
     say = progress or (lambda msg: None)
-    out = Path(out_dir)
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; pass --force to overwrite it")
+    out = Path(os.path.abspath(out_dir))
+    clean_leftovers(out, is_export)
+    _check_output(out, force)
     meta: dict = {}
     if isinstance(model_or_path, nn.Module):
         model = model_or_path.eval()
     else:
         say("loading model")
-        model, meta = load.load_model(model_or_path)
+        model, meta = load.load_model(model_or_path, trust_pickle=trust_pickle)
     shape = tuple(input_shape or meta.get("input_shape") or (3, 32, 32))
-    _check_args(rank, energy, train, bn, shape)
+    _check_args(rank, energy, train, bn, shape, min_channels)
     load.check_modules(model)
     num_classes = load.check_input_shape(model, shape)
     cfg = FactorizeConfig(
@@ -141,20 +152,47 @@ def export(
     return manifest
 
 
-def _write_atomic(out: Path, proto, manifest: Manifest, ort: bool, force: bool, say) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def is_export(path: Path) -> bool:
+    """Whether `path` is a directory `export` wrote: model.onnx beside a manifest.json
+    that reads as a manifest."""
     try:
-        onnx.save(proto, str(tmp / "model.onnx"))
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    keys = {"format_version", "layers", "trainable"}
+    return (
+        isinstance(manifest, dict) and keys <= manifest.keys() and (path / "model.onnx").is_file()
+    )
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """Raise unless writing `out` loses nothing: new, or a previous export with `force`."""
+    if not out.exists():
+        return
+    if out.is_dir() and is_export(out) and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    if not out.is_dir() or not is_export(out):
+        kind = "a directory" if out.is_dir() else "a file"
+        raise ExportError(
+            f"{out} is {kind} that holds no model `facto-edge export` wrote (no "
+            "manifest.json and model.onnx): --force replaces only a previous export; "
+            "choose another -o path"
+        )
+
+
+def _write_atomic(out: Path, proto, manifest: Manifest, ort: bool, force: bool, say) -> None:
+    """Build the export in a hidden sibling, then put it in the place of `out`."""
+    build = new_build_dir(out)
+    try:
+        write_atomic(build / "model.onnx", lambda f: f.write(proto.SerializeToString()))
         if ort:
             from .ort_artifacts import write_ort_artifacts
 
             say("writing ONNX Runtime training artifacts")
-            manifest.ort = write_ort_artifacts(proto, manifest, tmp / "ort")
-        (tmp / "manifest.json").write_text(manifest.to_json())
-        if out.exists() and force:
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
+            manifest.ort = write_ort_artifacts(proto, manifest, build / "ort")
+        write_atomic(build / "manifest.json", lambda f: f.write(manifest.to_json().encode()))
+        _check_output(out, force)
+        replace_dir(build, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(build, ignore_errors=True)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -19,19 +20,58 @@ UNSUPPORTED_MODULES = {
     "EmbeddingBag", "Upsample", "PixelShuffle", "LayerNorm", "GroupNorm", "InstanceNorm2d",
 }  # fmt: skip
 
-PICKLE_WARNING = (
-    "loading a pickled nn.Module runs code from the file; only export models you trust "
-    "(a TorchScript archive is safer: torch.jit.save(torch.jit.script(model), path))"
+PICKLE_REFUSED = (
+    "{path} is not a TorchScript archive, and torch's weights-only loader (which runs no "
+    "code) cannot read it: a pickled nn.Module would run code from the file when loaded, "
+    "so it is refused; save the model as TorchScript with "
+    "torch.jit.save(torch.jit.script(model), 'model.pt'), or pass --trust-pickle if you "
+    "trust the file"
 )
 STATE_DICT_HELP = (
     "{path} holds a state_dict (a dict of tensors), not a model; facto-edge needs the "
     "architecture too: save the model itself with "
-    "torch.jit.save(torch.jit.script(model), 'model.pt') (or torch.save(model, 'model.pt'))"
+    "torch.jit.save(torch.jit.script(model), 'model.pt')"
 )
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """Load a TorchScript archive or a pickled nn.Module, with its facto_edge.json if any."""
+def _is_state_dict(obj: object) -> bool:
+    if not isinstance(obj, dict) or not obj:
+        return False
+    return all(isinstance(v, torch.Tensor) for v in obj.values()) or "state_dict" in obj
+
+
+def _load_weights_only(path: Path) -> tuple[bool, object]:
+    """(True, object) when torch's weights-only unpickler, which runs no code, reads
+    `path`; (False, None) when the file needs arbitrary objects (a pickled module)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return True, torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return False, None
+    except Exception as e:  # noqa: BLE001 - any other failure means "not a model"
+        raise ExportError(
+            f"{path} is not a model: expected a TorchScript archive ({type(e).__name__})"
+        ) from e
+
+
+def _load_pickle(path: Path) -> object:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a model"
+        raise ExportError(
+            f"{path} is not a model: expected a TorchScript archive or a pickled nn.Module "
+            f"({type(e).__name__})"
+        ) from e
+
+
+def load_model(path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
+    """Load a TorchScript archive (with its facto_edge.json, if any) or, with
+    `trust_pickle`, a pickled nn.Module. Other files are told apart by torch's
+    weights-only loader, which runs no code: a state_dict gets its own message, and a
+    pickle that needs code is refused unless trusted."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"model file not found: {path}")
@@ -42,25 +82,23 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         return model.eval(), meta
     except (RuntimeError, ValueError):
         pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a model"
-        raise ExportError(
-            f"{path} is not a model: expected a TorchScript archive or a pickled nn.Module "
-            f"({type(e).__name__})"
-        ) from e
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    plain, obj = _load_weights_only(path)
+    if plain and _is_state_dict(obj):
         raise ExportError(STATE_DICT_HELP.format(path=path))
-    if isinstance(obj, dict) and "state_dict" in obj:
+    if plain:
+        raise ExportError(
+            f"{path} is not a model: expected a TorchScript archive, found a {type(obj).__name__}"
+        )
+    if not trust_pickle:
+        raise ExportError(PICKLE_REFUSED.format(path=path))
+    obj = _load_pickle(path)
+    if _is_state_dict(obj):
         raise ExportError(STATE_DICT_HELP.format(path=path))
     if not isinstance(obj, nn.Module):
         raise ExportError(
             f"{path} is not a model: expected a TorchScript archive or a pickled nn.Module, "
             f"found a {type(obj).__name__}"
         )
-    warnings.warn(PICKLE_WARNING, UserWarning, stacklevel=2)
     return obj.eval(), {}
 
 

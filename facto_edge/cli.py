@@ -1,5 +1,6 @@
 """The `facto-edge` command line. Each command parses, calls one library function and
-prints; user mistakes (FactoEdgeError) become one line on stderr and exit code 1."""
+prints; whatever stops a command (FactoEdgeError, OSError, MemoryError, a usage error,
+Ctrl-C) becomes one line on stderr and a non-zero exit (facto_edge/cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import friendly_errors, parse_shape
+from facto_edge.cli_common import parse_shape
+from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
 
 
-@click.group()
+@click.group(cls=FactoGroup)
 @click.version_option(package_name="facto-edge")
 def main() -> None:
     """facto-edge: train factorized CNNs on small devices, inside a memory budget."""
@@ -25,8 +27,8 @@ def main() -> None:
 @click.option("--num-classes", default=10, show_default=True)
 @click.option("--input-shape", default="3x32x32", show_default=True, help="CxHxW.")
 @click.option("--list", "list_", is_flag=True, help="List the models with parameter counts.")
-@friendly_errors
-def zoo(name, output, seed, num_classes, input_shape, list_) -> None:
+@click.option("--force", is_flag=True, help="Replace a model.pt that zoo wrote before.")
+def zoo(name, output, seed, num_classes, input_shape, list_, force) -> None:
     """Write zoo model NAME as a TorchScript archive (random weights from --seed)."""
     from facto_edge import zoo as zoo_lib
 
@@ -36,7 +38,7 @@ def zoo(name, output, seed, num_classes, input_shape, list_) -> None:
             click.echo(f"{entry.name:<20} {params / 1e6:7.2f} M params  {entry.description}")
         return
     shape = parse_shape(input_shape)
-    out = zoo_lib.write(name, output or f"{name}.pt", seed, num_classes, shape)
+    out = zoo_lib.write(name, output or f"{name}.pt", seed, num_classes, shape, force=force)
     click.echo(f"wrote {out}")
 
 
@@ -101,14 +103,20 @@ def format_layers(manifest) -> str:
     "factorized layer.",
 )
 @click.option("--no-ort", is_flag=True, help="Skip the ONNX Runtime training artifacts.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
-@friendly_errors
+@click.option("--force", is_flag=True, help="Replace a previous export at --output.")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Load MODEL even if it is a pickled nn.Module, which runs code from the file.",
+)
 def export(
-    model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force
-) -> None:
-    """Factorize MODEL (TorchScript archive, or a pickled nn.Module) into a *.facto directory.
+    model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force,
+    trust_pickle,
+) -> None:  # fmt: skip
+    """Factorize MODEL (a TorchScript archive) into a *.facto directory.
 
-    A pickled nn.Module runs code from the file when loaded: only export files you trust.
+    A pickled nn.Module runs code from the file when loaded: it is refused unless
+    --trust-pickle says you trust the file.
     """
     from facto_edge.exporters.export import export as export_model
 
@@ -120,7 +128,7 @@ def export(
         manifest = export_model(
             model, output, input_shape=parse_shape(input_shape), rank=rank, energy=energy,
             min_channels=min_channels, train=train, bn=bn, ort=not no_ort, force=force,
-            progress=lambda msg: click.echo(f"... {msg}", err=True),
+            trust_pickle=trust_pickle, progress=lambda msg: click.echo(f"... {msg}", err=True),
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, UserWarning):
@@ -184,11 +192,11 @@ def _batch_size(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
-@friendly_errors
 def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
     from facto_edge.progress import TqdmProgress
     from facto_edge.report import format_history, format_memory
+    from facto_edge.train import TrainingInterrupted
     from facto_edge.train import train as train_model
 
     bar = TqdmProgress(click.echo, _warn)
@@ -204,10 +212,10 @@ def train(model, data, output, budget, epochs, batch_size, resume, **options) ->
             callbacks=[bar],
             **options,
         )
-    except KeyboardInterrupt:
+    except TrainingInterrupted as e:
         bar.close()
-        click.echo(f"checkpoint saved in {output}; continue with --resume", err=True)
-        raise
+        click.echo(f"interrupted: {e.outcome}", err=True)
+        raise SystemExit(INTERRUPTED) from None
     finally:
         bar.close()
     budget_bytes = result.fit.budget if result.fit else None
@@ -228,15 +236,17 @@ def train(model, data, output, budget, epochs, batch_size, resume, **options) ->
     default=None,
     help="Write the confusion matrix as a PNG here (alone: RUN_DIR/confusion.png).",
 )
-@friendly_errors
 def eval_(path, data, split, batch_size, plot) -> None:
     """Accuracy, loss and confusion matrix of PATH (a RUN_DIR or a *.facto) on --data."""
     from facto_edge.evaluate import evaluate, format_eval
     from facto_edge.rundir import RunDir
+    from facto_edge.safe_io import check_plot_path
 
     if plot == "":
         run = RunDir(Path(path))
         plot = run.path / "confusion.png" if run.is_run() else Path("confusion.png")
+    if plot is not None:
+        check_plot_path(Path(plot))
     result = evaluate(path, data, split=split, batch_size=batch_size, plot=plot)
     click.echo(format_eval(result))
     if result.plot:
@@ -247,13 +257,13 @@ def eval_(path, data, split, batch_size, plot) -> None:
 @click.argument("path", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--merge", is_flag=True, help="Rebuild each factorized layer into one dense layer.")
-@friendly_errors
-def export_onnx(path, output, merge) -> None:
+@click.option("--force", is_flag=True, help="Replace an ONNX model export-onnx wrote before.")
+def export_onnx(path, output, merge, force) -> None:
     """Write the trained model of PATH (RUN_DIR, or a *.facto) as an inference ONNX model."""
     from facto_edge.export_onnx import compare_with_runtime
     from facto_edge.export_onnx import export_onnx as export_trained
 
-    result = export_trained(path, output, merge=merge)
+    result = export_trained(path, output, merge=merge, force=force)
     form = f"{len(result.merged)} layer(s) merged to dense" if merge else "factorized"
     click.echo(f"wrote {result.path} ({form}, {result.params:,} parameters)")
     diff = compare_with_runtime(result.path, path)
@@ -266,7 +276,6 @@ def export_onnx(path, output, merge) -> None:
 @click.option("-o", "--output", default="facto-demo", show_default=True, type=click.Path())
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@friendly_errors
 def demo(budget, output, epochs, seed) -> None:
     """The whole flow on scikit-learn's handwritten digits: zoo, pretrain, export, train
     inside --budget, evaluate; ends with accuracy and memory against the budget."""

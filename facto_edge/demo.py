@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -28,7 +29,9 @@ from queue import Empty
 import numpy as np
 
 from facto_edge.errors import FactoEdgeError
-from facto_edge.runtime.budget import format_size, parse_size
+from facto_edge.runtime.budget import allowance, format_size, parse_size
+from facto_edge.runtime.checkpoint import write_text_atomic
+from facto_edge.safe_io import aside_path, clean_leftovers
 from facto_edge.train import Callback, RunInfo
 
 INPUT_SHAPE = (1, 16, 16)
@@ -40,6 +43,7 @@ TRAIN_OPTIONS = {
     "codec": "q4",
 }
 MARKER = "demo.json"
+OUTPUTS = {MARKER, "pretrained.pt", "model.facto", "digits.npz", "run", "report.json"}
 Say = Callable[[str], None]
 
 
@@ -63,14 +67,46 @@ class DemoReport:
     train_seconds: float
 
 
-def _prepare_dir(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise FactoEdgeError(
-                f"{out} exists, is not empty and holds no demo: choose another -o directory"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _is_demo(path: Path) -> bool:
+    """Whether `path` holds a demo's output and nothing else: its marker, and only the
+    entries the demo writes."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        names = {p.name for p in path.iterdir()}
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and {"budget", "seed"} <= marker.keys() and names <= OUTPUTS
+
+
+def _prepare_dir(out: Path) -> Path | None:
+    """Make `out` ready for a new demo: new or empty, or a previous demo, which is moved
+    aside (its path returned) until the new one is complete."""
+    clean_leftovers(out, _is_demo)
+    if out.exists() and not out.is_dir():
+        raise FactoEdgeError(
+            f"{out} is a file: expected a directory for the demo; choose another -o"
+        )
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    if not _is_demo(out):
+        others = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
+        found = f"files the demo did not write ({', '.join(others[:3])})" if others else "no demo"
+        raise FactoEdgeError(
+            f"{out} exists and holds {found}: the demo replaces only a previous demo; "
+            "choose another -o directory"
+        )
+    aside = aside_path(out)
+    os.rename(out, aside)
+    out.mkdir()
+    return aside
+
+
+def _check_budget(budget: int) -> None:
+    """BudgetError, before any work, for a budget below the runtime's own cost."""
+    room = allowance(budget)
+    if room.peak(0) > room.budget:
+        raise room.too_small(0, "before the model's")
 
 
 def _digits(shape: tuple[int, int, int], mean: list[float], std: list[float], split: str):
@@ -215,14 +251,29 @@ def run_demo(
     say: Say | None = None,
 ) -> DemoReport:
     """Run the demo into `out_dir` (see the module docstring); `say` gets one line per
-    stage, `callbacks` the training events. A previous demo in `out_dir` is replaced."""
+    stage, `callbacks` the training events. A previous demo in `out_dir` (and nothing
+    else) is replaced, once the new one is complete; a too-small budget stops the demo
+    before it starts."""
+    budget_bytes = parse_size(budget)
+    _check_budget(budget_bytes)
+    out = Path(out_dir)
+    aside = _prepare_dir(out)
+    try:
+        report = _demo(out, budget_bytes, epochs, seed, callbacks, say or (lambda msg: None))
+    except BaseException:
+        if aside is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            os.rename(aside, out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return report
+
+
+def _demo(out: Path, budget_bytes: int, epochs: int, seed: int, callbacks, say: Say):
     from facto_edge.exporters.export import export
 
-    say = say or (lambda msg: None)
-    budget_bytes = parse_size(budget)
-    out = Path(out_dir)
-    _prepare_dir(out)
-    (out / MARKER).write_text(json.dumps({"budget": budget_bytes, "seed": seed}))
+    write_text_atomic(out / MARKER, json.dumps({"budget": budget_bytes, "seed": seed}))
     model, pretrained, source = pretrained_model(out, seed, say)
     say(
         "exporting: Tucker-2/SVD factorization at rank 0.25, `core` and `last` factors and "
@@ -242,7 +293,7 @@ def run_demo(
         dense_saved_bytes=dense_saved_bytes(model, memory["batch_size"]),
         train_seconds=_train_seconds(out / "run"),
     )  # fmt: skip
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=2))
+    write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2))
     return report
 
 

@@ -10,15 +10,26 @@ import onnx
 
 from facto_edge.rundir import resolve_trained
 from facto_edge.runtime.checkpoint import load_checkpoint
-from facto_edge.runtime.inference_onnx import OnnxExport, export_proto, set_initializers
+from facto_edge.runtime.inference_onnx import (
+    OnnxExport,
+    export_proto,
+    is_inference_onnx,
+    set_initializers,
+)
 from facto_edge.runtime.manifest import Manifest
+from facto_edge.safe_io import check_output_file
 
 __all__ = ["OnnxExport", "compare_with_runtime", "export_onnx"]
 
 
-def export_onnx(path: str | Path, out: str | Path, *, merge: bool = False) -> OnnxExport:
+def export_onnx(
+    path: str | Path, out: str | Path, *, merge: bool = False, force: bool = False
+) -> OnnxExport:
     """Write the trained model of `path` (a RUN_DIR, or a *.facto as exported) to `out`
-    as an inference ONNX model; `merge` rebuilds factorized layers into dense ones."""
+    as an inference ONNX model; `merge` rebuilds factorized layers into dense ones. An
+    existing `out` is replaced only with `force`, and only when export-onnx wrote it."""
+    what = "an ONNX model export-onnx wrote"
+    check_output_file(Path(out), force, is_inference_onnx, what, "export-onnx")
     model_dir, ckpt_path = resolve_trained(path)
     proto = onnx.load(str(Path(model_dir) / "model.onnx"))
     manifest = Manifest.load(model_dir)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import click
 
-from facto_edge.cli_common import friendly_errors
+from facto_edge.cli_errors import FactoCommand
 
 BITS = ["8", "4", "2"]
 
 
-@click.command()
+@click.command(cls=FactoCommand)
 @click.argument("model", type=click.Path())
 @click.option("--budget", required=True, help="Peak memory of the training process, e.g. 512MB.")
 @click.option("--batch-size", type=int, help="The batch (default: the largest that fits).")
@@ -27,12 +27,17 @@ BITS = ["8", "4", "2"]
 )
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the memory timeline PNG here.")
-@friendly_errors
 def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     """Fit training of MODEL (*.facto) into --budget: batch, micro-batches and codec bits,
     with a breakdown of the memory and the saved bytes per layer."""
+    from pathlib import Path
+
     from facto_edge.plan import plan_training
     from facto_edge.plan_report import format_plan, plot_timeline
+    from facto_edge.safe_io import check_plot_path
+
+    if plot:
+        check_plot_path(Path(plot))
 
     report = plan_training(
         model,

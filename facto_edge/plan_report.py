@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from facto_edge.plan import PlanReport
 from facto_edge.runtime.budget import format_size
+from facto_edge.runtime.checkpoint import write_atomic
+from facto_edge.safe_io import PNG_SOFTWARE
 
 # stacking order of the timeline, bottom up: what lives all step first
 TIMELINE_KINDS = ("weights", "grads", "optimizer", "saved", "activations", "workspace")
@@ -71,6 +74,7 @@ def plot_timeline(r: PlanReport, path: str | Path) -> Path:
     ax.set_title(f"{Path(r.model).name}: {_batch_line(r)}, codec {r.codec}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
-    return Path(path)
+    return write_atomic(path, lambda f: f.write(buf.getvalue()))

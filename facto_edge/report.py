@@ -24,6 +24,7 @@ import numpy as np
 
 from facto_edge.runtime.budget import format_size
 from facto_edge.runtime.checkpoint import write_atomic
+from facto_edge.safe_io import PNG_SOFTWARE
 
 COLUMNS = (
     "epoch", "step", "lr", "loss", "accuracy", "val_loss",
@@ -58,7 +59,7 @@ def read_metrics_csv(path: str | Path) -> list[dict]:
 
 def _save_figure(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": PNG_SOFTWARE})
     return write_atomic(path, lambda f: f.write(buf.getvalue()))
 
 

@@ -4,6 +4,7 @@
     RUN_DIR/model.facto/      a copy of the model trained (model.onnx, manifest.json)
     RUN_DIR/checkpoint.npz    the latest checkpoint (every epoch, and on Ctrl-C)
     RUN_DIR/metrics.csv       one row per epoch;  RUN_DIR/metrics.png  loss and accuracy
+    RUN_DIR/.lock             held (fcntl) by the one process training in RUN_DIR
 
 A directory holding a run belongs to that run: training into it again needs `--resume`
 and the same model and options (only `epochs` may change). `prepare_run` enforces that
@@ -12,7 +13,6 @@ before anything is written, so a refused command loses nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -27,10 +27,13 @@ from facto_edge.runtime.checkpoint import (
     load_checkpoint,
     write_text_atomic,
 )
+from facto_edge.runtime.session_io import MODEL_FILES, model_fingerprint
+from facto_edge.safe_io import LOCK_FILE
+
+__all__ = ["RunDir", "model_fingerprint", "prepare_run", "resolve_trained"]
 
 RUN_FILE = "run.json"
 MODEL_COPY = "model.facto"
-MODEL_FILES = ("model.onnx", "manifest.json")
 RESUMABLE_CHANGES = ("epochs",)
 
 
@@ -70,29 +73,25 @@ class RunDir:
             raise CheckpointError(f"{self.run_file} is unreadable ({e}): corrupt run") from e
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the model's ONNX graph and manifest: which model a run trains."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        path = Path(model_dir) / name
-        if not path.is_file():
-            raise CheckpointError(
-                f"{model_dir} is not an exported model: {name} is missing; "
-                "create one with `facto-edge export model.pt -o model.facto`"
-            )
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def config_changes(saved: dict, now: dict) -> list[str]:
     """`key: saved -> now` for every option that differs, except those a resume may change."""
     keys = sorted((saved.keys() | now.keys()) - set(RESUMABLE_CHANGES))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
+def _clean_leftovers(run: RunDir) -> None:
+    """Remove the temporaries of killed writers: the caller holds the run's lock, so no
+    other process is writing them (a hidden `.model.facto.*` folder or `.*.tmp*` file)."""
+    for entry in run.path.iterdir():
+        if entry.name.startswith(f".{MODEL_COPY}.") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
 def _refuse_fresh_start(run: RunDir, config: dict, fingerprint: str) -> None:
     """Raise unless starting a new run in `run.path` loses nothing of another run."""
-    if not run.path.exists() or not any(run.path.iterdir()):
+    if not run.path.exists() or not [p for p in run.path.iterdir() if p.name != LOCK_FILE]:
         return
     if not run.is_run():
         raise CheckpointError(
@@ -160,9 +159,13 @@ def prepare_run(
 ) -> tuple[RunDir, Checkpoint | None]:
     """Check and set up the run directory: the checkpoint to resume from, or None for a
     new run. Raises CheckpointError, having written nothing, when the directory holds
-    another run, or (with `resume`) no run, a corrupt checkpoint or a mismatched one."""
+    another run, or (with `resume`) no run, a corrupt checkpoint or a mismatched one.
+    The caller holds the directory's lock (`safe_io.run_lock`): leftovers of a killed run
+    are removed first."""
     run = RunDir(Path(out_dir))
     fingerprint = model_fingerprint(model_dir)
+    if run.path.is_dir():
+        _clean_leftovers(run)
     if resume:
         return run, _resume(run, config, fingerprint)
     _refuse_fresh_start(run, config, fingerprint)

@@ -19,7 +19,9 @@ losses, bit for bit, as one that ran straight through.
 from __future__ import annotations
 
 import math
+import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +42,7 @@ from facto_edge.runtime.checkpoint import Checkpoint, Progress, capture, restore
 from facto_edge.runtime.fitting import Fit, largest_batch
 from facto_edge.runtime.manifest import Manifest
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
+from facto_edge.safe_io import run_lock
 
 DEFAULT_BATCH = 32
 OPTIMIZERS = ("sgd", "adamw")
@@ -101,6 +104,15 @@ class TrainResult:
     @property
     def final(self) -> dict | None:
         return self.history[-1] if self.history else None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a callback's KeyboardInterrupt) stopped a run; `outcome` says what was
+    kept, e.g. "checkpoint saved in run/; continue with --resume"."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class Callback:
@@ -217,6 +229,11 @@ class TrainConfig:
             0 <= self.val_split < 1, "validation split", "a fraction in [0, 1)", self.val_split
         )
         _require(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _require(_in(self.momentum, 0, 1), "momentum", "a number in [0, 1)", self.momentum)
+        ok = _in(self.weight_decay, 0, math.inf)
+        _require(ok, "weight decay", "a finite number >= 0", self.weight_decay)
+        ok = _in(self.label_smoothing, 0, 1)
+        _require(ok, "label smoothing", "a number in [0, 1)", self.label_smoothing)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,6 +241,12 @@ class TrainConfig:
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _in(x: object, low: float, high: float) -> bool:
+    """Whether `x` is a finite number in [low, high)."""
+    number = isinstance(x, int | float) and not isinstance(x, bool)
+    return number and math.isfinite(x) and low <= x < high
 
 
 def _require(ok: bool, what: str, expected: str, found: object) -> None:
@@ -263,11 +286,11 @@ def _session_factory(
 
 
 def _make_session(cfg: TrainConfig, make, budget: int | None, n_train: int, saved: dict | None):
-    """The run's session. Batch "auto" is the saved run's size on resume, the largest
-    power of two that fits the budget in one micro-batch (runtime/fitting.py), or
-    DEFAULT_BATCH without a budget."""
+    """The run's session, its batch no larger than the data. Batch "auto" is the saved
+    run's size on resume, the largest power of two that fits the budget in one
+    micro-batch (runtime/fitting.py), or DEFAULT_BATCH without a budget."""
     if cfg.batch_size != "auto":
-        return make(cfg.batch_size)
+        return make(min(cfg.batch_size, n_train))  # no batch holds more than the data
     if saved is not None and "batch_size" in saved:
         return make(int(saved["batch_size"]))
     if budget is None:
@@ -306,15 +329,17 @@ class _Loop:
     partial: dict = field(default_factory=dict)
     consistent: bool = True
     interrupts: _Interrupts = field(default_factory=_Interrupts)
+    saved: Progress | None = None  # where the checkpoint on disk stands
 
     def __post_init__(self) -> None:
-        self.batch_size = int(self.cfg.batch_size)
+        self.batch_size = min(int(self.cfg.batch_size), len(self.train_ds))
         self.batches = math.ceil(len(self.train_ds) / self.batch_size)
         self.schedule = _schedule(self.cfg, self.batches)
 
     def resume_from(self, ckpt: Checkpoint) -> None:
         restore(self.session, ckpt, self.run.checkpoint)
         self.progress, self.history, self.partial = ckpt.progress, ckpt.history, ckpt.partial
+        self.saved = Progress(**vars(ckpt.progress))
 
     def run_epochs(self) -> None:
         for epoch in range(self.progress.epoch, self.cfg.epochs):
@@ -335,11 +360,14 @@ class _Loop:
         except NumericalError as e:
             raise self._diverged(str(e)) from e
 
-    def _diverged(self, what: str) -> NumericalError:
-        done = self.progress.epoch
-        kept = f"the checkpoint of epoch {done} is kept" if done else "no epoch had finished"
+    def _diverged(self, what: str, at: str | None = None) -> NumericalError:
+        p, kept = self.progress, "no checkpoint was written"
+        if self.saved is not None:
+            s = self.saved
+            within = f", step {s.step}" if s.batch else ""
+            kept = f"the checkpoint of epoch {s.epoch}{within} is kept (the last finite one)"
         return NumericalError(
-            f"training stopped at epoch {done + 1}, step {self.progress.step + 1}: {what}; "
+            f"training stopped at {at or f'epoch {p.epoch + 1}, step {p.step + 1}'}: {what}; "
             f"{kept} in {self.run.path}; lower --lr or check the data"
         )
 
@@ -363,6 +391,10 @@ class _Loop:
     def _end_epoch(self, epoch: int) -> None:
         started = time.perf_counter()
         val = evaluate_session(self.session, self.val_ds, self.batch_size) if self.val_ds else None
+        if val is not None and not math.isfinite(val.loss):
+            raise self._diverged(
+                f"the validation loss is {val.loss}", f"the end of epoch {epoch + 1}"
+            )
         part = self.partial
         seconds = part.get("seconds", 0.0)
         row = {
@@ -379,13 +411,30 @@ class _Loop:
         self.callbacks.on_epoch_end(row)
 
     def save(self) -> None:
-        """Checkpoint now, then the metrics that agree with it."""
+        """Checkpoint now, then the metrics that agree with it; NumericalError (the
+        checkpoint on disk kept) when a weight or the optimizer state is not finite."""
         ckpt = capture(
             self.session, self.progress, self.cfg.to_dict(), self.fingerprint, self.history,
             self.partial,
         )  # fmt: skip
-        save_checkpoint(self.run.checkpoint, ckpt)
+        try:
+            save_checkpoint(self.run.checkpoint, ckpt)
+        except NumericalError as e:
+            raise self._diverged(str(e).split(": ", 1)[-1], "a checkpoint") from e
+        self.saved = Progress(**vars(self.progress))
         write_metrics_csv(self.run.metrics, self.history)
+
+    def interrupted(self) -> str:
+        """Checkpoint after Ctrl-C when no step was cut short; what was kept, in words."""
+        if self.consistent:
+            self.save()
+            return f"checkpoint saved in {self.run.path}; continue with --resume"
+        if self.saved is not None:
+            return (
+                f"a step was cut short; the checkpoint of step {self.saved.step} in "
+                f"{self.run.path} is kept; continue with --resume"
+            )
+        return f"a step was cut short before any checkpoint; nothing is saved in {self.run.path}"
 
 
 def train(
@@ -424,9 +473,11 @@ def train(
     per-epoch accuracy; 0 turns validation off. `on_corrupt` "skip" leaves unreadable
     images out (reported through `Callback.on_warning`), "fail" stops.
 
-    Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss:
-    the last good checkpoint stays) with a message saying what to do; KeyboardInterrupt
-    after saving a checkpoint.
+    Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss,
+    weight or validation loss: the last finite checkpoint stays) with a message saying
+    what to do; FactoEdgeError naming the other process when one trains in `out_dir`
+    (facto_edge/safe_io.run_lock); TrainingInterrupted (a KeyboardInterrupt) saying what
+    was saved.
     """
     cbs = _Callbacks(callbacks)
     cfg = TrainConfig(
@@ -444,23 +495,29 @@ def train(
         )
     make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
+    if cfg.batch_size != "auto" and cfg.batch_size > len(train_ds):
+        cbs.on_warning(
+            f"batch size {cfg.batch_size} is larger than the {len(train_ds)} training samples "
+            f"of {data}: each epoch is one batch of {len(train_ds)}"
+        )
     session = _make_session(cfg, make, budget_bytes, len(train_ds), saved)
     cfg, fit = replace(cfg, batch_size=session.batch_size), session.fit
-    run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
-    loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
-    if ckpt is not None:
-        loop.resume_from(ckpt)
-        if loop.progress.epoch >= epochs:
-            cbs.on_warning(f"{run.path} has already trained {loop.progress.epoch} epoch(s)")
-    memory = session.memory_report()
-    cbs.on_start(
-        RunInfo(
-            session, run.path, cfg.to_dict(), epochs, Progress(**vars(loop.progress)),
-            loop.batches, len(train_ds), len(val_ds) if val_ds else 0, memory, fit,
-            ckpt is not None,
-        )
-    )  # fmt: skip
-    peak = _run(loop, plot, budget_bytes, cbs)
+    with run_lock(Path(out_dir), shlex.join(sys.argv)[:200]):
+        run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
+        loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
+        if ckpt is not None:
+            loop.resume_from(ckpt)
+            if loop.progress.epoch >= epochs:
+                cbs.on_warning(f"{run.path} has already trained {loop.progress.epoch} epoch(s)")
+        memory = session.memory_report()
+        cbs.on_start(
+            RunInfo(
+                session, run.path, cfg.to_dict(), epochs, Progress(**vars(loop.progress)),
+                loop.batches, len(train_ds), len(val_ds) if val_ds else 0, memory, fit,
+                ckpt is not None,
+            )
+        )  # fmt: skip
+        peak = _run(loop, plot, budget_bytes, cbs)
     if budget_bytes is not None and peak > budget_bytes:
         cbs.on_warning(
             f"the process peaked at {format_size(peak)}, over the {format_size(budget_bytes)} "
@@ -475,22 +532,31 @@ def train(
 
 def _run(loop: _Loop, plot: bool, budget: int | None, cbs: _Callbacks) -> int:
     """Run the epochs and return the process's peak RSS, the plot included; on Ctrl-C
-    checkpoint (if no step was cut short) and re-raise. The session is closed (its arena
-    freed) before the plot is drawn, and the plot is skipped, with a warning, where
-    drawing it (matplotlib) would take the process over `budget`."""
+    checkpoint (if no step was cut short) and raise TrainingInterrupted. The session is
+    closed (its arena freed) before the plot is drawn, and the plot is skipped, with a
+    warning, where drawing it (matplotlib) would take the process over `budget`; a run
+    that fails draws none."""
     try:
-        with _deferred_sigint() as interrupts:
-            loop.interrupts = interrupts
-            loop.run_epochs()
-    except KeyboardInterrupt:
-        if loop.consistent:
-            loop.save()
+        try:
+            with _deferred_sigint() as interrupts:
+                loop.interrupts = interrupts
+                loop.run_epochs()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(loop.interrupted()) from None
+    except TrainingInterrupted:
+        _finish(loop, plot, budget, cbs)
         raise
-    finally:
+    except BaseException:
         loop.session.close()
-        if plot and loop.history:
-            _plot(loop, budget, cbs)
+        raise
+    _finish(loop, plot, budget, cbs)
     return peak_rss_bytes()
+
+
+def _finish(loop: _Loop, plot: bool, budget: int | None, cbs: _Callbacks) -> None:
+    loop.session.close()
+    if plot and loop.history:
+        _plot(loop, budget, cbs)
 
 
 def _plot(loop: _Loop, budget: int | None, cbs: _Callbacks) -> None:

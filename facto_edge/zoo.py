@@ -7,7 +7,9 @@ normalization, which `facto-edge export` reads as its defaults.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ import torch
 from torch import nn
 
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.checkpoint import write_atomic
+from facto_edge.safe_io import check_output_file
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -177,6 +181,9 @@ def build(name: str, seed: int = 0, num_classes: int = 10, in_channels: int = 3)
     """Build zoo model `name` in eval mode with weights drawn from `seed`."""
     if name not in ZOO:
         raise FactoEdgeError(f"unknown zoo model {name!r}; expected one of: {', '.join(ZOO)}")
+    for what, value in (("--num-classes", num_classes), ("input channels", in_channels)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise FactoEdgeError(f"{what} must be a positive integer, found {value!r}")
     torch.manual_seed(seed)
     return ZOO[name].build(num_classes=num_classes, in_channels=in_channels).eval()
 
@@ -202,10 +209,18 @@ def save_torchscript(model: nn.Module, path: str | Path, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(model.eval())
-    tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf, _extra_files={EXTRA_FILE: json.dumps(meta)})
+    return write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+def is_zoo_archive(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive carrying facto_edge.json (zoo wrote it)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(f"/extra/{EXTRA_FILE}") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def write(
@@ -214,7 +229,13 @@ def write(
     seed: int = 0,
     num_classes: int = 10,
     input_shape: tuple[int, int, int] = (3, 32, 32),
+    force: bool = False,
 ) -> Path:
-    """Build zoo model `name` and write it as a TorchScript archive to `out`."""
+    """Build zoo model `name` and write it as a TorchScript archive to `out`; an existing
+    `out` is replaced only with `force`, and only when zoo wrote it."""
+    out = Path(out)
+    check_output_file(out, force, is_zoo_archive, "a zoo model archive", "zoo")
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise FactoEdgeError(f"--input-shape must be CxHxW, positive sizes, found {input_shape}")
     model = build(name, seed=seed, num_classes=num_classes, in_channels=input_shape[0])
     return save_torchscript(model, out, metadata(input_shape, num_classes))

@@ -15,14 +15,18 @@ There is no random generator state to keep: data order and augmentation derive f
 
 `save_checkpoint` writes a temporary file in the same folder, fsyncs it, renames it over
 the previous checkpoint and fsyncs the folder: a crash at any moment leaves either the old
-checkpoint or the new one, never a torn file. `load_checkpoint` raises CheckpointError for
-a file that is unreadable, truncated, from another format version, or holds NaN/Inf.
+checkpoint or the new one, never a torn file; it refuses (NumericalError) a checkpoint
+whose tensors, optimizer state or last losses are not finite, so the checkpoint kept is
+always the last finite one. `load_checkpoint` raises CheckpointError for a file that is
+unreadable, truncated, from another format version, holds NaN/Inf (tensors, optimizer
+state, losses), or metadata of the wrong types (a negative epoch, say).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -32,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, NumericalError
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -89,15 +93,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write `path` through `write(file)` into a temporary sibling, fsync, rename over."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (this process included)."""
+    if pid == os.getpid():
+        return True
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.tmp-PID` files beside `path` left by processes that were killed."""
+    prefix = f".{path.name}.tmp-"
+    try:
+        entries = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix) :]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            entry.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through `write(file)` into a temporary sibling, fsync, rename over.
+    An OSError while writing names `path` (a full disk's has no file name otherwise)."""
+    path = Path(path)
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -112,7 +147,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
-    """Write `ckpt` to `path` atomically; the previous file stays until the rename."""
+    """Write `ckpt` to `path` atomically; the previous file stays until the rename.
+    NumericalError, writing nothing, when a tensor, the optimizer state or the last
+    epoch's loss is not finite: only a checkpoint that can be resumed is kept."""
+    check_finite(ckpt, Path(path), NumericalError)
     arrays = {f"{_PARAM}{k}": v for k, v in ckpt.params.items()}
     arrays |= {f"{_BUFFER}{k}": v for k, v in ckpt.buffers.items()}
     arrays |= {f"{_OPT}{k}": v for k, v in ckpt.optimizer.items() if isinstance(v, np.ndarray)}
@@ -140,14 +178,74 @@ def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
         meta["progress"] = Progress(**meta["progress"])
         for key in ("config", "fingerprint", "optimizer_scalars", "history", "partial"):
             meta[key]  # noqa: B018 - presence check
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path} has no readable metadata ({e}): corrupt") from e
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('format_version')!r}, expected "
             f"{FORMAT_VERSION}: it was written by another facto-edge version"
         )
+    _check_meta(path, meta)
     return meta
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    """Raise CheckpointError naming the first field of the metadata that makes no run."""
+    p = meta["progress"]
+    checks = [
+        (all(_is_count(v) for v in (p.epoch, p.batch, p.step)), "progress (epoch, batch, step)",
+         "integers >= 0", vars(p)),
+        (isinstance(meta["fingerprint"], str), "fingerprint", "a string", meta["fingerprint"]),
+        (isinstance(meta["config"], dict), "config", "a mapping", meta["config"]),
+        (isinstance(meta["partial"], dict), "partial", "a mapping", meta["partial"]),
+        (isinstance(meta["optimizer_scalars"], dict), "optimizer_scalars", "a mapping",
+         meta["optimizer_scalars"]),
+        (isinstance(meta["history"], list) and all(isinstance(h, dict) for h in meta["history"]),
+         "history", "a list of epoch rows", meta["history"]),
+    ]  # fmt: skip
+    for ok, what, expected, found in checks:
+        if not ok:
+            raise CheckpointError(
+                f"checkpoint {path}: {what} must be {expected}, found {found!r}: corrupt; "
+                "resume from another checkpoint or start a new run"
+            )
+    scalars = meta["optimizer_scalars"]
+    if "step_count" in scalars and not _is_count(scalars["step_count"]):
+        raise CheckpointError(
+            f"checkpoint {path}: optimizer step_count must be an integer >= 0, found "
+            f"{scalars['step_count']!r}: corrupt"
+        )
+
+
+def _not_finite(ckpt: Checkpoint) -> str | None:
+    """What in `ckpt` is not finite (tensor, optimizer state or the last epoch's losses)."""
+    arrays = {f"tensor {k!r}": v for k, v in (ckpt.params | ckpt.buffers).items()}
+    arrays |= {
+        f"optimizer state {k!r}": v for k, v in ckpt.optimizer.items() if isinstance(v, np.ndarray)
+    }
+    for what, a in arrays.items():
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            return f"{what} is not finite float data"
+    lr = ckpt.optimizer.get("lr", 0.0)
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0):
+        return f"the optimizer's learning rate is {lr!r}"
+    last = ckpt.history[-1] if ckpt.history else {}
+    for key in ("loss", "val_loss"):
+        value = last.get(key)
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            return f"epoch {last.get('epoch')}'s {key} is {value!r}"
+    return None
+
+
+def check_finite(ckpt: Checkpoint, path: Path, error: type[Exception] = CheckpointError) -> None:
+    """Raise `error` when something in `ckpt` is not finite: it cannot be resumed."""
+    bad = _not_finite(ckpt)
+    if bad is not None:
+        raise error(f"checkpoint {path}: {bad}; a run cannot continue from it")
 
 
 def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -159,18 +257,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     arrays = _read_npz(path)
     meta = _parse_meta(path, arrays)
-    params = _with_prefix(arrays, _PARAM)
-    buffers = _with_prefix(arrays, _BUFFER)
-    for name, a in (params | buffers).items():
-        if a.dtype.kind != "f" or not np.isfinite(a).all():
-            raise CheckpointError(
-                f"checkpoint {path}: tensor {name!r} is not finite float data: corrupt"
-            )
     optimizer: dict[str, Any] = dict(meta["optimizer_scalars"])
     optimizer |= _with_prefix(arrays, _OPT)
-    return Checkpoint(
-        params=params,
-        buffers=buffers,
+    ckpt = Checkpoint(
+        params=_with_prefix(arrays, _PARAM),
+        buffers=_with_prefix(arrays, _BUFFER),
         optimizer=optimizer,
         progress=meta["progress"],
         config=meta["config"],
@@ -178,6 +269,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         history=meta["history"],
         partial=meta["partial"],
     )
+    check_finite(ckpt, path)
+    return ckpt
 
 
 def check_matches(

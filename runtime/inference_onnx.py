@@ -13,7 +13,8 @@ its current factors (in float64, rounded once to float32):
     SVD Linear      W = last @ first  (Gemm, transB=1, bias of `last`)
 
 The result passes `onnx.checker.check_model(full_check=True)` and runs in plain
-onnxruntime; it is written atomically.
+onnxruntime; it is written atomically, and its metadata_props carry MARKER, by which
+`is_inference_onnx` tells a file this module wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ from onnx import helper, numpy_helper
 from .checkpoint import write_atomic
 from .errors import CheckpointError, ExportError
 from .manifest import LayerInfo, Manifest
+
+MARKER = ("facto_edge", "inference")
+
+
+def is_inference_onnx(path: str | Path) -> bool:
+    """Whether `path` is an ONNX model `export_proto` wrote (it carries MARKER)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable or not ONNX: not ours
+        return False
+    return any((p.key, p.value) == MARKER for p in proto.metadata_props)
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,8 @@ def export_proto(
         if layer.name in merged:
             _merge_layer(proto.graph, layer)
     onnx.checker.check_model(proto, full_check=True)
+    if not any((p.key, p.value) == MARKER for p in proto.metadata_props):
+        proto.metadata_props.add(key=MARKER[0], value=MARKER[1])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda f: f.write(proto.SerializeToString()))

@@ -7,12 +7,64 @@ docs/manifest.md; `FORMAT_VERSION` changes whenever a field changes meaning.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import FactoEdgeError
 
 FORMAT_VERSION = 1
+_REEXPORT = "re-export the model with `facto-edge export`"
+
+
+def _positive_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _numbers(x: object, n: int) -> bool:
+    ok = isinstance(x, list) and len(x) in (1, n)
+    return ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in x)
+
+
+def _manifest_problems(d: dict) -> Iterator[tuple[str, str, object]]:
+    """(field, what it must be, what it is) for every field of `d` that makes no model."""
+    shape = d.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(_positive_int, shape))):
+        yield "input_shape", "a list of 3 positive integers [C, H, W]", shape
+    if not _positive_int(d.get("num_classes")):
+        yield "num_classes", "a positive integer", d.get("num_classes")
+    trainable = d.get("trainable")
+    if not (isinstance(trainable, list) and all(isinstance(t, str) for t in trainable)):
+        yield "trainable", "a list of initializer names", trainable
+    if not isinstance(d.get("layers", []), list):
+        yield "layers", "a list of layers", d.get("layers")
+    norm = d.get("normalization")
+    channels = shape[0] if isinstance(shape, list) and shape and _positive_int(shape[0]) else 1
+    if norm is not None:
+        if not (isinstance(norm, dict) and {"mean", "std"} <= norm.keys()):
+            yield "normalization", "a mapping with mean and std", norm
+        elif not (_numbers(norm["mean"], channels) and _numbers(norm["std"], channels)):
+            yield "normalization", f"mean and std lists of 1 or {channels} numbers", norm
+        elif min(norm["std"]) <= 0:
+            yield "normalization std", "numbers > 0", norm["std"]
+
+
+def check_manifest(d: object, version: bool = True) -> None:
+    """Raise FactoEdgeError naming the first field of a manifest dict that is missing or
+    of the wrong type or value, or (`version`) its format version if not FORMAT_VERSION;
+    the one check every reader of manifest.json runs (an in-memory manifest may leave
+    its version out)."""
+    if not isinstance(d, dict):
+        raise FactoEdgeError(f"manifest.json must hold a JSON object, found {d!r}; {_REEXPORT}")
+    if version and d.get("format_version") != FORMAT_VERSION:
+        raise FactoEdgeError(
+            f"manifest format version {d.get('format_version')!r} is not supported; "
+            f"expected {FORMAT_VERSION}: re-export the model with this facto-edge"
+        )
+    for field_name, expected, found in _manifest_problems(d):
+        raise FactoEdgeError(
+            f"manifest.json: {field_name} must be {expected}, found {found!r}; {_REEXPORT}"
+        )
 
 
 @dataclass
@@ -55,14 +107,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
-        if d.get("format_version") != FORMAT_VERSION:
-            raise FactoEdgeError(
-                f"manifest format version {d.get('format_version')!r} is not supported; "
-                f"expected {FORMAT_VERSION}: re-export the model with this facto-edge"
-            )
+        check_manifest(d)
         d = dict(d)
-        d["layers"] = [LayerInfo(**layer) for layer in d["layers"]]
-        return cls(**d)
+        try:
+            d["layers"] = [LayerInfo(**layer) for layer in d["layers"]]
+            return cls(**d)
+        except TypeError as e:
+            raise FactoEdgeError(f"manifest.json does not fit the schema ({e}); {_REEXPORT}") from e
 
     @classmethod
     def in_memory(cls, d: dict) -> Manifest:
@@ -72,7 +123,7 @@ class Manifest:
         if missing:
             raise FactoEdgeError(f"the manifest has no {missing[0]!r}; re-export the model")
         defaults = {
-            "normalization": {},
+            "normalization": {"mean": [0.0], "std": [1.0]},
             "config": {},
             "layers": [],
             "format_version": FORMAT_VERSION,
@@ -89,7 +140,7 @@ class Manifest:
             )
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as e:
             raise FactoEdgeError(f"{path} is corrupt ({e}); re-export the model") from e
 
     def totals(self) -> dict[str, int]:

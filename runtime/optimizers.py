@@ -193,7 +193,8 @@ class SGD(Optimizer):
         kernels: ModuleType = cpu_kernels,
     ):
         super().__init__(params, lr, alloc, kernels)
-        _check_nonneg("momentum", momentum)
+        if not (math.isfinite(momentum) and 0 <= momentum < 1):
+            raise _fail("momentum", "a number in [0, 1)", momentum)
         _check_nonneg("weight decay", weight_decay)
         if nesterov and momentum == 0:
             raise _fail("nesterov=True", "momentum > 0", momentum)

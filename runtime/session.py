@@ -36,6 +36,8 @@ Threads: the batch is cut into lanes, one per thread (runtime/lanes.py).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Callable
 
@@ -214,16 +216,23 @@ class TrainingSession:
 
     @step.setter
     def step(self, value: int) -> None:
+        if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0):
+            raise FactoEdgeError(f"step must be an integer >= 0, found {value!r}")
         self._step = int(value)
 
     @property
     def lr(self) -> float:
-        """The optimizer's learning rate (settable)."""
+        """The optimizer's learning rate (settable: a finite number >= 0)."""
+        self._require_open()
         return self._binding.optimizer.lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._binding.optimizer.lr = value
+        self._require_open()
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value >= 0):
+            raise FactoEdgeError(f"lr must be a finite number >= 0, found {value!r}")
+        self._binding.optimizer.lr = float(value)
 
     @property
     def memory_plan(self) -> MemoryPlan:
@@ -293,7 +302,8 @@ class TrainingSession:
         str
             Path of the checkpoint file.
         """
-        return str(session_io.save(self, directory))
+        self._require_open()
+        return str(session_io.save(self, directory, self._source))
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Restore a checkpoint written by `save_checkpoint` to continue exactly.
@@ -308,7 +318,8 @@ class TrainingSession:
         CheckpointError
             If it is missing, corrupt or from another model (nothing is changed).
         """
-        session_io.load(self, directory)
+        self._require_open()
+        session_io.load(self, directory, self._source)
 
     def export_onnx(self, path: str | os.PathLike, merge: bool = False) -> str:
         """Write the current weights as an inference ONNX model.
@@ -325,6 +336,7 @@ class TrainingSession:
         str
             The path written.
         """
+        self._require_open()
         return str(session_io.export(self, self._source, path, merge))
 
     def add_callback(self, fn: Callable[[dict], None]) -> None:

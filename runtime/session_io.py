@@ -4,6 +4,7 @@ checkpoints (checkpoint.py: atomic .npz) and inference ONNX export (inference_on
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from .checkpoint import (
     restore,
     save_checkpoint,
 )
+from .errors import CheckpointError
 
 
 def evaluate(session, x: np.ndarray, y: np.ndarray, batch_size: int | None) -> dict:
@@ -34,27 +36,52 @@ def evaluate(session, x: np.ndarray, y: np.ndarray, batch_size: int | None) -> d
     return {"loss": loss / n, "accuracy": correct / n, "samples": int(x.shape[0])}
 
 
-def fingerprint(session) -> str:
-    """Names and shapes of the trained tensors: what a checkpoint must match."""
-    tensors = session.parameters() | session.buffers()
-    text = ";".join(f"{k}:{list(v.shape)}" for k, v in sorted(tensors.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+MODEL_FILES = ("model.onnx", "manifest.json")
 
 
-def save(session, directory: str | Path) -> Path:
-    """Write `directory`/checkpoint.npz atomically (tensors, optimizer state, step)."""
+def model_fingerprint(source) -> str:
+    """sha256 over the exported graph and manifest of `source` (a `*.facto` directory:
+    its files' bytes; an (onnx.ModelProto, manifest dict) pair: their serialized forms):
+    which model, weights included, a checkpoint belongs to."""
+    digest = hashlib.sha256()
+    if isinstance(source, tuple):
+        digest.update(source[0].SerializeToString())
+        digest.update(json.dumps(source[1], sort_keys=True).encode())
+        return digest.hexdigest()
+    for name in MODEL_FILES:
+        path = Path(source) / name
+        if not path.is_file():
+            raise CheckpointError(
+                f"{source} is not an exported model: {name} is missing; "
+                "create one with `facto-edge export model.pt -o model.facto`"
+            )
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def save(session, directory: str | Path, source) -> Path:
+    """Write `directory`/checkpoint.npz atomically (tensors, optimizer state, step), with
+    the fingerprint of the model `source`."""
     path = Path(directory) / CHECKPOINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     progress = Progress(step=session.step)
-    ckpt = capture(session, progress, {"lr": session.lr}, fingerprint(session), [], {})
+    ckpt = capture(session, progress, {"lr": session.lr}, model_fingerprint(source), [], {})
     return save_checkpoint(path, ckpt)
 
 
-def load(session, directory: str | Path) -> None:
-    """Restore `directory`/checkpoint.npz into `session`; CheckpointError if it does not
-    fit, and then nothing changes."""
+def load(session, directory: str | Path, source) -> None:
+    """Restore `directory`/checkpoint.npz into `session` of the model `source`;
+    CheckpointError if it belongs to another model or does not fit (nothing changes)."""
     path = Path(directory) / CHECKPOINT_FILE
-    restore(session, load_checkpoint(path), path)
+    ckpt = load_checkpoint(path)
+    if ckpt.fingerprint != model_fingerprint(source):
+        raise CheckpointError(
+            f"checkpoint {path} was saved from another model (fingerprint "
+            f"{ckpt.fingerprint[:12]}, this session's model has "
+            f"{model_fingerprint(source)[:12]}): load it into a session of the model it "
+            "was trained from"
+        )
+    restore(session, ckpt, path)
 
 
 def export(session, source, out: str | Path, merge: bool) -> Path:

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from facto_edge.bench.protocol import DEFAULT_MODELS, SYSTEMS
-from facto_edge.cli_common import friendly_errors, parse_shape
+from facto_edge.cli_common import parse_shape
+from facto_edge.cli_errors import FactoCommand
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
 
@@ -49,7 +50,7 @@ def _progress(done: int, total: int, text: str) -> None:
     click.echo(f"[{done:>3}/{total}] {text}", err=True)
 
 
-@click.command()
+@click.command(cls=FactoCommand)
 @click.option(
     "--models",
     default=",".join(DEFAULT_MODELS),
@@ -121,7 +122,6 @@ def _progress(done: int, total: int, text: str) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Rewrite the report and plots from a saved results.json; measure nothing.",
 )
-@friendly_errors
 def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repeats, sweep,
           sweep_steps, budget, no_cold, threads, max_busy, max_wait, timeout, work_dir, output,
           report, from_results) -> None:  # fmt: skip
@@ -132,7 +132,7 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
     from facto_edge.bench.driver import BenchResult
 
     if from_results:
-        result = BenchResult.from_json(Path(from_results).read_text())
+        result = BenchResult.read(Path(from_results))
     else:
         cfg = BenchConfig(
             models=_names(models), systems=_names(systems), batch=batch, rank=rank,

@@ -26,6 +26,7 @@ from pathlib import Path
 from facto_edge.bench.machine import load_average, machine_info, peak_rss_of, wait_until_idle
 from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
 from facto_edge.bench.systems import WorkerArgs
+from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import format_size
 
 Progress = Callable[[int, int, str], None]
@@ -78,6 +79,17 @@ class BenchResult:
                              for k, v in d["config"].items()})  # fmt: skip
         runs = [Run(**(r | {"spec": RunSpec(**r["spec"])})) for r in d["runs"]]
         return cls(cfg, d["machine"], runs, d["started"], d["finished"])
+
+    @classmethod
+    def read(cls, path: Path) -> BenchResult:
+        """A results.json written by `facto-edge bench`; FactoEdgeError if it is not one."""
+        try:
+            return cls.from_json(path.read_text())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FactoEdgeError(
+                f"{path} is not a results.json written by `facto-edge bench` "
+                f"({type(e).__name__}: {e}): pass the results.json of an earlier run"
+            ) from e
 
 
 def export_model(cfg: BenchConfig, model: str, work_dir: Path) -> Path:

@@ -4,6 +4,7 @@ memory broken down by kind of buffer."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,8 @@ from facto_edge.bench import summary as S  # noqa: E402
 from facto_edge.bench.driver import BenchResult  # noqa: E402
 from facto_edge.bench.protocol import FACTO, SYSTEMS  # noqa: E402
 from facto_edge.runtime.budget import format_size  # noqa: E402
+from facto_edge.runtime.checkpoint import write_atomic  # noqa: E402
+from facto_edge.safe_io import PNG_SOFTWARE  # noqa: E402
 
 MIB = 2**20
 PERSISTENT = ("weights", "grads", "optimizer")
@@ -39,8 +42,10 @@ def _save(fig, path: Path, legend_from=None, ncol: int = 3) -> Path:
         bottom = min(0.4, (0.12 + 0.2 * rows) / fig.get_size_inches()[1])
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
     return path
 
 

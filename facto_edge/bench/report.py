@@ -14,6 +14,7 @@ from facto_edge.bench.driver import BenchResult, Run
 from facto_edge.bench.protocol import FACTO, SYSTEMS
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import format_size
+from facto_edge.runtime.checkpoint import write_text_atomic
 
 NA = "n/a"
 
@@ -274,8 +275,8 @@ def write_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = Path(report_path) if report_path else out.parent / "benchmarks.md"
-    (out / "results.json").write_text(result.to_json())
+    write_text_atomic(out / "results.json", result.to_json())
     plots = write_plots(result, out)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render(result, plots, report))
+    write_text_atomic(report, render(result, plots, report))
     return report

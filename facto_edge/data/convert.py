@@ -3,7 +3,8 @@
 A batch goes: raw (uint8, uint16 or float; NHW, NHWC or NCHW) -> float32 NCHW scaled to
 [0, 1] -> alpha dropped / luminance if the model has one channel -> bilinear resize to the
 model's H x W -> (x - mean) / std, broadcasting one channel to C where the model has more.
-Float sources are taken to hold pixel values in [0, 1], as torchvision's ToTensor gives.
+Float sources must hold pixel values in [0, 1], as torchvision's ToTensor gives (others
+are refused, naming the range found).
 The resize uses half-pixel centers without antialiasing (torch `interpolate(...,
 mode="bilinear", align_corners=False)`).
 """
@@ -22,6 +23,7 @@ CHW = tuple[int, int, int]
 _CHANNEL_COUNTS = (1, 3, 4)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
 _FINITE_CHUNK = 4096
+FLOAT_SLACK = 1e-3
 
 
 def infer_layout(shape: tuple[int, ...], dtype: np.dtype, what: str) -> str:
@@ -84,6 +86,21 @@ def check_finite(x: np.ndarray, what: str) -> None:
             raise DataError(
                 f"{what} contains NaN or Inf (first at index {first}): remove or fix those samples"
             )
+
+
+def check_float_range(x: np.ndarray, what: str) -> None:
+    """Raise unless float pixels lie in [0, 1] (a tolerance of FLOAT_SLACK), the range
+    float sources are read in: [0, 255] floats would otherwise be read as near-white."""
+    if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+        return
+    low = min(float(x[i : i + _FINITE_CHUNK].min()) for i in range(0, len(x), _FINITE_CHUNK))
+    high = max(float(x[i : i + _FINITE_CHUNK].max()) for i in range(0, len(x), _FINITE_CHUNK))
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        hint = "divide by 255" if high <= 255 + FLOAT_SLACK and low >= 0 else "rescale them"
+        raise DataError(
+            f"{what} holds float pixels in [{low:g}, {high:g}]: expected floats in [0, 1] "
+            f"(or uint8 pixels in [0, 255]); {hint}, or store them as uint8"
+        )
 
 
 def per_channel(

@@ -17,6 +17,7 @@ from facto_edge.data.convert import (
     Conversion,
     check_channels,
     check_finite,
+    check_float_range,
     infer_layout,
     per_channel,
     pixel_scale,
@@ -227,6 +228,7 @@ def array_dataset(
     src = source_chw(raw.shape, layout)
     check_channels(src[0], req.input_shape[0], f"images of {what}")
     check_finite(raw, f"images of {what}")
+    check_float_range(raw, f"images of {what}")
     conversion = req.conversion(layout, pixel_scale(raw.dtype, f"images of {what}"), src)
     num_classes = resolve_num_classes(labels, req.num_classes, what)
     names = classes if classes is not None else [str(i) for i in range(num_classes)]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from facto_edge.errors import CheckpointError
+from facto_edge.errors import CheckpointError, NumericalError
 from facto_edge.rundir import prepare_run
 from facto_edge.runtime import TrainingSession
 from facto_edge.runtime.checkpoint import (
@@ -89,13 +89,63 @@ def test_corrupt_checkpoint_is_refused(digits_model, tmp_path, damage):
         load_checkpoint(path)
 
 
-def test_non_finite_tensor_is_refused(digits_model, tmp_path):
+def rewrite(path, **changes) -> None:
+    """Rewrite the checkpoint file `path` with some arrays changed (bypassing the
+    checks of save_checkpoint, as a corrupt or foreign file would)."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key, change in changes.items():
+        arrays[key.replace("__", "/")] = change(arrays[key.replace("__", "/")])
+    np.savez(path, **arrays)
+
+
+def test_non_finite_tensor_is_neither_saved_nor_loaded(digits_model, tmp_path):
     path = tmp_path / "checkpoint.npz"
     _, ckpt = saved(digits_model, path)
-    next(iter(ckpt.params.values()))[0] = np.inf
-    save_checkpoint(path, ckpt)
+    before = path.read_bytes()
+    name = next(iter(ckpt.params))
+    ckpt.params[name][0] = np.inf
+    with pytest.raises(NumericalError, match="not finite"):
+        save_checkpoint(path, ckpt)
+    assert path.read_bytes() == before
+    rewrite(path, **{f"param__{name}": lambda a: a * np.inf})
     with pytest.raises(CheckpointError, match="not finite"):
         load_checkpoint(path)
+
+
+def test_non_finite_optimizer_state_is_refused_on_resume(digits_model, tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    _, ckpt = saved(digits_model, path)
+    key = next(k for k, v in ckpt.optimizer.items() if isinstance(v, np.ndarray))
+    rewrite(path, **{f"opt__{key}": lambda a: np.full_like(a, np.nan)})
+    with pytest.raises(CheckpointError, match="optimizer state.*not finite"):
+        load_checkpoint(path)
+
+
+def _meta_with(**progress):
+    def change(meta):
+        d = json.loads(meta.tobytes())
+        d["progress"] |= progress
+        return np.frombuffer(json.dumps(d).encode(), dtype=np.uint8)
+
+    return change
+
+
+@pytest.mark.parametrize("progress", [{"epoch": -3}, {"step": 1.5}, {"batch": "2"}])
+def test_checkpoint_meta_of_wrong_type_or_sign_is_refused(digits_model, tmp_path, progress):
+    path = tmp_path / "checkpoint.npz"
+    saved(digits_model, path)
+    rewrite(path, meta=_meta_with(**progress))
+    with pytest.raises(CheckpointError, match=r"progress \(epoch, batch, step\) must be"):
+        load_checkpoint(path)
+
+
+def test_nan_validation_loss_is_not_saved(digits_model, tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    _, ckpt = saved(digits_model, path)
+    ckpt.history.append({"epoch": 2, "loss": 1.0, "val_loss": float("nan")})
+    with pytest.raises(NumericalError, match="val_loss is nan"):
+        save_checkpoint(path, ckpt)
 
 
 def test_other_models_checkpoint_changes_nothing(digits_model, tmp_path):

@@ -123,12 +123,14 @@ def test_train_names_unknown_factor(tmp_path, train):
     assert_clean_failure(result, out, "--train must be last, first, core, all")
 
 
-def test_pickled_module_exports_with_warning(tmp_path):
+def test_pickled_module_is_refused_unless_trusted(tmp_path):
     from facto_edge import zoo
 
     path = tmp_path / "m.pt"
     torch.save(zoo.build("simple_cnn"), path)
     out = tmp_path / "o.facto"
-    result = run("export", str(path), "-o", str(out), "--no-ort")
+    refused = run("export", str(path), "-o", str(out), "--no-ort")
+    assert_clean_failure(refused, out, "--trust-pickle", "torch.jit.save")
+    result = run("export", str(path), "-o", str(out), "--no-ort", "--trust-pickle")
     assert result.exit_code == 0, result.output
-    assert "runs code from the file" in result.output
+    assert (out / "manifest.json").is_file()

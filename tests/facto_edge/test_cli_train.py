@@ -57,7 +57,7 @@ def test_export_train_eval_export_onnx_on_digits(pretrained_pt, tmp_path):
 
     session, manifest = trained_session(run, 64)
     x = np.random.default_rng(1).standard_normal((16, 1, 16, 16)).astype(np.float32)
-    for merge in ((), ("--merge",)):
+    for merge in ((), ("--merge", "--force")):
         result = cli("export-onnx", run, "-o", tmp_path / "trained.onnx", *merge)
         assert result.exit_code == 0 and "onnxruntime agrees" in result.output
         sess = ort.InferenceSession(str(tmp_path / "trained.onnx"))
