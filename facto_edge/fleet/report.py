@@ -19,7 +19,6 @@ from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.state import FleetState
 from facto_edge.fleet.tensors import full_model_bytes, record_bytes, to_record
 from facto_edge.runtime.checkpoint import write_text_atomic
-from facto_edge.runtime.rss import peak_rss_bytes
 
 REPORT_FILE, PLOT_FILE = "fleet.json", "fleet.png"
 
@@ -33,8 +32,9 @@ class FleetReport:
     trainable_bytes: int  # one way, one client, one round
     full_model_bytes: dict  # {"factorized": ..., "dense": ...}, one way
     wall_seconds: float  # of this invocation (a resumed run: the rounds it ran)
-    server_peak_rss: int  # of this process (with Ray: also the simulation's driver)
+    server_peak_rss: int  # of the server's process (with Ray: the simulation's driver)
     client_peak_rss: int | None  # the largest any client reported
+    centralized: dict | None = None  # baseline.centralized, when asked for
 
     @property
     def final(self) -> dict:
@@ -45,13 +45,16 @@ class FleetReport:
         return self.trainable_bytes / self.full_model_bytes[of]
 
 
-def build_report(cfg: FleetConfig, state: FleetState, backend: str, seconds: float) -> FleetReport:
+def build_report(
+    cfg: FleetConfig, state: FleetState, backend: str, seconds: float, server_peak: int
+) -> FleetReport:
+    """The report of a finished run; `server_peak`: the server process's peak RSS."""
     peaks = [r["client_peak_rss"] for r in state.history if r.get("client_peak_rss")]
     return FleetReport(
         config=asdict(cfg), backend=backend, rounds=state.history,
         trainable=sorted(state.tensors), trainable_bytes=record_bytes(to_record(state.tensors)),
         full_model_bytes=full_model_bytes(cfg.model), wall_seconds=seconds,
-        server_peak_rss=peak_rss_bytes(), client_peak_rss=max(peaks, default=None),
+        server_peak_rss=server_peak, client_peak_rss=max(peaks, default=None),
     )  # fmt: skip
 
 

@@ -227,10 +227,16 @@ class _Rounds:
         }  # fmt: skip
 
     def _merge(self, merged) -> None:
-        why = check_update(merged, self.state.tensors)
-        if why:  # an aggregate of checked updates that fails is a bug, not a bad client
-            raise FactoEdgeError(f"the aggregate of the accepted updates is invalid: {why}")
-        self.state.tensors = self.state.tensors | from_record(merged)
+        """Merge the aggregate by name, in the global tensors' dtype (FedAdam's arithmetic
+        returns float64); one that fails the checks (an overflow) is refused, with a
+        warning."""
+        tensors = self.state.tensors
+        cast = {k: v.astype(tensors[k].dtype) for k, v in from_record(merged).items()}
+        why = check_update(to_record(cast), tensors)
+        if why:
+            self._warn(f"the aggregate was refused ({why}): the global model stays; lower --lr")
+            return
+        self.state.tensors = tensors | cast
 
     def _record(self, r: int, metrics: dict, outcome: dict, seconds: float) -> dict:
         return {
