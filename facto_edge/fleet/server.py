@@ -197,7 +197,7 @@ class _Rounds:
             if p is None or p not in chosen:
                 continue
             if reply.has_error():
-                failures[str(p)] = (reply.error.reason or "client error").splitlines()[0]
+                failures[str(p)] = _reason(reply.error.reason)
                 continue
             content = reply.content
             record = content.array_records.get("arrays")
@@ -248,6 +248,14 @@ class _Rounds:
     def _warn(self, message: str) -> None:
         for cb in self.callbacks:
             cb.on_warning(message)
+
+
+def _reason(text: str | None) -> str:
+    """One line of a client's error: the last "...Error: ..." line of its traceback (Ray
+    wraps the ClientApp's exception in its own), else the first line."""
+    lines = [line.strip() for line in (text or "client error").splitlines() if line.strip()]
+    named = [line for line in lines if "Error: " in line or "Exception: " in line]
+    return named[-1] if named else lines[0]
 
 
 def _check_metrics(content: RecordDict) -> str | None:

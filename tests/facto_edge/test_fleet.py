@@ -246,3 +246,13 @@ def test_metric_record_of_a_reply_is_checked(cfg, tmp_path):
     assert report.final["rejected"] == 2 and report.final["finished"] == 0
     assert "num-examples" in report.final["rejections"]["0"]
     assert report.final["accuracy"] == report.rounds[0]["accuracy"]
+
+
+def test_the_cli_and_the_runtime_load_without_flwr():
+    import subprocess
+    import sys
+
+    code = ("import sys, facto_edge.cli, facto_edge.runtime, facto_edge.fleet.config; "
+            "print(sorted(m for m in ('flwr', 'ray') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
