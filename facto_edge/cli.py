@@ -300,6 +300,28 @@ def _register_subcommands() -> None:
 
     main.add_command(bench)
     main.add_command(plan)
+    main.add_command(_LazyFleet(name="fleet", help=FLEET_HELP))
+
+
+FLEET_HELP = "Fine-tune one model on a fleet of devices with Flower (needs facto-edge[fleet])."
+
+
+class _LazyFleet(click.Group):
+    """The `fleet` group, loaded (with flwr) only when a fleet command runs."""
+
+    def _group(self) -> click.Group:
+        from facto_edge.fleet.cli import fleet
+
+        return fleet
+
+    def list_commands(self, ctx) -> list[str]:
+        return self._group().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        return self._group().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        return self._group().invoke(ctx)
 
 
 _register_subcommands()

@@ -1,0 +1,147 @@
+"""`facto-edge fleet ...`: simulate a fleet on this machine, or run its server and clients
+as real processes through Flower's deployment (deploy.py). Loaded by facto_edge/cli.py
+only when the `fleet` command runs, so flwr is imported by nothing else."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from facto_edge.cli_common import friendly_errors
+
+
+def _fleet_options(fn):
+    """The options a FleetConfig takes, shared by `simulate` and `server`."""
+    options = [
+        click.option("--data", required=True, help="Data the clients partition ('digits:', ...)."),
+        click.option("--clients", default=100, show_default=True, help="Clients (partitions)."),
+        click.option("--rounds", default=20, show_default=True, help="Rounds in all."),
+        click.option("--fraction", default=0.1, show_default=True, help="Share sampled per round."),
+        click.option("--min-clients", default=2, show_default=True, help="Fewest sampled a round."),
+        click.option("--min-available", default=2, show_default=True,
+                     help="Clients that must be connected before a round."),
+        click.option("--partition", default="dirichlet:0.5", show_default=True,
+                     help="iid or dirichlet:ALPHA (non-IID by label)."),
+        click.option("--budget", default="256MB", show_default=True, help="Peak RSS per client."),
+        click.option("--local-epochs", default=5, show_default=True),
+        click.option("--batch-size", default=16, show_default=True),
+        click.option("--lr", default=0.05, show_default=True, help="Clients' learning rate."),
+        click.option("--momentum", default=0.9, show_default=True),
+        click.option("--codec", default="q4", show_default=True,
+                     type=click.Choice(["fp32", "fp16", "q8", "q4", "q2"])),
+        click.option("--strategy", default="fedavg", show_default=True,
+                     type=click.Choice(["fedavg", "fedadam", "fedprox"])),
+        click.option("--server-lr", default=0.1, show_default=True, help="FedAdam's eta."),
+        click.option("--proximal-mu", default=0.01, show_default=True, help="FedProx's mu."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--timeout", default=600.0, show_default=True,
+                     help="Seconds a round waits for replies."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(model: str, options: dict):
+    from facto_edge.fleet.config import FleetConfig
+
+    return FleetConfig(model=str(Path(model).resolve()), **options).check()
+
+
+class _Progress:
+    """A tqdm bar over the rounds, with warnings above it."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_start(self, cfg, state) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=cfg.rounds, initial=state.round, unit="round", desc="fleet")
+        self.bar.set_postfix_str(f"acc {100 * state.history[-1]['accuracy']:.1f}%")
+
+    def on_round_end(self, record: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(
+            f"acc {100 * record['accuracy']:.1f}% ok {record['finished']}/{record['sampled']}"
+        )
+
+    def on_warning(self, message: str) -> None:
+        (self.bar.write if self.bar else click.echo)(f"warning: {message}", file=None)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _callbacks():
+    from facto_edge.fleet.server import FleetCallback
+
+    class Bar(_Progress, FleetCallback):
+        pass
+
+    return Bar()
+
+
+@click.group()
+def fleet() -> None:
+    """Fine-tune one model on a fleet of devices with Flower (needs facto-edge[fleet])."""
+    try:
+        import flwr  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(
+            "the fleet commands need Flower: pip install 'facto-edge[fleet]' (Python >= 3.11)"
+        ) from e
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def format_summary(report, baseline: dict | None) -> str:
+    """The closing lines of `fleet simulate`."""
+    first, last = report.rounds[0], report.final
+    lines = [
+        f"global accuracy {100 * first['accuracy']:.1f}% -> {100 * last['accuracy']:.1f}% "
+        f"after {last['round']} rounds (held-out loss {last['loss']:.3f})",
+        f"bytes per client per round: {report.trainable_bytes:,} each way = "
+        f"{report.share('dense'):.2%} of the dense model ({report.full_model_bytes['dense']:,}), "
+        f"{report.share('factorized'):.2%} of the factorized one "
+        f"({report.full_model_bytes['factorized']:,})",
+        f"failed {sum(r.get('failed', 0) for r in report.rounds)}, rejected "
+        f"{sum(r.get('rejected', 0) for r in report.rounds)} client updates in all",
+        f"wall {report.wall_seconds:.0f} s; peak RSS: server {report.server_peak_rss / 2**20:.0f} "
+        f"MiB, largest client {(report.client_peak_rss or 0) / 2**20:.0f} MiB",
+    ]
+    if baseline:
+        lines.append(
+            f"centralized on the pooled data, {baseline['epochs']} epochs: "
+            f"{100 * baseline['accuracy']:.1f}% (fleet - centralized: "
+            f"{100 * (last['accuracy'] - baseline['accuracy']):+.1f} points)"
+        )
+    return "\n".join(lines)
+
+
+@fleet.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@_fleet_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="The run directory.")
+@click.option("--backend", default="ray", show_default=True,
+              type=click.Choice(["ray", "inprocess"]),
+              help="Flower's Ray simulation, or every client in this process.")  # fmt: skip
+@click.option("--cpus", default=None, type=int, help="CPUs Ray may use (default: all).")
+@click.option("--baseline", is_flag=True,
+              help="Also train centrally on the pooled data (equivalent epochs).")  # fmt: skip
+@friendly_errors
+def simulate(model, output, backend, cpus, baseline, **options) -> None:
+    """Simulate a fleet fine-tuning MODEL (*.facto) on this machine; writes
+    OUTPUT/fleet.json and fleet.png, and resumes a run already in OUTPUT."""
+    from facto_edge.fleet.simulate import simulate as run
+
+    cfg = _config(model, options)
+    bar = _callbacks()
+    try:
+        report = run(cfg, output, backend=backend, callbacks=[bar], cpus=cpus, baseline=baseline)
+    finally:
+        bar.close()
+    click.echo(format_summary(report, report.centralized))
+    click.echo(f"wrote {output}/fleet.json, fleet.png")

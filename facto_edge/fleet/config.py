@@ -1,0 +1,122 @@
+"""The options of a fleet run, one dataclass shared by the server and every client.
+
+In a simulation both apps receive the same `FleetConfig` object; in a deployment
+(SuperLink, SuperNodes) the server's config travels to the apps as Flower's run config
+(`to_run_config` / `from_run_config`: flat str, int, float and bool values).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.budget import parse_size
+
+STRATEGIES = ("fedavg", "fedadam", "fedprox")
+CODECS = ("fp32", "fp16", "q8", "q4", "q2")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What defines a fleet run; a resumed run must repeat it (`rounds` may grow).
+
+    `model`: the exported *.facto directory every node holds; `data`: the data every
+    client partitions (client i trains part i of `clients`); `partition`: "iid" or
+    "dirichlet:ALPHA"; `fraction`: share of the clients sampled per round (at least
+    `min_clients`); `min_available`: clients that must be connected before a round starts;
+    `budget`: each client's peak memory; `local_epochs`, `batch_size`, `lr`, `momentum`,
+    `codec`: each client's TrainingSession and loop; `strategy`: "fedavg", "fedadam"
+    (server learning rate `server_lr`) or "fedprox" (proximal weight `proximal_mu`);
+    `seed`: sampling, partitions and batch order; `timeout`: seconds a round waits for
+    replies; `threads`: each client session's threads.
+    """
+
+    model: str
+    data: str
+    clients: int = 100
+    rounds: int = 20
+    fraction: float = 0.1
+    min_clients: int = 2
+    min_available: int = 2
+    partition: str = "dirichlet:0.5"
+    budget: str = "256MB"
+    local_epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    codec: str = "q4"
+    strategy: str = "fedavg"
+    server_lr: float = 0.1
+    proximal_mu: float = 0.01
+    seed: int = 0
+    timeout: float = 600.0
+    threads: int = 1
+
+    def check(self) -> FleetConfig:
+        """Raise FactoEdgeError naming the first option that makes no run; self if fine."""
+        _require(self.clients >= 1, "--clients", "a positive integer", self.clients)
+        _require(self.rounds >= 1, "--rounds", "a positive integer", self.rounds)
+        _require(0 < self.fraction <= 1, "--fraction", "a share in (0, 1]", self.fraction)
+        _require(
+            1 <= self.min_clients <= self.clients,
+            "--min-clients",
+            f"an integer in [1, {self.clients}] (the clients)",
+            self.min_clients,
+        )
+        _require(
+            1 <= self.min_available <= self.clients,
+            "--min-available",
+            f"an integer in [1, {self.clients}] (the clients)",
+            self.min_available,
+        )
+        _require(self.local_epochs >= 1, "--local-epochs", "a positive integer", self.local_epochs)
+        _require(self.batch_size >= 1, "--batch-size", "a positive integer", self.batch_size)
+        ok = math.isfinite(self.lr) and self.lr > 0
+        _require(ok, "--lr", "a finite number > 0", self.lr)
+        _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
+        _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
+        _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
+        _require(self.threads >= 1, "threads", "a positive integer", self.threads)
+        parse_size(self.budget)
+        from facto_edge.fleet.partition import parse_partition
+
+        parse_partition(self.partition)
+        return self
+
+    @property
+    def sampled(self) -> int:
+        """Clients sampled per round."""
+        return max(self.min_clients, int(round(self.fraction * self.clients)))
+
+    def to_run_config(self) -> dict[str, str | int | float | bool]:
+        """The config as Flower's run config (keys with dashes)."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> FleetConfig:
+        """The config of a run config written by `to_run_config` (or a Flower App's
+        pyproject.toml); FactoEdgeError naming a missing key."""
+        values = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key in run_config:
+                values[f.name] = run_config[key]
+        for required in ("model", "data"):
+            if required not in values:
+                raise FactoEdgeError(
+                    f"the Flower run config has no {required!r}: expected the keys of "
+                    "FleetConfig.to_run_config(); start the run with `facto-edge fleet server`"
+                )
+        return cls(**values)
+
+    def resume_changes(self, saved: dict) -> list[str]:
+        """The options that differ from a saved run's (all but `rounds` and `timeout`)."""
+        now = asdict(self)
+        free = {"rounds", "timeout", "threads"}
+        return [k for k in now if k not in free and saved.get(k) != now[k]]
+
+
+def _require(ok: bool, what: str, expected: str, found: object) -> None:
+    if not ok:
+        raise FactoEdgeError(f"{what} must be {expected}, found {found!r}")
