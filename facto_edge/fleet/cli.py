@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import friendly_errors
+from facto_edge.cli_errors import FactoGroup
 
 
 def _fleet_options(fn):
@@ -85,7 +85,7 @@ def _callbacks():
     return Bar()
 
 
-@click.group()
+@click.group(cls=FactoGroup)
 def fleet() -> None:
     """Fine-tune one model on a fleet of devices with Flower (needs facto-edge[fleet])."""
     try:
@@ -131,7 +131,6 @@ def format_summary(report, baseline: dict | None) -> str:
 @click.option("--cpus", default=None, type=int, help="CPUs Ray may use (default: all).")
 @click.option("--baseline", is_flag=True,
               help="Also train centrally on the pooled data (equivalent epochs).")  # fmt: skip
-@friendly_errors
 def simulate(model, output, backend, cpus, baseline, **options) -> None:
     """Simulate a fleet fine-tuning MODEL (*.facto) on this machine; writes
     OUTPUT/fleet.json and fleet.png, and resumes a run already in OUTPUT."""
