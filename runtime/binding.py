@@ -93,7 +93,7 @@ class Binding:
             name,
             self.trainable(),
             **options,
-            alloc=lambda name, shape, dtype: self.alloc(f"opt:{name}", shape, dtype, "optimizer"),
+            alloc=_allocator(memory, "opt:", "optimizer"),
         )
 
     def alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype, kind: str) -> np.ndarray:
@@ -115,10 +115,7 @@ class Binding:
                 graph.input_name: ((n, *graph.input_shape), F32),
                 LABELS: ((n,), np.dtype(np.int64)),
             }
-            alloc = self.alloc
-            if lane:
-                prefix = f"lane{lane}:"
-                alloc = lambda name, *args: self.alloc(prefix + name, *args)  # noqa: E731
+            alloc = _allocator(self.memory, f"lane{lane}:" if lane else "")
             spec = self.spec
             ex = Executor(spec.schedule, self.params, feeds, LOSS, spec.codec, alloc, spec.backend)
             self.executors[lane, n] = ex
@@ -162,6 +159,21 @@ class Binding:
             raise DataError(f"x holds {bad} NaN/Inf value(s); clean or re-normalize the data")
         stored = ex.values[self.spec.graph.input_name]
         self.io.put(stored, x, channel_major=stored.ndim == 4)
+
+
+def _allocator(memory, prefix: str = "", kind: str | None = None):
+    """`alloc(name, shape, dtype[, kind])` from `memory` with `prefix` on every name (and
+    a fixed `kind`). It holds the allocator, not the binding: the executors and the
+    optimizer keep it, and a binding must be freed as soon as it is dropped, with no
+    cycle for the garbage collector (the warm-up's arena must be gone before the
+    session's is touched)."""
+    if kind is not None:
+        return lambda name, shape, dtype: memory.alloc(
+            prefix + name, tuple(shape), np.dtype(dtype), kind
+        )
+    return lambda name, shape, dtype, kind: memory.alloc(
+        prefix + name, tuple(shape), np.dtype(dtype), kind
+    )
 
 
 def lane_count(threads: int, batch_size: int, nodes: list[Node]) -> int:

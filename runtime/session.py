@@ -474,3 +474,6 @@ def _check_options(batch_size: int, smoothing: float, threads: int | None) -> No
     limit = numba.config.NUMBA_NUM_THREADS
     if threads is not None and not (isinstance(threads, int) and 1 <= threads <= limit):
         raise FactoEdgeError(f"threads must be an int in [1, {limit}], found {threads!r}")
+
+
+release_compiler_pages()  # what importing numba and the kernel modules touched of LLVM

@@ -251,3 +251,24 @@ def test_a_closed_session_refuses_work():
     for call in (lambda: s.train_step(x, y), lambda: s.predict(x), s.parameters, s.memory_report):
         with pytest.raises(FactoEdgeError, match="closed"):
             call()
+
+
+def test_a_dropped_binding_is_freed_without_the_garbage_collector():
+    # The kernel warm-up's throwaway arena must be gone before the session's arena is
+    # touched: nothing a binding hands out may point back at it (no reference cycle).
+    import gc
+    import weakref
+
+    from facto_edge.runtime.binding import Binding
+    from facto_edge.runtime.device import resolve_device
+    from facto_edge.runtime.memory import Recorder
+
+    s = TrainingSession(tiny_model(), batch_size=8, threads=2)
+    gc.disable()
+    try:
+        b = Binding(s.binding.spec, Recorder(), resolve_device("cpu"), 8, 2)
+        binding, memory = weakref.ref(b), weakref.ref(b.memory)
+        del b
+        assert binding() is None and memory() is None
+    finally:
+        gc.enable()
