@@ -30,16 +30,32 @@ def friendly_errors(fn):
     return wrapper
 
 
-def parse_shape(value: str | None) -> tuple[int, int, int] | None:
+def parse_shape(value: str | None) -> tuple[int, ...] | None:
+    """'3x32x32' (CxHxW) or '40x98' (CxL, a 1-D model) as a tuple."""
     if value is None:
         return None
     try:
         shape = tuple(int(v) for v in value.lower().split("x"))
     except ValueError:
         shape = ()
-    if len(shape) != 3:
-        raise FactoEdgeError(f"--input-shape must look like 3x32x32 (CxHxW), found {value!r}")
-    return shape  # type: ignore[return-value]
+    if len(shape) not in (2, 3):
+        raise FactoEdgeError(
+            f"--input-shape must look like 3x32x32 (CxHxW) or 40x98 (CxL), found {value!r}"
+        )
+    return shape
+
+
+def parse_norm(value: str | None, option: str) -> str | list[float] | None:
+    """--mean/--std: comma-separated numbers, or a preset name (imagenet, cifar, none)."""
+    if value is None or not value[:1].isdigit() and not value.startswith((".", "-")):
+        return value
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise FactoEdgeError(
+            f"{option} must be comma-separated numbers (0.5,0.5,0.5) or a preset "
+            f"(imagenet, cifar, none), found {value!r}"
+        ) from None
 
 
 @click.group()
@@ -53,7 +69,9 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write model.pt.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialization.")
 @click.option("--num-classes", default=10, show_default=True)
-@click.option("--input-shape", default="3x32x32", show_default=True, help="CxHxW.")
+@click.option(
+    "--input-shape", default=None, help="CxHxW or CxL (default: the model's own, e.g. 3x32x32)."
+)
 @click.option("--list", "list_", is_flag=True, help="List the models with parameter counts.")
 @friendly_errors
 def zoo(name, output, seed, num_classes, input_shape, list_) -> None:
@@ -101,7 +119,9 @@ def format_layers(manifest) -> str:
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The *.facto directory.")
 @click.option(
-    "--input-shape", default=None, help="CxHxW (default: from the zoo archive, else 3x32x32)."
+    "--input-shape",
+    default=None,
+    help="CxHxW, or CxL for a 1-D model (default: from the zoo archive, else 3x32x32).",
 )
 @click.option(
     "--rank",
@@ -130,12 +150,26 @@ def format_layers(manifest) -> str:
     help="Fold BatchNorm into the last factor, or train it (batch statistics) with each "
     "factorized layer.",
 )
+@click.option(
+    "--mean",
+    default=None,
+    help="Input mean per channel (0.5,0.5,0.5) or a preset: imagenet, cifar, none "
+    "(which also sets --std). Default: from the archive's facto_edge.json, else none.",
+)
+@click.option("--std", default=None, help="Input std per channel, or a preset (see --mean).")
+@click.option(
+    "--onnx-only",
+    is_flag=True,
+    help="Write the graph even where the facto-edge runtime lacks one of its ops "
+    "(it still runs in onnxruntime).",
+)
 @click.option("--no-ort", is_flag=True, help="Skip the ONNX Runtime training artifacts.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @friendly_errors
 def export(
-    model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force
-) -> None:
+    model, output, input_shape, rank, energy, min_channels, train, bn, mean, std, onnx_only,
+    no_ort, force,
+) -> None:  # fmt: skip
     """Factorize MODEL (TorchScript archive, or a pickled nn.Module) into a *.facto directory.
 
     A pickled nn.Module runs code from the file when loaded: only export files you trust.
@@ -150,7 +184,8 @@ def export(
         manifest = export_model(
             model, output, input_shape=parse_shape(input_shape), rank=rank, energy=energy,
             min_channels=min_channels, train=train, bn=bn, ort=not no_ort, force=force,
-            progress=lambda msg: click.echo(f"... {msg}", err=True),
+            mean=parse_norm(mean, "--mean"), std=parse_norm(std, "--std"),
+            runtime_check=not onnx_only, progress=lambda msg: click.echo(f"... {msg}", err=True),
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, UserWarning):
