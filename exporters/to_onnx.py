@@ -100,9 +100,12 @@ def _name_by_scope(model: onnx.ModelProto) -> None:
 
 
 def module_path(node_name: str) -> str:
-    """The PyTorch module a node came from ("" for the top-level module)."""
-    parts = [p for p in node_name.split("/") if p]
-    return ".".join(parts[:-1])
+    """The PyTorch module a node came from ("" for the top-level module). Scripted models
+    name nodes "/features/0/2/Op", traced ones "/features/features.0/features.0.2/Op"."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    if parts and "." in parts[-1]:
+        return parts[-1]
+    return ".".join(parts)
 
 
 @contextlib.contextmanager
@@ -131,20 +134,28 @@ def _first_line(e: BaseException) -> str:
 
 _CAUSE = re.compile(r"Caused by the value '(\w+) defined")
 _OPERATOR = re.compile(r"export of operator (\w+)")
-_ATEN = re.compile(r"= (aten::\w+)\(([^)]*)\)(?:, scope: ([^\s#]+))?")
+_LOCATION = re.compile(r'File "([^"]+)", line (\d+)|# (\S+?):(\d+):\d+')
+_ATEN = re.compile(r"= (aten::\w+)\(([^)]*)\)(?:, scope: ([^\s#]+))?(?: # (\S+?):(\d+):)?")
 
 
 def _describe_failure(e: BaseException, log: str) -> str:
-    """ "torch.onnx cannot export aten::OP in module 'PATH': REASON" from the exception and
-    the graph the exporter printed."""
+    """"torch.onnx cannot export aten::OP in module 'PATH': REASON" from the exception and
+    the graph the exporter printed: the op the message names, else the op that takes the
+    value it blames, else the last op on the source line it points at."""
     text = str(e)
-    reason = _first_line(e).split("  [Caused by")[0].rstrip(". ")
-    cause = _CAUSE.search(text)
+    reason = _first_line(e).split("  [Caused by")[0].split(". ")[0].rstrip(". ")
+    if "because it is not constant" in text or "Expected node type 'onnx::Constant'" in text:
+        reason = "an argument it needs as a constant (a kernel size?) is computed from a shape"
+    ops = _ATEN.findall(log)
     named = _OPERATOR.search(text)
-    for op, args, scope in _ATEN.findall(log):
-        uses_cause = cause and re.search(rf"%{re.escape(cause.group(1))}\b", args)
-        if uses_cause or (named and op == f"aten::{named.group(1)}"):
-            return f"torch.onnx cannot export {op} in {_scope_path(scope)}: {reason}"
+    cause = _CAUSE.search(text)
+    lines = {(m[0] or m[2], m[1] or m[3]) for m in _LOCATION.findall(text)}
+    picks = [o for o in ops if named and o[0] == f"aten::{named.group(1)}"]
+    picks = picks or [o for o in ops if cause and re.search(rf"%{cause.group(1)}\b", o[1])]
+    picks = picks or [o for o in ops if (o[3], o[4]) in lines][-1:]
+    if picks:
+        op, _, scope, _, _ = picks[0]
+        return f"torch.onnx cannot export {op} in {_scope_path(scope)}: {reason}"
     if named:
         return f"torch.onnx cannot export aten::{named.group(1)}: {reason}"
     return f"torch.onnx cannot export the model: {reason}"
