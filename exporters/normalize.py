@@ -52,7 +52,17 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     )
     if _opset(slim) > OPSET:
         slim = to_opset17(slim)
+    _drop_zero_pad_values(slim)
     return slim
+
+
+def _drop_zero_pad_values(model: onnx.ModelProto) -> None:
+    """A Pad's constant_value of 0 is its default: drop the input (F.pad writes it)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Pad" and len(node.input) == 3 and node.input[2] in inits:
+            if not numpy_helper.to_array(inits[node.input[2]]).any():
+                del node.input[2]
 
 
 def _opset(model: onnx.ModelProto) -> int:

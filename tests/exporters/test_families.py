@@ -218,3 +218,14 @@ def test_new_shapes_factorize_and_match(tmp_path, rank):
     rebuilt = dec.tucker2_rebuild(f["first"], f["core"], f["last"])
     w = model.line.weight.detach().numpy()
     assert layers["line"].rel_error == pytest.approx(dec.relative_error(w, rebuilt), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", ["densenet", "squeezenet", "mcunet_like", "ds_cnn", "resnet20_cifar"]
+)
+def test_families_of_runtime_ops_pass_the_runtime_check(tmp_path, name):
+    out = tmp_path / "m.facto"
+    manifest = export(zoo.build(name), out, input_shape=input_shape_for(name), ort=False)
+    assert manifest.trainable
+    pads = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "Pad"]
+    assert all(len(n.input) == 2 for n in pads)  # F.pad's zero value: the default, dropped
