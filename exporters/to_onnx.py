@@ -139,7 +139,7 @@ _ATEN = re.compile(r"= (aten::\w+)\(([^)]*)\)(?:, scope: ([^\s#]+))?(?: # (\S+?)
 
 
 def _describe_failure(e: BaseException, log: str) -> str:
-    """"torch.onnx cannot export aten::OP in module 'PATH': REASON" from the exception and
+    """ "torch.onnx cannot export aten::OP in module 'PATH': REASON" from the exception and
     the graph the exporter printed: the op the message names, else the op that takes the
     value it blames, else the last op on the source line it points at."""
     text = str(e)

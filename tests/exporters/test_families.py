@@ -20,7 +20,7 @@ from facto_edge.exporters.to_onnx import to_onnx
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 nn, F = torch.nn, torch.nn.functional
-from conftest import perturb_bn  # noqa: E402
+from bn_helpers import perturb_bn  # noqa: E402
 
 FAMILIES = [
     "mobilenetv3_small", "efficientnet_b0", "shufflenetv2", "resnet18_imagenet", "densenet",
