@@ -42,10 +42,10 @@ def relative_error(w: np.ndarray, rebuilt: np.ndarray) -> float:
 
 
 def tucker2(w: np.ndarray, r_out: int, r_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tucker-2 of a conv weight [C_out, C_in, kh, kw] over its channel modes.
+    """Tucker-2 of a conv weight [C_out, C_in, *kernel] (1-D or 2-D) over its channel modes.
 
-    Returns (first [R_in, C_in, 1, 1], core [R_out, R_in, kh, kw], last [C_out, R_out, 1, 1]),
-    the weights of the three convolutions first -> core -> last.
+    Returns (first [R_in, C_in, 1, ...], core [R_out, R_in, *kernel], last [C_out, R_out, 1,
+    ...]), the weights of the three convolutions first -> core -> last.
     """
     tensor = tl.tensor(w.astype(np.float64))
     # HOSVD init plus a few HOOI sweeps: most of the gain, a fraction of the time.
@@ -53,15 +53,17 @@ def tucker2(w: np.ndarray, r_out: int, r_in: int) -> tuple[np.ndarray, np.ndarra
         tensor, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=HOOI_ITERATIONS
     )
     u_out, u_in = (np.asarray(f) for f in factors)
-    first = u_in.T[:, :, None, None]
-    last = u_out[:, :, None, None]
+    ones = (1,) * (w.ndim - 2)
+    first = u_in.T.reshape(r_in, -1, *ones)
+    last = u_out.reshape(-1, r_out, *ones)
     return first.astype(np.float32), np.asarray(core).astype(np.float32), last.astype(np.float32)
 
 
 def tucker2_rebuild(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
     """The conv weight the three Tucker-2 factors compute together."""
-    inner = np.tensordot(core, first[:, :, 0, 0], axes=([1], [0]))  # [R_out, kh, kw, C_in]
-    return np.tensordot(last[:, :, 0, 0], inner, axes=([1], [0])).transpose(0, 3, 1, 2)
+    f, lst = first.reshape(first.shape[:2]), last.reshape(last.shape[:2])
+    inner = np.tensordot(core, f, axes=([1], [0]))  # [R_out, *kernel, C_in]
+    return np.moveaxis(np.tensordot(lst, inner, axes=([1], [0])), -1, 1)
 
 
 def svd2(w: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,5 +72,6 @@ def svd2(w: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     return vt[:r].astype(np.float32), (u[:, :r] * s[:r]).astype(np.float32)
 
 
-def conv_macs(c_out: int, c_in_per_group: int, kernel: tuple[int, int], hw_out: tuple[int, int]):
-    return c_out * c_in_per_group * kernel[0] * kernel[1] * hw_out[0] * hw_out[1]
+def conv_macs(c_out: int, c_in_per_group: int, kernel: tuple[int, ...], out: tuple[int, ...]):
+    """Multiply-adds of a convolution with output spatial size `out` (1-D or 2-D)."""
+    return c_out * c_in_per_group * math.prod(kernel) * math.prod(out)

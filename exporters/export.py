@@ -8,16 +8,13 @@ given and it is a previous export. A pickled model is loaded only with `trust_pi
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
-import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -27,13 +24,16 @@ from facto_edge.runtime.manifest import Manifest
 from facto_edge.safe_io import clean_leftovers, new_build_dir, replace_dir
 
 from . import load
+from .normalize import normalize
 from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts
+from .to_onnx import module_path, to_onnx
 
-SUPPORTED_OPS = {
-    "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "Flatten", "Reshape", "Pad", "Slice", "Concat", "Identity",
-    "BatchNormalization", "Constant", "Dropout",
-}  # fmt: skip
+# Ops whose runtime kernels are 2-D only: a 1-D (N, C, L) input is refused by name.
+SPATIAL_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"}
+NORMALIZATIONS = {
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "cifar": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+}
 
 Progress = Callable[[str], None]
 
@@ -46,38 +46,77 @@ def _check_args(rank, energy, train, bn, input_shape, min_channels) -> None:
     train_parts(train)
     if bn not in ("fold", "train"):
         raise ExportError(f"--bn must be fold or train, found {bn!r}")
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ExportError(f"--input-shape must be CxHxW with positive sizes, found {input_shape}")
+    if len(input_shape) not in (2, 3) or min(input_shape) < 1:
+        raise ExportError(
+            f"--input-shape must be CxL or CxHxW with positive sizes, found {input_shape}"
+        )
     if not (isinstance(min_channels, int) and min_channels >= 0):
         raise ExportError(f"--min-channels must be an integer >= 0, found {min_channels!r}")
 
 
-def to_onnx(model: nn.Module, input_shape: tuple[int, int, int]) -> onnx.ModelProto:
-    """The original model as ONNX (opset 17, dynamic batch, eval mode, BN kept as nodes)."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL,
-        )  # fmt: skip
-    model_proto = onnx.load_from_string(buf.getvalue())
-    for node in model_proto.graph.node:
-        if node.op_type not in SUPPORTED_OPS:
-            raise UnsupportedOpError(
-                f"the model uses ONNX op {node.op_type} (node {node.name!r}), which facto-edge "
-                f"cannot run; supported ops: {', '.join(sorted(SUPPORTED_OPS))}"
+def normalization(
+    mean: str | list[float] | None, std: str | list[float] | None, channels: int, meta: dict
+) -> dict:
+    """The input normalization: `mean`/`std` as given (a list, or a preset name: imagenet,
+    cifar, none), else what the archive's facto_edge.json records, else none (0 and 1)."""
+    presets = {**NORMALIZATIONS, "none": ([0.0], [1.0])}
+    for value in (mean, std):
+        if isinstance(value, str) and value not in presets:
+            raise ExportError(
+                f"--mean/--std take {channels} comma-separated numbers or a preset "
+                f"({', '.join(presets)}); found {value!r}"
             )
-    return model_proto
+    if isinstance(mean, str):
+        mean, std = presets[mean][0], presets[mean][1] if std is None else std
+    if isinstance(std, str):
+        std = presets[std][1]
+    recorded = meta.get("normalization") or {}
+    mean = mean if mean is not None else recorded.get("mean", [0.0])
+    std = std if std is not None else recorded.get("std", [1.0])
+    out = {}
+    for key, value in (("mean", mean), ("std", std)):
+        value = [float(v) for v in value] * (channels if len(value) == 1 else 1)
+        if len(value) != channels:
+            raise ExportError(
+                f"--{key} needs one value per input channel ({channels}), found {len(value)}"
+            )
+        out[key] = value
+    if min(out["std"]) <= 0:
+        raise ExportError(f"--std must be positive, found {out['std']}")
+    return out
+
+
+def check_runtime_ops(model: onnx.ModelProto) -> None:
+    """Refuse, naming the op, the node and the module, the first node of the normalized
+    graph that the facto-edge runtime has no op for (or runs in 2-D only)."""
+    from facto_edge.runtime.ops import OPS
+
+    shapes = {
+        vi.name: len(vi.type.tensor_type.shape.dim)
+        for vi in [*model.graph.input, *onnx.shape_inference.infer_shapes(model).graph.value_info]
+    }
+    for node in model.graph.node:
+        op = node.op_type
+        if op in SPATIAL_OPS and shapes.get(node.input[0]) == 3:
+            op = f"{op} over a 1-D (N, C, L) input"
+        elif op in OPS:
+            continue
+        where = module_path(node.name)
+        raise UnsupportedOpError(
+            f"the model uses ONNX op {op} (node {node.name!r}, module {where or '(top level)'!r}"
+            f"), which the facto-edge runtime cannot run yet; it runs: {', '.join(sorted(OPS))}; "
+            "pass --onnx-only to write the graph anyway (it runs in onnxruntime)"
+        )
 
 
 def factorize(
-    model: nn.Module, input_shape: tuple[int, int, int], cfg: FactorizeConfig
+    model: nn.Module, input_shape: tuple[int, ...], cfg: FactorizeConfig, runtime_check: bool = True
 ) -> tuple[onnx.ModelProto, list, list[str]]:
-    """Export `model` to ONNX and factorize it: (model, layers, trainable names)."""
-    graph = Graph(to_onnx(model, input_shape))
+    """Export `model` to ONNX, normalize and factorize it: (model, layers, trainable names)."""
+    proto = normalize(to_onnx(model, input_shape))
+    if runtime_check:
+        check_runtime_ops(proto)
+    graph = Graph(proto)
     rewriter = Rewriter(graph, cfg)
     # Many small SVDs: one BLAS thread each is fastest and immune to oversubscription.
     with threadpool_limits(1):
@@ -92,7 +131,7 @@ def export(
     model_or_path: nn.Module | str | Path,
     out_dir: str | Path,
     *,
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     rank: float | None = 0.25,
     energy: float | None = None,
     min_channels: int = 8,
@@ -102,6 +141,9 @@ def export(
     force: bool = False,
     trust_pickle: bool = False,
     classes: list[str] | None = None,
+    mean: str | list[float] | None = None,
+    std: str | list[float] | None = None,
+    runtime_check: bool = True,
     progress: Progress | None = None,
 ) -> Manifest:
     """Factorize a PyTorch CNN and write `out_dir` (model.onnx, manifest.json, ort/).
@@ -109,7 +151,8 @@ def export(
     Parameters
     ----------
     model_or_path : an nn.Module, or the path of a TorchScript archive or pickled module.
-    input_shape : (C, H, W); defaults to what the zoo archive records, else (3, 32, 32).
+    input_shape : (C, H, W) or (C, L); defaults to what the zoo archive records, else
+        (3, 32, 32).
     rank, energy : rank as a fraction of channels, or the share of energy to keep.
     train : which factors of each layer train: "last", "first", "core", "all", or a
         comma-separated mix such as "core,last" (an SVD layer's "core" is its "last").
@@ -117,6 +160,10 @@ def export(
         each factorized layer trains (batch statistics); a layer that stays dense stays
         frozen, its BN folded.
     ort : also write ONNX Runtime training artifacts when onnxruntime-training is present.
+    mean, std : the input normalization, per channel or a preset name ("imagenet",
+        "cifar", "none"); default: what the archive records, else none.
+    runtime_check : refuse a graph with an op the facto-edge runtime cannot run (the
+        graph is still valid ONNX for onnxruntime when this is off).
     force : replace `out_dir` when it holds a previous export (and nothing else).
     trust_pickle : load a pickled nn.Module (which runs code from the file); refused
         otherwise.
@@ -140,8 +187,8 @@ def export(
         min_channels=min_channels, train=train, bn=bn,
     )  # fmt: skip
     say("factorizing")
-    proto, layers, trainable = factorize(model, shape, cfg)
-    norm = meta.get("normalization") or {"mean": [0.0] * shape[0], "std": [1.0] * shape[0]}
+    norm = normalization(mean, std, shape[0], meta)
+    proto, layers, trainable = factorize(model, shape, cfg, runtime_check)
     manifest = Manifest(
         input_shape=list(shape), num_classes=num_classes, normalization=norm,
         config={"rank": cfg.rank, "energy": energy, "min_channels": min_channels,

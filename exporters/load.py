@@ -12,12 +12,12 @@ from torch import nn
 
 from facto_edge.errors import ExportError, UnsupportedOpError
 
-# Layer types we know cannot be factorized or trained by the runtime.
+# Layer types the exporter cannot factorize (ops of other layers are checked on the graph).
 UNSUPPORTED_MODULES = {
-    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Conv1d", "Conv3d",
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Conv3d",
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention",
     "Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding",
-    "EmbeddingBag", "Upsample", "PixelShuffle", "LayerNorm", "GroupNorm", "InstanceNorm2d",
+    "EmbeddingBag",
 }  # fmt: skip
 
 PICKLE_REFUSED = (
@@ -114,7 +114,8 @@ def check_modules(model: nn.Module) -> None:
         if kind in UNSUPPORTED_MODULES:
             raise UnsupportedOpError(
                 f"layer {name!r} is a {kind}, which facto-edge does not support; supported "
-                "layers: Conv2d, Linear, BatchNorm2d, ReLU/ReLU6, pooling, Flatten, Dropout"
+                "layers: Conv1d/Conv2d, Linear, BatchNorm, LayerNorm, activations, pooling, "
+                "Flatten, Dropout"
             )
 
 
@@ -128,7 +129,7 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         shape = "x".join(map(str, input_shape))
         raise ExportError(
             f"the model rejects input shape {shape}: {first[:200]}; pass the shape it "
-            "expects with --input-shape CxHxW"
+            "expects with --input-shape CxHxW (or CxL for a 1-D model)"
         ) from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ExportError(

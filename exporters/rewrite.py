@@ -1,8 +1,12 @@
 """Rewrite the ONNX graph of the original model into its factorized form.
 
-Each Conv (and its following BatchNormalization) and each Gemm is replaced by a chain of
-factor nodes as DESIGN.md says: Tucker-2 for k x k convs, SVD for 1x1 convs and Linear,
-dense for grouped/depthwise, small or no-gain layers and the classifier. The result keeps
+Each Conv (and its following BatchNormalization), each Gemm and each MatMul by a constant
+weight (a Linear applied to a 3-D or 4-D tensor, such as ConvNeXt's channels-last MLP) is
+replaced by a chain of factor nodes as DESIGN.md says: Tucker-2 for k x k and k-wide 1-D
+convs (any kernel shape and stride: the `core` carries them), SVD for 1x1 convs, Linear and
+MatMul (two MatMuls over the channel axis), dense for grouped/depthwise (a grouped conv
+stays whole: its groups would need a factorization each), small or no-gain layers and the
+classifier. The result keeps
 the original graph's inputs and outputs and gets the manifest's per-layer records.
 """
 
@@ -18,6 +22,7 @@ from facto_edge.errors import ExportError
 from facto_edge.runtime.manifest import LayerInfo
 
 from . import decompose as dec
+from .to_onnx import module_path
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class Graph:
 def _value_shapes(model: onnx.ModelProto) -> dict[str, list]:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     return shapes
@@ -106,11 +111,14 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _conv_node(name, x, w, b, out, *, kernel, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1)):
+def _conv_node(name, x, w, b, out, *, kernel, stride=None, pads=None, dil=None):
+    """A Conv node of any spatial rank; stride, pads and dilations default to plain."""
+    n = len(kernel)
     inputs = [x, w] + ([b] if b else [])
     return helper.make_node(
-        "Conv", inputs, [out], name=name, kernel_shape=list(kernel), strides=list(stride),
-        pads=list(pads), dilations=list(dil), group=1,
+        "Conv", inputs, [out], name=name, kernel_shape=list(kernel),
+        strides=list(stride or [1] * n), pads=list(pads or [0] * 2 * n),
+        dilations=list(dil or [1] * n), group=1,
     )  # fmt: skip
 
 
@@ -136,6 +144,8 @@ class Rewriter:
                 self._conv(node)
             elif node.op_type == "Gemm":
                 self._gemm(node)
+            elif node.op_type == "MatMul" and node.input[1] in self.g.inits:
+                self._matmul(node)
         return self.layers
 
     # -- helpers ------------------------------------------------------------------------
@@ -202,8 +212,8 @@ class Rewriter:
         name = self._layer_name(w_name)
         w = self.g.inits[w_name]
         b = self.g.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        out_shape = self.g.shapes.get(node.output[0]) or [None] * 4
-        in_shape = self.g.shapes.get(x) or [None] * 4
+        out_shape = self.g.shapes.get(node.output[0]) or [None] * w.ndim
+        in_shape = self.g.shapes.get(x) or [None] * w.ndim
         groups = int(a.get("group", 1))
         # --bn train keeps the BatchNormalization of a layer that trains (a factorized
         # one); a layer that stays dense stays frozen, its BN folded in: training that BN
@@ -213,22 +223,23 @@ class Rewriter:
         w, b, out, bn_mode = self._fold_bn(node, w, b, keep=bn_train and not note)
         if not bn_train:
             note = self._dense_note(w, groups)  # on the folded weight, as factorized
-        c_out, c_in_g, kh, kw = w.shape
-        stride = tuple(a.get("strides", [1, 1]))
-        pads = tuple(a.get("pads", [0, 0, 0, 0]))
-        dil = tuple(a.get("dilations", [1, 1]))
-        hw_out, hw_in = tuple(out_shape[2:4]), tuple(in_shape[2:4])
+        c_out, c_in_g, kernel = w.shape[0], w.shape[1], tuple(w.shape[2:])
+        nk = len(kernel)
+        stride = tuple(a.get("strides", [1] * nk))
+        pads = tuple(a.get("pads", [0] * 2 * nk))
+        dil = tuple(a.get("dilations", [1] * nk))
+        hw_out, hw_in = tuple(out_shape[2:]), tuple(in_shape[2:])
         info = LayerInfo(
             name=name, op="Conv", shape=list(w.shape), method="dense", ranks=[], factors={},
             trainable=[], rel_error=0.0, params_before=int(w.size + (0 if b is None else b.size)),
-            params_after=0, flops_before=2 * dec.conv_macs(c_out, c_in_g, (kh, kw), hw_out),
+            params_after=0, flops_before=2 * dec.conv_macs(c_out, c_in_g, kernel, hw_out),
             flops_after=0, bn=bn_mode,
             attrs={"stride": list(stride), "pads": list(pads), "dilation": list(dil),
                    "groups": groups},
         )  # fmt: skip
         new = None
         if not note:
-            new = (self._svd_conv if kh == kw == 1 else self._tucker_conv)(
+            new = (self._svd_conv if set(kernel) == {1} else self._tucker_conv)(
                 info, w, b, x, out, stride, pads, dil, hw_in, hw_out
             )
             if new is None:
@@ -250,16 +261,16 @@ class Rewriter:
 
     def _dense_note(self, w: np.ndarray, groups: int) -> str:
         """Why a conv with weight `w` stays dense ("" when it is factorized)."""
-        c_out, c_in, kh, kw = w.shape
+        c_out, c_in, ksize = w.shape[0], w.shape[1], int(np.prod(w.shape[2:]))
         note = self._conv_dense_reason(groups, c_out, c_in)
         if note or not self._gain_required():
             return note
-        if kh == kw == 1:
-            (r,) = self._ranks(w[:, :, 0, 0], (0,), (min(c_out, c_in),))
+        if ksize == 1:
+            (r,) = self._ranks(w.reshape(c_out, c_in), (0,), (min(c_out, c_in),))
             params = r * (c_in + c_out)
         else:
             r_out, r_in = self._ranks(w, (0, 1), (c_out, c_in))
-            params = r_in * c_in + r_out * r_in * kh * kw + c_out * r_out
+            params = r_in * c_in + r_out * r_in * ksize + c_out * r_out
         return "no gain at this rank" if params >= w.size else ""
 
     def _dense(self, info, node, w, b, x, out, note) -> list[onnx.NodeProto]:
@@ -285,9 +296,10 @@ class Rewriter:
         info.params_after = int(sum(a.size for a in tensors.values()))
 
     def _tucker_conv(self, info, w, b, x, out, stride, pads, dil, hw_in, hw_out):
-        c_out, c_in, kh, kw = w.shape
+        c_out, c_in, kernel = w.shape[0], w.shape[1], tuple(w.shape[2:])
+        ones = (1,) * len(kernel)
         r_out, r_in = self._ranks(w, (0, 1), (c_out, c_in))
-        params = r_in * c_in + r_out * r_in * kh * kw + c_out * r_out
+        params = r_in * c_in + r_out * r_in * int(np.prod(kernel)) + c_out * r_out
         if self._gain_required() and params >= w.size:
             return None
         first, core, last = dec.tucker2(w, r_out, r_in)
@@ -297,37 +309,38 @@ class Rewriter:
         self._register(info, tensors)
         info.method, info.ranks = "tucker2", [r_out, r_in]
         info.rel_error = dec.relative_error(w, dec.tucker2_rebuild(first, core, last))
-        macs = dec.conv_macs(r_in, c_in, (1, 1), hw_in)
-        macs += dec.conv_macs(r_out, r_in, (kh, kw), hw_out)
-        macs += dec.conv_macs(c_out, r_out, (1, 1), hw_out)
+        macs = dec.conv_macs(r_in, c_in, ones, hw_in)
+        macs += dec.conv_macs(r_out, r_in, kernel, hw_out)
+        macs += dec.conv_macs(c_out, r_out, ones, hw_out)
         info.flops_after = 2 * macs
         f, n = info.factors, info.name
         return [
-            _conv_node(f"{n}.first", x, f["first"], None, f"{n}.first_out", kernel=(1, 1)),
+            _conv_node(f"{n}.first", x, f["first"], None, f"{n}.first_out", kernel=ones),
             _conv_node(f"{n}.core", f"{n}.first_out", f["core"], None, f"{n}.core_out",
-                       kernel=(kh, kw), stride=stride, pads=pads, dil=dil),
-            _conv_node(f"{n}.last", f"{n}.core_out", f["last"], f.get("bias"), out, kernel=(1, 1)),
+                       kernel=kernel, stride=stride, pads=pads, dil=dil),
+            _conv_node(f"{n}.last", f"{n}.core_out", f["last"], f.get("bias"), out, kernel=ones),
         ]  # fmt: skip
 
     def _svd_conv(self, info, w, b, x, out, stride, pads, dil, hw_in, hw_out):
         c_out, c_in = w.shape[:2]
-        w2 = w[:, :, 0, 0]
+        ones = (1,) * (w.ndim - 2)
+        w2 = w.reshape(c_out, c_in)
         (r,) = self._ranks(w2, (0,), (min(c_out, c_in),))
         if self._gain_required() and r * (c_in + c_out) >= w.size:
             return None
         first, last = dec.svd2(w2, r)
-        tensors = {"first": first[:, :, None, None], "last": last[:, :, None, None]}
+        tensors = {"first": first.reshape(r, c_in, *ones), "last": last.reshape(c_out, r, *ones)}
         if b is not None:
             tensors["bias"] = b
         self._register(info, tensors)
         info.method, info.ranks = "svd", [r]
         info.rel_error = dec.relative_error(w2, last @ first)
-        info.flops_after = 2 * (r * c_in + c_out * r) * hw_out[0] * hw_out[1]
+        info.flops_after = 2 * (r * c_in + c_out * r) * int(np.prod(hw_out))
         f, n = info.factors, info.name
         return [
-            _conv_node(f"{n}.first", x, f["first"], None, f"{n}.first_out", kernel=(1, 1),
+            _conv_node(f"{n}.first", x, f["first"], None, f"{n}.first_out", kernel=ones,
                        stride=stride, pads=pads),
-            _conv_node(f"{n}.last", f"{n}.first_out", f["last"], f.get("bias"), out, kernel=(1, 1)),
+            _conv_node(f"{n}.last", f"{n}.first_out", f["last"], f.get("bias"), out, kernel=ones),
         ]  # fmt: skip
 
     # -- Gemm -----------------------------------------------------------------------------
@@ -391,4 +404,69 @@ class Rewriter:
         return [
             _gemm_node(f"{n}.first", x, f["first"], "", f"{n}.first_out"),
             _gemm_node(f"{n}.last", f"{n}.first_out", f["last"], f.get("bias", ""), out),
+        ]
+
+    # -- MatMul by a constant weight (Linear on a 3-D or 4-D tensor) ---------------------
+    def _matmul_bias(self, node: onnx.NodeProto, c_out: int) -> onnx.NodeProto | None:
+        """The Add right after `node` that adds a constant bias of shape [c_out], if any."""
+        users = self.g.consumers(node.output[0])
+        if len(users) != 1 or users[0].op_type != "Add":
+            return None
+        other = [i for i in users[0].input if i != node.output[0]]
+        ok = len(other) == 1 and other[0] in self.g.inits
+        return users[0] if ok and self.g.inits[other[0]].shape == (c_out,) else None
+
+    def _matmul(self, node: onnx.NodeProto) -> None:
+        """x [..., C_in] @ W [C_in, C_out] (+ b): SVD into x @ first^T @ last^T, the Add of
+        the bias staying where it is (its tensor becomes `last.bias`)."""
+        w = self.g.inits[node.input[1]]
+        if w.ndim != 2:
+            return
+        x, out = node.input[0], node.output[0]
+        name = module_path(node.name) or self._layer_name(node.input[1])
+        c_in, c_out = w.shape
+        rows = int(np.prod([d or 1 for d in (self.g.shapes.get(x) or [1, 1])[1:-1]]))
+        add = self._matmul_bias(node, c_out)
+        info = LayerInfo(
+            name=name, op="MatMul", shape=[c_out, c_in], method="dense", ranks=[], factors={},
+            trainable=[], rel_error=0.0, params_before=int(w.size), params_after=0,
+            flops_before=2 * c_out * c_in * rows, flops_after=0,
+        )  # fmt: skip
+        note = self._conv_dense_reason(1, c_out, c_in)
+        new = None if note else self._svd_matmul(info, w.T, x, out, rows)
+        if new is None:
+            self.g.inits[f"{name}.weight"] = w
+            new = [helper.make_node("MatMul", [x, f"{name}.weight"], [out], name=name)]
+            info.factors = {"weight": f"{name}.weight"}
+            info.params_after, info.flops_after = info.params_before, info.flops_before
+            info.note = note or "no gain at this rank"
+        if add is not None:
+            self._rename_bias(info, add, out)
+        self._replace(node, new)
+        info.trainable = self._trainable(info.factors, info.method)
+        self.layers.append(info)
+
+    def _rename_bias(self, info: LayerInfo, add: onnx.NodeProto, x: str) -> None:
+        old = next(i for i in add.input if i != x)
+        key = f"{info.name}.last.bias" if info.method != "dense" else f"{info.name}.bias"
+        self.g.inits[key] = self.g.inits[old]
+        add.input[list(add.input).index(old)] = key
+        info.factors["bias"] = key
+        info.params_before += int(self.g.inits[key].size)
+        info.params_after += int(self.g.inits[key].size)
+
+    def _svd_matmul(self, info, w, x, out, rows):
+        c_out, c_in = w.shape
+        (r,) = self._ranks(w, (0,), (min(c_out, c_in),))
+        if self._gain_required() and r * (c_in + c_out) >= w.size:
+            return None
+        first, last = dec.svd2(w, r)
+        self._register(info, {"first": first.T.copy(), "last": last.T.copy()})
+        info.method, info.ranks = "svd", [r]
+        info.rel_error = dec.relative_error(w, last @ first)
+        info.flops_after = 2 * r * (c_in + c_out) * rows
+        f, n = info.factors, info.name
+        return [
+            helper.make_node("MatMul", [x, f["first"]], [f"{n}.first_out"], name=f"{n}.first"),
+            helper.make_node("MatMul", [f"{n}.first_out", f["last"]], [out], name=f"{n}.last"),
         ]

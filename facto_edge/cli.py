@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import parse_shape
+from facto_edge.cli_common import parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
 
@@ -25,7 +25,9 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write model.pt.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialization.")
 @click.option("--num-classes", default=10, show_default=True)
-@click.option("--input-shape", default="3x32x32", show_default=True, help="CxHxW.")
+@click.option(
+    "--input-shape", default=None, help="CxHxW or CxL (default: the model's own, e.g. 3x32x32)."
+)
 @click.option("--list", "list_", is_flag=True, help="List the models with parameter counts.")
 @click.option("--force", is_flag=True, help="Replace a model.pt that zoo wrote before.")
 def zoo(name, output, seed, num_classes, input_shape, list_, force) -> None:
@@ -73,7 +75,9 @@ def format_layers(manifest) -> str:
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="The *.facto directory.")
 @click.option(
-    "--input-shape", default=None, help="CxHxW (default: from the zoo archive, else 3x32x32)."
+    "--input-shape",
+    default=None,
+    help="CxHxW, or CxL for a 1-D model (default: from the zoo archive, else 3x32x32).",
 )
 @click.option(
     "--rank",
@@ -102,6 +106,19 @@ def format_layers(manifest) -> str:
     help="Fold BatchNorm into the last factor, or train it (batch statistics) with each "
     "factorized layer.",
 )
+@click.option(
+    "--mean",
+    default=None,
+    help="Input mean per channel (0.5,0.5,0.5) or a preset: imagenet, cifar, none "
+    "(which also sets --std). Default: from the archive's facto_edge.json, else none.",
+)
+@click.option("--std", default=None, help="Input std per channel, or a preset (see --mean).")
+@click.option(
+    "--onnx-only",
+    is_flag=True,
+    help="Write the graph even where the facto-edge runtime lacks one of its ops "
+    "(it still runs in onnxruntime).",
+)
 @click.option("--no-ort", is_flag=True, help="Skip the ONNX Runtime training artifacts.")
 @click.option("--force", is_flag=True, help="Replace a previous export at --output.")
 @click.option(
@@ -110,10 +127,10 @@ def format_layers(manifest) -> str:
     help="Load MODEL even if it is a pickled nn.Module, which runs code from the file.",
 )
 def export(
-    model, output, input_shape, rank, energy, min_channels, train, bn, no_ort, force,
-    trust_pickle,
+    model, output, input_shape, rank, energy, min_channels, train, bn, mean, std, onnx_only,
+    no_ort, force, trust_pickle,
 ) -> None:  # fmt: skip
-    """Factorize MODEL (a TorchScript archive) into a *.facto directory.
+    """Factorize MODEL (TorchScript archive, or a pickled nn.Module) into a *.facto directory.
 
     A pickled nn.Module runs code from the file when loaded: it is refused unless
     --trust-pickle says you trust the file.
@@ -128,7 +145,9 @@ def export(
         manifest = export_model(
             model, output, input_shape=parse_shape(input_shape), rank=rank, energy=energy,
             min_channels=min_channels, train=train, bn=bn, ort=not no_ort, force=force,
-            trust_pickle=trust_pickle, progress=lambda msg: click.echo(f"... {msg}", err=True),
+            trust_pickle=trust_pickle, mean=parse_norm(mean, "--mean"),
+            std=parse_norm(std, "--std"), runtime_check=not onnx_only,
+            progress=lambda msg: click.echo(f"... {msg}", err=True),
         )  # fmt: skip
     for w in caught:
         if issubclass(w.category, UserWarning):

@@ -7,15 +7,30 @@ from __future__ import annotations
 from facto_edge.errors import FactoEdgeError
 
 
-def parse_shape(value: str | None) -> tuple[int, int, int] | None:
+def parse_shape(value: str | None) -> tuple[int, ...] | None:
+    """'3x32x32' (CxHxW) or '40x98' (CxL, a 1-D model) as a tuple of positive sizes."""
     if value is None:
         return None
     try:
         shape = tuple(int(v) for v in value.lower().split("x"))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
+    if len(shape) not in (2, 3) or min(shape) < 1:
         raise FactoEdgeError(
-            f"--input-shape must look like 3x32x32 (CxHxW, positive sizes), found {value!r}"
+            "--input-shape must look like 3x32x32 (CxHxW) or 40x98 (CxL), positive sizes, "
+            f"found {value!r}"
         )
-    return shape  # type: ignore[return-value]
+    return shape
+
+
+def parse_norm(value: str | None, option: str) -> str | list[float] | None:
+    """--mean/--std: comma-separated numbers, or a preset name (imagenet, cifar, none)."""
+    if value is None or not value[:1].isdigit() and not value.startswith((".", "-")):
+        return value
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise FactoEdgeError(
+            f"{option} must be comma-separated numbers (0.5,0.5,0.5) or a preset "
+            f"(imagenet, cifar, none), found {value!r}"
+        ) from None

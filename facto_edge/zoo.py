@@ -1,4 +1,5 @@
-"""The model zoo: CIFAR-shaped CNNs built with plain torch.nn, saved as TorchScript.
+"""The model zoo: CNNs built with plain torch.nn, saved as TorchScript: CIFAR-shaped
+classics here, one reduced member of each well-known family in `zoo_families`.
 
 Each model starts from a random initialization drawn from `seed`. The saved archive
 carries a `facto_edge.json` extra file with the input shape, class count and input
@@ -17,12 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facto_edge import zoo_families as fam
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.checkpoint import write_atomic
 from facto_edge.safe_io import check_output_file
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTRA_FILE = "facto_edge.json"
 
 
@@ -167,36 +171,67 @@ class ZooEntry:
     name: str
     build: Callable[..., nn.Module]
     description: str
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    normalization: str = "cifar"  # cifar, imagenet or none (mean 0.5, std 0.5)
 
 
-ZOO: dict[str, ZooEntry] = {
-    "resnet18_cifar": ZooEntry("resnet18_cifar", ResNet18Cifar, "ResNet-18, CIFAR stem"),
-    "mobilenetv2_cifar": ZooEntry("mobilenetv2_cifar", MobileNetV2Cifar, "MobileNetV2, CIFAR"),
-    "vgg11_bn_cifar": ZooEntry("vgg11_bn_cifar", VGG11BNCifar, "VGG-11 with BN, CIFAR"),
-    "simple_cnn": ZooEntry("simple_cnn", SimpleCNN, "3 conv + 2 linear, for quick runs"),
-}
+_ENTRIES = [
+    ZooEntry("resnet18_cifar", ResNet18Cifar, "ResNet-18, CIFAR stem"),
+    ZooEntry("mobilenetv2_cifar", MobileNetV2Cifar, "MobileNetV2, CIFAR"),
+    ZooEntry("vgg11_bn_cifar", VGG11BNCifar, "VGG-11 with BN, CIFAR"),
+    ZooEntry("simple_cnn", SimpleCNN, "3 conv + 2 linear, for quick runs"),
+    ZooEntry("mobilenetv3_small", fam.MobileNetV3Small, "MobileNetV3-Small: hard-swish, SE"),
+    ZooEntry("efficientnet_b0", fam.EfficientNetB0, "EfficientNet-B0 for 32x32: SiLU, SE"),
+    ZooEntry("shufflenetv2", fam.ShuffleNetV2, "ShuffleNetV2 0.5x: chunk, channel shuffle"),
+    ZooEntry("resnet18_imagenet", fam.ResNet18ImageNet, "ResNet-18, 7x7 stem and max-pool",
+             (3, 128, 128), "imagenet"),
+    ZooEntry("densenet", fam.DenseNet, "DenseNet-BC, growth 12: concatenation"),
+    ZooEntry("squeezenet", fam.SqueezeNet, "SqueezeNet 1.1: fire modules, conv classifier"),
+    ZooEntry("convnext_atto", fam.ConvNeXtAtto, "ConvNeXt-Atto: channels-last LayerNorm, GELU"),
+    ZooEntry("mcunet_like", fam.MCUNetLike, "MCUNet-like, written with torch.nn.functional"),
+    ZooEntry("ds_cnn", fam.DSCNN, "DS-CNN keyword spotting on 1x49x10 MFCC, 10x4 kernel",
+             (1, 49, 10), "none"),
+    ZooEntry("kws_conv1d", fam.KWSConv1d, "Conv1d keyword spotting on 40x98 MFCC frames",
+             (40, 98), "none"),
+    ZooEntry("resnet20_cifar", fam.ResNet20Cifar, "ResNet-20, option-A shortcuts"),
+]  # fmt: skip
+ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
-def build(name: str, seed: int = 0, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build zoo model `name` in eval mode with weights drawn from `seed`."""
+def entry(name: str) -> ZooEntry:
+    """The zoo entry `name`, or FactoEdgeError listing the names there are."""
     if name not in ZOO:
         raise FactoEdgeError(f"unknown zoo model {name!r}; expected one of: {', '.join(ZOO)}")
-    for what, value in (("--num-classes", num_classes), ("input channels", in_channels)):
+    return ZOO[name]
+
+
+def build(
+    name: str, seed: int = 0, num_classes: int = 10, in_channels: int | None = None
+) -> nn.Module:
+    """Build zoo model `name` in eval mode with weights drawn from `seed`; `in_channels`
+    defaults to the model's own input (3 for images, 1 for DS-CNN, 40 for the Conv1d net)."""
+    e = entry(name)
+    channels = e.input_shape[0] if in_channels is None else in_channels
+    for what, value in (("--num-classes", num_classes), ("input channels", channels)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise FactoEdgeError(f"{what} must be a positive integer, found {value!r}")
     torch.manual_seed(seed)
-    return ZOO[name].build(num_classes=num_classes, in_channels=in_channels).eval()
+    return e.build(num_classes=num_classes, in_channels=channels).eval()
 
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def metadata(input_shape: tuple[int, int, int], num_classes: int) -> dict:
-    """The facto_edge.json extra file: what export needs to know about the input."""
+def metadata(input_shape: tuple[int, ...], num_classes: int, normalization: str = "cifar") -> dict:
+    """The facto_edge.json extra file: what export needs to know about the input.
+    Three channels take the `normalization` preset (cifar or imagenet); others 0.5/0.5."""
     c = input_shape[0]
-    mean = list(CIFAR_MEAN) if c == 3 else [0.5] * c
-    std = list(CIFAR_STD) if c == 3 else [0.5] * c
+    preset = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+    if c == 3 and normalization in preset:
+        mean, std = list(preset[normalization][0]), list(preset[normalization][1])
+    else:
+        mean, std = [0.5] * c, [0.5] * c
     return {
         "input_shape": list(input_shape),
         "num_classes": num_classes,
@@ -228,14 +263,17 @@ def write(
     out: str | Path,
     seed: int = 0,
     num_classes: int = 10,
-    input_shape: tuple[int, int, int] = (3, 32, 32),
+    input_shape: tuple[int, ...] | None = None,
     force: bool = False,
 ) -> Path:
-    """Build zoo model `name` and write it as a TorchScript archive to `out`; an existing
+    """Build zoo model `name` and write it as a TorchScript archive to `out`; the input
+    shape defaults to the model's own (3x32x32, 3x128x128, 1x49x10, 40x98). An existing
     `out` is replaced only with `force`, and only when zoo wrote it."""
     out = Path(out)
     check_output_file(out, force, is_zoo_archive, "a zoo model archive", "zoo")
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise FactoEdgeError(f"--input-shape must be CxHxW, positive sizes, found {input_shape}")
-    model = build(name, seed=seed, num_classes=num_classes, in_channels=input_shape[0])
-    return save_torchscript(model, out, metadata(input_shape, num_classes))
+    e = entry(name)
+    shape = tuple(input_shape or e.input_shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise FactoEdgeError(f"--input-shape must be CxL or CxHxW, positive sizes, found {shape}")
+    model = build(name, seed=seed, num_classes=num_classes, in_channels=shape[0])
+    return save_torchscript(model, out, metadata(shape, num_classes, e.normalization))

@@ -29,8 +29,8 @@ def _numbers(x: object, n: int) -> bool:
 def _manifest_problems(d: dict) -> Iterator[tuple[str, str, object]]:
     """(field, what it must be, what it is) for every field of `d` that makes no model."""
     shape = d.get("input_shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(map(_positive_int, shape))):
-        yield "input_shape", "a list of 3 positive integers [C, H, W]", shape
+    if not (isinstance(shape, list) and len(shape) in (2, 3) and all(map(_positive_int, shape))):
+        yield "input_shape", "a list of 2 or 3 positive integers [C, L] or [C, H, W]", shape
     if not _positive_int(d.get("num_classes")):
         yield "num_classes", "a positive integer", d.get("num_classes")
     trainable = d.get("trainable")

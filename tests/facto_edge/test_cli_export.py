@@ -134,3 +134,113 @@ def test_pickled_module_is_refused_unless_trusted(tmp_path):
     result = run("export", str(path), "-o", str(out), "--no-ort", "--trust-pickle")
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file()
+
+
+def test_zoo_list_names_every_family():
+    result = run("zoo", "--list")
+    for name in ("mobilenetv3_small", "convnext_atto", "ds_cnn", "kws_conv1d", "resnet20_cifar"):
+        assert name in result.output
+
+
+def test_op_the_runtime_lacks_is_one_line_naming_op_node_and_module(tmp_path):
+    assert run("zoo", "mobilenetv3_small", "-o", str(tmp_path / "m.pt")).exit_code == 0
+    out = tmp_path / "o.facto"
+    result = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort")
+    assert_clean_failure(result, out, "ONNX op HardSwish", "node '/features/0/2/", "'features.0.2'")
+
+
+class OddPool(nn.Module):
+    """A 3x3 adaptive pool over a 32x32 map: torch.onnx's TorchScript exporter refuses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Linear(72, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+class ShapePool(nn.Module):
+    """DS-CNN's global pool, F.avg_pool2d(x, x.shape[2:]): a kernel computed from a shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.avg_pool2d(self.conv(x), x.shape[2:])
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.mark.parametrize(
+    "module, words",
+    [(OddPool, ["aten::adaptive_avg_pool2d", "not factor"]), (ShapePool, ["aten::avg_pool2d"])],
+)
+def test_archive_torch_onnx_cannot_export_is_one_line(tmp_path, module, words):
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(module().eval()), str(path))
+    out = tmp_path / "o.facto"
+    result = run("export", str(path), "-o", str(out), "--no-ort")
+    assert_clean_failure(result, out, "torch.onnx cannot export", *words)
+    assert "Torch IR graph" not in result.output
+
+
+def test_pickled_module_goes_through_the_dynamo_exporter(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(ShapePool().eval(), path)
+    out = tmp_path / "o.facto"
+    result = run("export", str(path), "-o", str(out), "--no-ort", "--rank", "1", "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    assert (out / "model.onnx").is_file()
+
+
+def test_one_dimensional_model_with_mean_std_presets(tmp_path):
+    import json
+
+    assert run("zoo", "kws_conv1d", "-o", str(tmp_path / "m.pt")).exit_code == 0
+    out = tmp_path / "o.facto"
+    result = run(
+        "export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort", "--onnx-only",
+        "--input-shape", "40x98", "--mean", "none",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input_shape"] == [40, 98]
+    assert manifest["normalization"] == {"mean": [0.0] * 40, "std": [1.0] * 40}
+
+
+def test_mean_std_for_an_archive_without_metadata(tmp_path):
+    import json
+
+    from facto_edge import zoo
+
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(zoo.build("simple_cnn")), str(path))
+    out = tmp_path / "o.facto"
+    result = run("export", str(path), "-o", str(out), "--no-ort", "--mean", "imagenet")
+    assert result.exit_code == 0, result.output
+    norm = json.loads((out / "manifest.json").read_text())["normalization"]
+    assert norm == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    again = run("export", str(path), "-o", str(out), "--no-ort", "--force", "--mean", "0.5",
+                "--std", "0.25,0.25,0.25")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    norm = json.loads((out / "manifest.json").read_text())["normalization"]
+    assert norm == {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--mean", "imagenett"], ["preset", "imagenett"]),
+        (["--mean", "0.5,0.5"], ["--mean needs one value per input channel (3), found 2"]),
+        (["--input-shape", "3x32x32x1"], ["3x32x32 (CxHxW) or 40x98 (CxL)"]),
+    ],
+)
+def test_bad_normalization_and_shape_options(tmp_path, args, words):
+    assert run("zoo", "simple_cnn", "-o", str(tmp_path / "m.pt")).exit_code == 0
+    out = tmp_path / "o.facto"
+    result = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--no-ort", *args)
+    assert_clean_failure(result, out, *words)

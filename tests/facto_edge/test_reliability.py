@@ -243,8 +243,8 @@ def test_state_dict_is_told_apart_without_running_code(tmp_path):
 
 MANIFEST_MISTAKES = [
     ({"num_classes": "ten"}, "num_classes must be a positive integer"),
-    ({"input_shape": "1x16x16"}, "input_shape must be a list of 3 positive integers"),
-    ({"input_shape": [1, -16, 16]}, "input_shape must be a list of 3 positive integers"),
+    ({"input_shape": "1x16x16"}, "input_shape must be a list of 2 or 3 positive integers"),
+    ({"input_shape": [1, -16, 16]}, "input_shape must be a list of 2 or 3 positive integers"),
     ({"normalization": "none"}, "normalization must be a mapping with mean and std"),
     ({"normalization": {"mean": [0.5], "std": [0.0]}}, "std must be numbers > 0"),
     ({"format_version": 99}, "format version 99 is not supported"),
