@@ -20,6 +20,12 @@ budget then counts device memory, the arena, and `memory_report()` gives the hos
 peak resident memory apart. One lane; parameters(), buffers() and gradients live on the
 device.
 
+Kernels: a budgeted CPU session loads its kernels from numba's cache and compiles none
+(runtime/prepare.py): if the machine was not prepared for the model (`facto-edge compile`),
+it raises BudgetError naming the command, unless `compile="prepare"` (prepare now, in child
+processes) or `compile="allow"` (compile here; memory_report()'s
+`kernels_compiled_in_process` then counts what the budget did not plan).
+
 Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
 "512MB") the session binds for the fewest micro-batches per step whose arena fits what the
 budget leaves after the runtime's measured fixed cost and a safety margin
@@ -62,6 +68,7 @@ from .kernels.dispatch import serial_in_this_thread
 from .kernels.elementwise import count_nonfinite
 from .memory import ArenaAllocator, MemoryPlan, Recorder, largest_fitting, plan_memory
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
+from .prepare import compiled_in_process, ensure_kernels
 from .rss import peak_rss_bytes
 
 LABELS, LOSS = "facto:labels", "facto:loss"
@@ -98,6 +105,7 @@ class TrainingSession:
         device: str = "cpu",
         budget: int | str | None = None,
         accumulate: int | None = None,
+        compile: str = "refuse",
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
         self._backend = self._io = resolve_device(device)  # _io: the dry run's is the host
@@ -109,6 +117,9 @@ class TrainingSession:
         self._graph = load_graph(model_dir)
         self._source, self._callbacks = model_dir, []
         self._codec = self._backend.get_codec(codec)
+        self._kernels = None  # with a budget: load kernels only (runtime/prepare.py)
+        if budget is not None and self._backend.name == "cpu":
+            self._kernels = ensure_kernels(self._graph, model_dir, codec, optimizer, compile)
         self._seed, self._step, self._closed = seed, 0, False
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                    "betas": betas, "eps": eps}  # fmt: skip
@@ -218,8 +229,11 @@ class TrainingSession:
         (`peak_activation_bytes`), bytes that had to live outside the arena
         (`unplanned_bytes`, 0 unless a batch needed more than planned), the `device`, the
         arena's bytes on it (`device_arena_bytes`, 0 on cpu, where the arena is host
-        memory) and the process's peak resident memory on the host so far
-        (`host_peak_rss_bytes`)."""
+        memory), the process's peak resident memory on the host so far
+        (`host_peak_rss_bytes`) and, for a budgeted CPU session, the runtime kernels
+        this process compiled since the session began (`kernels_compiled_in_process`:
+        0 when everything loaded from the cache) and whether it runs the kernels'
+        parallel builds (`parallel_builds`); both None without a budget."""
         plan = self.memory_plan
         by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
@@ -237,6 +251,10 @@ class TrainingSession:
             "device": self._backend.name,
             "device_arena_bytes": plan.arena_bytes if self._backend.name != "cpu" else 0,
             "host_peak_rss_bytes": peak_rss_bytes(),
+            "kernels_compiled_in_process": (
+                compiled_in_process(self._kernels) if self._kernels else None
+            ),
+            "parallel_builds": self._kernels.parallel if self._kernels else None,
         }
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:
