@@ -43,9 +43,12 @@ def _friendly(fn):
 def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     """Fit training of MODEL (*.facto) into --budget: batch, micro-batches and codec bits,
     with a breakdown of the memory and the saved bytes per layer."""
+    from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.plan import plan_training
     from facto_edge.plan_report import format_plan, plot_timeline
 
+    tried = [bits] if bits else [b for b in BITS if int(b) >= int(min_bits)]
+    prepare_before_budget(model, [f"q{b}" for b in tried], optimizer)
     report = plan_training(
         model,
         budget,

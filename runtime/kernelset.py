@@ -124,14 +124,17 @@ def save_record(kernels: KernelSet) -> Path:
 def discover(source, codec: str = "q4", optimizer: str = "sgd") -> KernelSet:
     """The kernels training `source` (a *.facto directory or (ModelProto, manifest))
     with `codec` and `optimizer` calls, found without compiling (see the module's
-    docstring). Runs a session's set-up in this process: call it in a child."""
+    docstring); source None: the budget probe's only (key "runtime"). Runs a session's
+    set-up in this process: call it in a child."""
     from .preload import warm_up_modules
     from .session import TrainingSession
 
+    key = "runtime-" + runtime_digest()
     with _recording() as seen:
-        session = TrainingSession(source, batch_size=1, codec=codec, optimizer=optimizer)
-        key = model_key(session._graph, codec, optimizer)
-        session.close()
+        if source is not None:
+            session = TrainingSession(source, batch_size=1, codec=codec, optimizer=optimizer)
+            key = model_key(session._graph, codec, optimizer)
+            session.close()
         warm_up_modules()
     return KernelSet(key, _with_both_builds(seen))
 

@@ -18,7 +18,8 @@ only child processes, and this process imports no numba:
    is an error naming it.
 
 A prepared model costs one check child (about a second) and compiles nothing. Progress
-goes to `on_progress(done, total, what)`, one call per compiled kernel.
+goes to `on_progress(done, total, what)`: once with done 0 before the first compile
+child starts (not at all when nothing is missing), then once per compiled kernel.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def check_kernels(
     of `codecs`, from a check child. `source` is a *.facto directory."""
     with tempfile.TemporaryDirectory(prefix="facto-prepare-") as tmp:
         out = Path(tmp) / "missing.pickle"
-        _run_child(["check", str(source), optimizer, str(out), *codecs])
+        _run_child(["check", str(source or ""), optimizer, str(out), *codecs])
         needed, missing = pickle.loads(out.read_bytes())
     return needed, missing
 
@@ -112,7 +113,8 @@ def prepare_kernels(
     on_progress: Progress | None = None,
 ) -> PrepareReport:
     """Compile, in child processes, the kernels that training `source` (a *.facto
-    directory) with `codecs` and `optimizer` needs and numba's cache lacks; see the
+    directory; None: only the runtime's own, which the budget's probe loads) with
+    `codecs` and `optimizer` needs and numba's cache lacks; see the
     module's docstring. `builds` "serial" compiles the serial builds and plain kernels
     (what lanes run; a session without the parallel builds runs serial ones only),
     "both" the parallel builds too. Raises FactoEdgeError if a child fails or a kernel
@@ -166,12 +168,14 @@ def ensure_kernels(graph, source, codec: str, optimizer: str, mode: str = "refus
     If they are not, `mode` decides: "refuse" raises BudgetError naming the command that
     prepares them, "prepare" runs the preparation (child processes) now, "allow" goes on
     and compiles in this process (its peak may then pass the budget: see
-    `compiled_in_process`). Parallel builds are used only when all are cached
+    `compiled_in_process`); None: $FACTO_EDGE_COMPILE, else "refuse" (a test suite or a
+    development tree may set "allow"). Parallel builds are used only when all are cached
     (kernels/dispatch.py, use_parallel_builds)."""
     from . import kernelset
     from .errors import BudgetError
     from .kernels.dispatch import use_parallel_builds
 
+    mode = mode or os.environ.get("FACTO_EDGE_COMPILE") or "refuse"
     if mode not in COMPILE_MODES:
         raise FactoEdgeError(f"compile must be one of {', '.join(COMPILE_MODES)}, found {mode!r}")
     counter = kernelset.count_compilations()
@@ -267,6 +271,8 @@ class _Pool:
     def run(self, work: list[list[Missing]]) -> None:
         """Compile every group of `work`; raises FactoEdgeError if a child fails."""
         self._total, self._done = sum(len(g) for g in work), 0
+        if self.on_progress:
+            self.on_progress(0, self._total, "")
         sel = selectors.DefaultSelector()
         with tempfile.TemporaryDirectory(prefix="facto-compile-") as tmp:
             self._paths = []
@@ -358,8 +364,8 @@ def _child_env() -> dict:
 
 
 def _child_check(source: str, optimizer: str, out: str, *codecs: str) -> None:
-    """Discover the kernel set for each codec (or read it), store it, and write
-    (kernels needed, entries missing from the cache) to `out`."""
+    """Discover the kernel set for each codec, store it, and write (kernels needed,
+    entries missing from the cache) to `out`. An empty `source`: the probe's kernels."""
     import warnings
 
     import numpy as np
@@ -370,7 +376,7 @@ def _child_check(source: str, optimizer: str, out: str, *codecs: str) -> None:
     for codec in codecs:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            found = kernelset.discover(source, codec, optimizer)
+            found = kernelset.discover(source or None, codec, optimizer)
         kernelset.save_record(found)
         entries.update(dict.fromkeys(found.entries))
     missing = [

@@ -24,7 +24,8 @@ Kernels: a budgeted CPU session loads its kernels from numba's cache and compile
 (runtime/prepare.py): if the machine was not prepared for the model (`facto-edge compile`),
 it raises BudgetError naming the command, unless `compile="prepare"` (prepare now, in child
 processes) or `compile="allow"` (compile here; memory_report()'s
-`kernels_compiled_in_process` then counts what the budget did not plan).
+`kernels_compiled_in_process` then counts what the budget did not plan). The default is
+$FACTO_EDGE_COMPILE, else "refuse".
 
 Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
 "512MB") the session binds for the fewest micro-batches per step whose arena fits what the
@@ -105,7 +106,7 @@ class TrainingSession:
         device: str = "cpu",
         budget: int | str | None = None,
         accumulate: int | None = None,
-        compile: str = "refuse",
+        compile: str | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
         self._backend = self._io = resolve_device(device)  # _io: the dry run's is the host
