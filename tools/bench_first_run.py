@@ -93,7 +93,8 @@ def prepared(model: Path) -> dict:
         step, _, step_peak = _time_v([sys.executable, "-c", STEP, str(model), BUDGET], env)
         first = json.loads(step.stdout.strip().splitlines()[-1])
     return {"prepare_s": wall, "prepare_tree_peak": tree_peak,
-            "prepare_children_peak": report["peak_together"], "compiled": report["compiled"],
+            "prepare_children_peak": report["peak_together"],
+            "prepare_compiled": report["compiled"],
             "needed": report["needed"], "jobs": report["jobs"], **first,
             "step_tree_peak": step_peak}  # fmt: skip
 
