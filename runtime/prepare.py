@@ -5,7 +5,7 @@
 
 No kernel is compiled inside a budgeted process (../shared/DESIGN.md, "The first run"):
 compiling one holds tens of MiB of LLVM, which the budget does not plan. Preparing runs
-only child processes, and this process imports no numba:
+only child processes (this process imports numba only at step 4, for the probe's key):
 
 1. a check child discovers the model's kernel set (runtime/kernelset.py: no compilation,
    about a second) and lists the entries numba's cache lacks;
@@ -15,7 +15,9 @@ only child processes, and this process imports no numba:
    measured); `jobs` defaults to the cores, less where `memory` (the preparation's own
    peak, all children together; 256 MB by default) holds fewer children;
 3. the check child runs again: what is still missing (a kernel that would not cache)
-   is an error naming it.
+   is an error naming it;
+4. the budget's probe measures the runtime's fixed cost (two more children, once per
+   set of versions: runtime/budget.py), so that the budgeted process finds it measured.
 
 A prepared model costs one check child (about a second) and compiles nothing. Progress
 goes to `on_progress(done, total, what)`: once with done 0 before the first compile
@@ -36,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .budget import parse_size
+from .budget import measure_runtime_fixed_cost, parse_size
 from .errors import FactoEdgeError
 
 DEFAULT_MEMORY = 256 * 10**6  # "256MB": a small device's room for the preparation
@@ -142,6 +144,8 @@ def prepare_kernels(
             f"(first: {still[0].text}); expected every kernel cached. Is its cache directory "
             f"writable? Set NUMBA_CACHE_DIR to a writable directory and run again"
         )
+    measure_runtime_fixed_cost()  # its children load what was just compiled
+    report.seconds = time.perf_counter() - start
     return report
 
 
