@@ -105,12 +105,46 @@ def in_process(model: Path) -> dict:
         return json.loads(step.stdout.strip().splitlines()[-1]) | {"step_tree_peak": peak}
 
 
+def _medians(rounds: list[dict]) -> dict:
+    """The median of every numeric field over the rounds (flags from the first round)."""
+    out = {}
+    for f, v in rounds[0].items():
+        numeric = isinstance(v, int | float) and not isinstance(v, bool)
+        out[f] = statistics.median(r[f] for r in rounds) if numeric else v
+    return out
+
+
+def table(path: Path) -> str:
+    """The markdown table of docs/first_run.md from a results file."""
+    data = json.loads(path.read_text())
+    mib = 1 << 20
+    lines = [
+        "| model | prepare wall | prepare peak (children) | kernels compiled / needed "
+        "| budgeted process: to first step | first step | peak | compiled in it "
+        "| today: in-process to first step | today: peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in data["results"].items():
+        a, b = r["prepared"], r["in_process"]
+        lines.append(
+            f"| {name} | {a['prepare_s']:.1f} s | {a['prepare_tree_peak'] / mib:.1f} MiB "
+            f"| {a['prepare_compiled']:.0f} / {a['needed']:.0f} | {a['to_first_step_s']:.2f} s "
+            f"| {a['step_s']:.2f} s | {a['step_tree_peak'] / mib:.1f} MiB | {a['compiled']:.0f} "
+            f"| {b['to_first_step_s']:.1f} s | {b['step_tree_peak'] / mib:.1f} MiB |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/first_run.json"))
+    ap.add_argument("--table", action="store_true", help="Print the table of --output; exit.")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.output))
+        return
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -119,10 +153,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 rounds["prepared"].append(prepared(model))
                 rounds["in_process"].append(in_process(model))
-            results[name] = {
-                k: {f: statistics.median(r[f] for r in v) for f in v[0]} | {"rounds": v}
-                for k, v in rounds.items()
-            }
+            results[name] = {k: _medians(v) | {"rounds": v} for k, v in rounds.items()}
             print(name, json.dumps({k: {f: v[f] for f in v if f != "rounds"}
                                     for k, v in results[name].items()}), flush=True)  # fmt: skip
     args.output.write_text(json.dumps({"budget": BUDGET, "results": results}, indent=1))
