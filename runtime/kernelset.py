@@ -126,15 +126,15 @@ def discover(source, codec: str = "q4", optimizer: str = "sgd") -> KernelSet:
     with `codec` and `optimizer` calls, found without compiling (see the module's
     docstring); source None: the budget probe's only (key "runtime"). Runs a session's
     set-up in this process: call it in a child."""
+    from .graph import load_graph
     from .preload import warm_up_modules
     from .session import TrainingSession
 
     key = "runtime-" + runtime_digest()
     with _recording() as seen:
         if source is not None:
-            session = TrainingSession(source, batch_size=1, codec=codec, optimizer=optimizer)
-            key = model_key(session._graph, codec, optimizer)
-            session.close()
+            key = model_key(load_graph(source), codec, optimizer)
+            TrainingSession(source, batch_size=1, codec=codec, optimizer=optimizer).close()
         warm_up_modules()
     return KernelSet(key, _with_both_builds(seen))
 
@@ -245,10 +245,14 @@ def _returns_zero(*args, **kws) -> int:
 
 
 def _with_both_builds(seen: list) -> tuple[Entry, ...]:
-    """Entries for what was called, each two-build kernel's other build included."""
+    """Entries for what was called, each two-build kernel's other build included. A kernel
+    that is no module's top-level name cannot be named for a compile child: it is left
+    out, compiles where it is first called, and count_compilations counts it."""
     names = _dispatcher_names()
     out: dict[tuple, Entry] = {}
     for disp, sig in seen:
+        if id(disp) not in names:
+            continue
         module, name, build = names[id(disp)]
         builds = ("serial", "parallel") if build else ("",)
         for b in builds:
