@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cachedirs import RUNTIME_DIR, user_cache_dir
+from .errors import FactoEdgeError
 
 PACKAGE = __package__  # "facto_edge.runtime"
 KERNEL_MODULES = (f"{PACKAGE}.kernels", f"{PACKAGE}.optimizers")
@@ -125,7 +126,8 @@ def discover(source, codec: str = "q4", optimizer: str = "sgd") -> KernelSet:
     """The kernels training `source` (a *.facto directory or (ModelProto, manifest))
     with `codec` and `optimizer` calls, found without compiling (see the module's
     docstring); source None: the budget probe's only (key "runtime"). Runs a session's
-    set-up in this process: call it in a child."""
+    set-up in this process, which must not have loaded any runtime kernel yet (a loaded
+    one is called without being recorded): call it in a fresh child."""
     from .graph import load_graph
     from .preload import warm_up_modules
     from .session import TrainingSession
@@ -210,6 +212,12 @@ def _recording() -> Iterator[list]:
     from .kernels.dispatch import Kernel
 
     two_build = {id(d) for k in _instances(Kernel) for d in (k.serial, k.parallel)}
+    loaded = _loaded_kernels()
+    if loaded:
+        raise FactoEdgeError(
+            f"kernel discovery needs a process that has loaded no runtime kernel, found "
+            f"{len(loaded)} loaded (first: {loaded[0]}); run it in a fresh process"
+        )
     seen: list = []
     depth = [0]
     original = Dispatcher._compile_for_args
@@ -276,6 +284,22 @@ def _dispatcher_names() -> dict[int, tuple[str, str, str]]:
             elif isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__:
                 names[id(value)] = (module.__name__, attr, "")
     return names
+
+
+def _loaded_kernels() -> list[str]:
+    """The module-level runtime kernels that hold a compiled overload in this process."""
+    from numba.core.dispatcher import Dispatcher
+
+    from .kernels.dispatch import Kernel
+
+    out = []
+    for m in _kernel_modules():
+        for attr, v in vars(m).items():
+            builds = (v.serial, v.parallel) if isinstance(v, Kernel) else (v,)
+            for d in builds:
+                if isinstance(d, Dispatcher) and d.overloads:
+                    out.append(f"{m.__name__}.{attr}")
+    return out
 
 
 def _instances(kind: type) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from facto_edge.errors import BudgetError
+from facto_edge.errors import BudgetError, FactoEdgeError
 from facto_edge.report import read_metrics_csv
 from facto_edge.runtime import cachedirs, prepare
 from facto_edge.runtime.budget import parse_size
@@ -69,21 +69,34 @@ def test_a_budgeted_session_refuses_to_compile_and_names_the_command(
     assert "compile='prepare'" in str(e.value) and "never prepared" in str(e.value)
 
 
-def test_discovery_lists_kernels_without_compiling_any(digits_model):
-    from facto_edge.runtime import kernelset
+DISCOVER = """
+import sys
+from facto_edge.runtime import kernelset
+counted = kernelset.count_compilations()
+a, b = (kernelset.discover(sys.argv[1], "q4", opt) for opt in ("sgd", "adamw"))
+print(counted.count, a.key != b.key, *sorted({e.function for e in a.entries}))
+"""
 
-    counted = kernelset.count_compilations()
-    before = counted.count
-    found = kernelset.discover(digits_model, "q4", "sgd")
-    assert counted.count == before  # nothing compiled
-    functions = {e.function for e in found.entries}
+
+def test_discovery_lists_kernels_without_compiling_any(digits_model):
+    out = subprocess.run(
+        [sys.executable, "-c", DISCOVER, str(digits_model)], capture_output=True, text=True,
+        check=True, timeout=300, env=dict(os.environ, NUMBA_DISABLE_JIT="0"),
+    ).stdout.split()  # fmt: skip
+    compiled, other_key, functions = int(out[0]), out[1], set(out[2:])
+    assert compiled == 0 and other_key == "True"
     assert {"codec_kernels.block_encode[serial]", "codec_kernels.block_encode[parallel]"} <= (
         functions
     )
     assert any(f.startswith("optimizers._sgd") for f in functions)
-    again = kernelset.discover(digits_model, "q4", "sgd")
-    assert again == found  # the same model, the same set and key
-    assert kernelset.discover(digits_model, "q4", "adamw").key != found.key
+
+
+def test_discovery_refuses_a_process_with_loaded_kernels(digits_model):
+    from facto_edge.runtime import TrainingSession, kernelset
+
+    TrainingSession(digits_model, batch_size=2, codec="q4").close()  # loads kernels here
+    with pytest.raises(FactoEdgeError, match="fresh process"):
+        kernelset.discover(digits_model, "q4", "sgd")
 
 
 def test_work_is_split_by_kernel_and_children_fit_the_memory():
