@@ -213,11 +213,14 @@ def _batch_size(value: str) -> int | str:
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
 def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
+    from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.progress import TqdmProgress
     from facto_edge.report import format_history, format_memory
     from facto_edge.train import TrainingInterrupted
     from facto_edge.train import train as train_model
 
+    if budget is not None and options["device"] == "cpu":
+        prepare_before_budget(model, [options["codec"]], options["optimizer"])
     bar = TqdmProgress(click.echo, _warn)
     try:
         result = train_model(
@@ -315,9 +318,11 @@ def demo(budget, output, epochs, seed) -> None:
 def _register_subcommands() -> None:
     """Commands defined beside their library code (each module imports no torch at load)."""
     from facto_edge.bench.cli import bench
+    from facto_edge.compile_cli import compile_
     from facto_edge.plan_cli import plan
 
     main.add_command(bench)
+    main.add_command(compile_)
     main.add_command(plan)
     main.add_command(_LazyFleet(name="fleet", help=FLEET_HELP))
 

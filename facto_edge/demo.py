@@ -281,6 +281,7 @@ def _demo(out: Path, budget_bytes: int, epochs: int, seed: int, callbacks, say: 
     )
     export(pretrained, out / "model.facto", rank=0.25, train="core,last", bn="train", ort=False)
     data = write_digits_npz(out / "digits.npz")
+    _prepare_kernels(out / "model.facto", say)
     say(f"fine-tuning on the upright digits in a fresh process, budget {format_size(budget_bytes)}")
     options = dict(TRAIN_OPTIONS, epochs=epochs, seed=seed, budget=budget_bytes)
     done = train_in_fresh_process(out / "model.facto", data, out / "run", options, callbacks)
@@ -295,6 +296,24 @@ def _demo(out: Path, budget_bytes: int, epochs: int, seed: int, callbacks, say: 
     )  # fmt: skip
     write_text_atomic(out / "report.json", json.dumps(asdict(report), indent=2))
     return report
+
+
+def _prepare_kernels(model_dir: Path, say: Say) -> None:
+    """Compile the kernels training needs in child processes, before the budgeted process
+    starts (nothing to compile on a prepared machine); say so when it compiles."""
+    from facto_edge.runtime.prepare import prepare_kernels
+
+    def started(done: int, total: int, kernel: str) -> None:
+        if not done:
+            say(f"compiling {total} kernel(s) in child processes, once per machine")
+
+    codec, optimizer = TRAIN_OPTIONS["codec"], TRAIN_OPTIONS["optimizer"]
+    report = prepare_kernels(model_dir, (codec,), optimizer, on_progress=started)
+    if report.compiled:
+        say(
+            f"compiled {report.compiled} kernel(s) in {report.seconds:.1f} s, peak "
+            f"{format_size(report.peak_together)} (outside the training process)"
+        )
 
 
 def _train_seconds(run_dir: Path) -> float:

@@ -32,6 +32,7 @@ def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     with a breakdown of the memory and the saved bytes per layer."""
     from pathlib import Path
 
+    from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.plan import plan_training
     from facto_edge.plan_report import format_plan, plot_timeline
     from facto_edge.safe_io import check_plot_path
@@ -39,6 +40,8 @@ def plan(model, budget, batch_size, bits, min_bits, optimizer, plot) -> None:
     if plot:
         check_plot_path(Path(plot))
 
+    tried = [bits] if bits else [b for b in BITS if int(b) >= int(min_bits)]
+    prepare_before_budget(model, [f"q{b}" for b in tried], optimizer)
     report = plan_training(
         model,
         budget,

@@ -7,6 +7,8 @@ Columns of metrics.csv, one row per finished epoch (1-based `epoch`):
     loss                       mean training loss over the epoch's batches
     accuracy, val_loss         on the held-out validation split (empty without one)
     train_seconds, eval_seconds, images_per_s    timings, apart from the metrics
+    peak_rss                   the training process's peak resident bytes so far
+    over_budget                1 where that peak passed --budget, else 0 (empty: no budget)
 
 Files are rewritten whole from the history, atomically, so they always agree with the
 checkpoint saved before them. Plots use matplotlib's Agg canvas (no display, no pyplot).
@@ -28,7 +30,7 @@ from facto_edge.safe_io import PNG_SOFTWARE
 
 COLUMNS = (
     "epoch", "step", "lr", "loss", "accuracy", "val_loss",
-    "train_seconds", "eval_seconds", "images_per_s",
+    "train_seconds", "eval_seconds", "images_per_s", "peak_rss", "over_budget",
 )  # fmt: skip
 
 

@@ -330,6 +330,7 @@ class _Loop:
     consistent: bool = True
     interrupts: _Interrupts = field(default_factory=_Interrupts)
     saved: Progress | None = None  # where the checkpoint on disk stands
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         self.batch_size = min(int(self.cfg.batch_size), len(self.train_ds))
@@ -404,6 +405,7 @@ class _Loop:
             "train_seconds": seconds, "eval_seconds": time.perf_counter() - started,
             "images_per_s": part.get("images", 0) / seconds if seconds > 0 else None,
         }  # fmt: skip
+        row.update(peak_row(peak_rss_bytes(), self.budget))
         self.history.append(row)
         self.progress = Progress(epoch + 1, 0, self.progress.step)
         self.partial = {}
@@ -505,6 +507,7 @@ def train(
     with run_lock(Path(out_dir), shlex.join(sys.argv)[:200]):
         run, ckpt = prepare_run(out_dir, model_dir, cfg.to_dict(), resume)
         loop = _Loop(session, run, cfg, model_fingerprint(model_dir), train_ds, val_ds, cbs)
+        loop.budget = budget_bytes
         if ckpt is not None:
             loop.resume_from(ckpt)
             if loop.progress.epoch >= epochs:
@@ -519,15 +522,30 @@ def train(
         )  # fmt: skip
         peak = _run(loop, plot, budget_bytes, cbs)
     if budget_bytes is not None and peak > budget_bytes:
-        cbs.on_warning(
-            f"the process peaked at {format_size(peak)}, over the {format_size(budget_bytes)} "
-            "budget: what the arena does not plan counts too (the data loader and the "
+        compiled = memory.get("kernels_compiled_in_process") or 0
+        cause = (
+            f"{compiled} kernel(s) compiled inside this process (run `facto-edge compile "
+            f"{model_dir}` first)"
+            if compiled
+            else "what the arena does not plan counts too (the data loader and the "
             "libraries it imports, e.g. scikit-learn for 'digits:')"
         )
+        cbs.on_warning(
+            f"the process peaked at {format_size(peak)}, OVER the {format_size(budget_bytes)} "
+            f"budget: {cause}; {run.metrics.name} says so (over_budget)"
+        )
+        if loop.history:  # the last row gets the run's final peak (the plot included)
+            loop.history[-1].update(peak_row(peak, budget_bytes))
+            write_metrics_csv(run.metrics, loop.history)
     return TrainResult(
         run.path, loop.history, loop.progress, epochs, memory, fit, peak,
         list(train_ds.skipped),
     )  # fmt: skip
+
+
+def peak_row(peak: int, budget: int | None) -> dict:
+    """The metrics.csv cells of the process's peak against the budget."""
+    return {"peak_rss": peak, "over_budget": None if budget is None else int(peak > budget)}
 
 
 def _run(loop: _Loop, plot: bool, budget: int | None, cbs: _Callbacks) -> int:

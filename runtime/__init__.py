@@ -5,10 +5,15 @@ only (no torch, tensorly or onnxruntime), and nothing of the facto_edge applicat
 
 The names below load on first use, so that `facto_edge.runtime.errors` (which the
 application re-exports) costs no numba import. Numba's threading layer is chosen in
-runtime/kernels/__init__.py, before any kernel exists.
+runtime/kernels/__init__.py, before any kernel exists; where numba caches the kernels,
+here (runtime/cachedirs.py).
 """
 
 from importlib import import_module
+
+from .cachedirs import use_user_kernel_cache
+
+use_user_kernel_cache()  # an installed, read-only runtime caches kernels in ~/.cache
 
 _EXPORTS = {
     "ReplayBuffer": ".replay",

@@ -11,7 +11,6 @@ caches them per set of versions.
 
 import hashlib
 import json
-import os
 import platform
 import re
 import subprocess
@@ -19,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cachedirs import user_cache_dir
 from .errors import BudgetError
 
 _UNITS = {
@@ -84,21 +84,23 @@ def format_size(n: int) -> str:
 # Runs in a fresh interpreter: import what a device application imports, run every kernel
 # module's warm_up() once, and print the peak resident set size in bytes; then release the
 # compiler's pages as a session does and print the resident set size that stays.
+# It prints the number of runtime kernels it had to compile too: figures measured while
+# compiling are a compiling process's, not those of a session that loads its kernels.
 _PROBE = """
 import numpy, numba, onnx
-from facto_edge.runtime import TrainingSession, preload
+from facto_edge.runtime import TrainingSession, kernelset, preload
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
+compiled = kernelset.count_compilations()
 with preload.releasing_while_loading():  # as a session loads its kernels
     preload.warm_up_modules()
 peak = peak_rss_bytes()
 preload.release_compiler_pages()
-print(peak, current_rss_bytes() or peak)
+print(peak, current_rss_bytes() or peak, compiled.count)
 """
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(root) / "facto-edge" / "fixed_cost.json"
+    return user_cache_dir() / "fixed_cost.json"
 
 
 def _versions() -> str:
@@ -127,16 +129,17 @@ def _versions() -> str:
     return ";".join(parts)
 
 
-def _probe_once() -> tuple[int, int]:
-    """(start-up peak, resident after the release) in bytes, from a fresh process."""
+def _probe_once() -> tuple[int, int, int]:
+    """(start-up peak, resident after the release) in bytes, and the kernels it compiled,
+    from a fresh process."""
     run = subprocess.run(
         [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=600
     )
     if run.returncode != 0:
         tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
         raise BudgetError(f"could not measure the runtime's fixed memory cost: {tail[0]}")
-    peak, settled = (int(v) for v in run.stdout.strip().splitlines()[-1].split())
-    return peak, settled
+    peak, settled, compiled = (int(v) for v in run.stdout.strip().splitlines()[-1].split())
+    return peak, settled, compiled
 
 
 def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
@@ -145,7 +148,9 @@ def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
     The probe runs twice and the second figures are kept: the first run may compile
     kernels into numba's cache, which a device pays once, not at every start. The result is
     cached in ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the
-    versions of Python, numpy, numba, onnx and facto-edge; `refresh=True` measures again.
+    versions of Python, numpy, numba, onnx and facto-edge, only when the kept run compiled
+    nothing (it loaded every kernel, as a prepared session does; a cache that cannot be
+    written makes every probe compile); `refresh=True` measures again.
     """
     path = _cache_file()
     key = _versions()
@@ -157,7 +162,9 @@ def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
     if isinstance(got, list) and len(got) == 2 and all(isinstance(v, int) for v in got):
         return got[0], got[1]
     _probe_once()
-    peak, settled = _probe_once()
+    peak, settled, compiled = _probe_once()
+    if compiled:
+        return peak, settled
     cache[key] = [peak, settled]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,12 @@ COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does no
 def load_both_builds() -> int:
     """Load (from numba's cache, or compile) the serial and the parallel build of every
     two-build kernel for each signature either build was called with; returns how many
-    builds were loaded."""
+    builds were loaded. Where the process gave up parallel builds
+    (dispatch.use_parallel_builds(False)), nothing is loaded."""
     from .kernels import dispatch
 
+    if not dispatch.parallel_builds_enabled():
+        return 0
     loaded = 0
     for kernel in _kernels(dispatch.Kernel):
         for have, other in ((kernel.serial, kernel.parallel), (kernel.parallel, kernel.serial)):

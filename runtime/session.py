@@ -22,6 +22,13 @@ budget then counts device memory, the arena, and `memory_report()` gives the hos
 peak resident memory apart. One lane; parameters(), buffers() and gradients live on the
 device.
 
+Kernels: a budgeted CPU session loads its kernels from numba's cache and compiles none
+(runtime/prepare.py): if the machine was not prepared for the model (`facto-edge compile`),
+it raises BudgetError naming the command, unless `compile="prepare"` (prepare now, in child
+processes) or `compile="allow"` (compile here; memory_report()'s
+`kernels_compiled_in_process` then counts what the budget did not plan). The default is
+$FACTO_EDGE_COMPILE, else "refuse".
+
 Budget and micro-batches: with `budget` (the process's peak resident memory, e.g.
 "512MB") the session binds for the fewest micro-batches per step whose arena fits what the
 budget leaves after the runtime's measured fixed cost and a safety margin
@@ -53,6 +60,7 @@ from .graph import ModelSource, build_schedule, load_graph
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
+from .prepare import compiled_in_process, ensure_kernels
 from .rss import peak_rss_bytes
 
 REPORT_KEYS = {
@@ -87,6 +95,7 @@ class TrainingSession:
         device: str = "cpu",
         budget: int | str | None = None,
         accumulate: int | None = None,
+        compile: str | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
         backend = resolve_device(device)
@@ -97,6 +106,9 @@ class TrainingSession:
         self.batch_size = batch_size
         graph = load_graph(model_dir)
         self._source, self._callbacks = model_dir, []
+        self._kernels = None  # with a budget: load kernels only (runtime/prepare.py)
+        if budget is not None and backend.name == "cpu":
+            self._kernels = ensure_kernels(graph, model_dir, codec, optimizer, compile)
         self._seed, self._step, self._closed = seed, 0, False
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                    "betas": betas, "eps": eps}  # fmt: skip
@@ -247,8 +259,11 @@ class TrainingSession:
         (`peak_activation_bytes`), bytes that had to live outside the arena
         (`unplanned_bytes`, 0 unless a batch needed more than planned), the `device`, the
         arena's bytes on it (`device_arena_bytes`, 0 on cpu, where the arena is host
-        memory) and the process's peak resident memory on the host so far
-        (`host_peak_rss_bytes`)."""
+        memory), the process's peak resident memory on the host so far
+        (`host_peak_rss_bytes`) and, for a budgeted CPU session, the runtime kernels
+        this process compiled since the session began (`kernels_compiled_in_process`:
+        0 when everything loaded from the cache) and whether it runs the kernels'
+        parallel builds (`parallel_builds`); both None without a budget."""
         plan = self.memory_plan
         by_kind = plan.kind_bytes()
         report = {key: by_kind[kind] for kind, key in REPORT_KEYS.items()}
@@ -266,6 +281,10 @@ class TrainingSession:
             "device": self._spec.backend.name,
             "device_arena_bytes": plan.arena_bytes if self._spec.backend.name != "cpu" else 0,
             "host_peak_rss_bytes": peak_rss_bytes(),
+            "kernels_compiled_in_process": (
+                compiled_in_process(self._kernels) if self._kernels else None
+            ),
+            "parallel_builds": self._kernels.parallel if self._kernels else None,
         }
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> dict:

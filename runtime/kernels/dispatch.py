@@ -12,6 +12,11 @@ A thread can ask for serial builds only (`serial_in_this_thread`): the session's
 which each train a slice of the batch on one core, do. Numba's workqueue threading layer
 aborts when two threads launch parallel kernels at once, so every parallel CPU kernel is a
 Kernel (none is a bare `njit(parallel=True)`): lanes then launch none, and need no lock.
+
+A process can also give up the parallel builds altogether (`use_parallel_builds(False)`):
+a budgeted session does so when numba's cache holds the serial builds of its kernels but
+not the parallel ones (the preparation compiles serial builds first: they compile about
+four times faster, and the lanes run nothing else), rather than compile them in-process.
 """
 
 from __future__ import annotations
@@ -27,11 +32,22 @@ from numba import njit
 PARALLEL_MIN = 1 << 18  # elements of the largest array argument (a launch costs ~50 us)
 REASSOC = {"reassoc"}  # fastmath flag for reductions: lets float64 sums vectorize
 _local = threading.local()
+_parallel_builds = [True]
 
 
 def serial_in_this_thread(serial: bool) -> None:
     """Make every Kernel called from this thread run its serial build (or not)."""
     _local.serial = serial
+
+
+def use_parallel_builds(enabled: bool) -> None:
+    """Let Kernels run their parallel builds (default) or, in every thread, never."""
+    _parallel_builds[0] = bool(enabled)
+
+
+def parallel_builds_enabled() -> bool:
+    """Whether Kernels may run their parallel builds in this process."""
+    return _parallel_builds[0]
 
 
 class Kernel:
@@ -45,7 +61,11 @@ class Kernel:
         self.__name__, self.__doc__ = fn.__name__, fn.__doc__
 
     def __call__(self, *args):
-        if getattr(_local, "serial", False) or numba.get_num_threads() == 1:
+        if (
+            getattr(_local, "serial", False)
+            or not _parallel_builds[0]
+            or numba.get_num_threads() == 1
+        ):
             return self.serial(*args)
         for a in args:
             if isinstance(a, np.ndarray) and a.size >= PARALLEL_MIN:

@@ -76,7 +76,7 @@ def test_fixed_cost_is_read_from_the_versioned_cache(tmp_path, monkeypatch):
 
 def test_fixed_cost_measures_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    runs = iter([(400 << 20, 380 << 20), (300 << 20, 200 << 20)])
+    runs = iter([(400 << 20, 380 << 20, 5), (300 << 20, 200 << 20, 0)])  # compiled, loaded
     monkeypatch.setattr(budget, "_probe_once", lambda: next(runs))
     assert budget.measure_runtime_fixed_cost() == 200 << 20  # the warm (second) run
     assert budget.measure_runtime_startup_peak() == 300 << 20  # cached: no third run
@@ -89,8 +89,18 @@ def test_an_old_cache_entry_is_measured_again(tmp_path, monkeypatch):
     path = tmp_path / "facto-edge" / "fixed_cost.json"
     path.parent.mkdir()
     path.write_text(json.dumps({budget._versions(): 123 << 20}))  # one figure: older format
-    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20))
+    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20, 0))
     assert budget.measure_runtime_fixed_cost() == 120 << 20
+
+
+def test_a_probe_that_compiled_is_not_trusted_next_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    runs = iter([(400 << 20, 380 << 20, 5), (390 << 20, 370 << 20, 5), (160 << 20, 120 << 20, 0)])
+    monkeypatch.setattr(budget, "_probe_once", lambda: next(runs)[:3])
+    assert budget.measure_runtime_fixed_cost() == 370 << 20  # compiling still: not cached
+    assert not (tmp_path / "facto-edge" / "fixed_cost.json").exists()
+    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20, 0))
+    assert budget.measure_runtime_fixed_cost() == 120 << 20  # measured again, loading
 
 
 def test_a_budget_below_the_startup_peak_is_refused(monkeypatch):
@@ -106,5 +116,5 @@ def test_a_budget_below_the_startup_peak_is_refused(monkeypatch):
 
 def test_fixed_cost_probe_measures_a_real_process():
     # numpy + numba + onnx + the runtime weigh tens of MiB; far less than 2 GiB
-    peak, settled = budget._probe_once()
-    assert 30 << 20 < settled <= peak < 2 << 30
+    peak, settled, compiled = budget._probe_once()
+    assert 30 << 20 < settled <= peak < 2 << 30 and compiled >= 0
