@@ -3,8 +3,10 @@
 A "train" message carries the global trainable tensors (ArrayRecord "arrays") and the
 round's config ("config": server-round, and proximal-mu under FedProx). The client builds
 a TrainingSession of the shared model under its budget, writes the global tensors into
-it, trains its part of the data for `local_epochs`, and replies with its trained
-trainable tensors (ArrayRecord "arrays", the same names) and "metrics": num-examples
+it, trains its part of the data (`data.client_data`: from the part the server side wrote,
+parts.py) for `local_epochs` at cfg.client_lr(round), and replies with its trained
+tensors (ArrayRecord "arrays", the same names: the trainable tensors, and the running
+statistics of a --bn train export, `travelling`) and "metrics": num-examples
 (FedAvg's weight), train-loss, partition-id and its process's peak-rss. A "query" message
 asks only for the client's partition-id, which the server samples by.
 

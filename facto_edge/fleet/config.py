@@ -19,7 +19,8 @@ CODECS = ("fp32", "fp16", "q8", "q4", "q2")
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """What defines a fleet run; a resumed run must repeat it (`rounds` may grow).
+    """What defines a fleet run; a resumed run must repeat it (`rounds` may grow). The
+    defaults are the best of the sweep in docs/fleet.md (100 clients, Dirichlet 0.5).
 
     `model`: the exported *.facto directory every node holds; `data`: the data every
     client partitions (client i trains part i of `clients`); `partition`: "iid" or
@@ -40,15 +41,15 @@ class FleetConfig:
     data: str
     clients: int = 100
     rounds: int = 20
-    fraction: float = 0.1
+    fraction: float = 0.5
     min_clients: int = 2
     min_available: int = 2
     partition: str = "dirichlet:0.5"
     budget: str = "256MB"
-    local_epochs: int = 5
-    batch_size: int = 16
+    local_epochs: int = 10
+    batch_size: int = 8
     lr: float = 0.05
-    lr_decay: float = 1.0
+    lr_decay: float = 0.9
     momentum: float = 0.9
     codec: str = "q4"
     strategy: str = "fedavg"
