@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,10 +186,19 @@ def join(
     port: int = SUPERNODE_PORT,
 ) -> int:  # fmt: skip
     """Run a SuperNode for client `partition` against the SuperLink at `superlink`
-    (HOST:PORT) until it is stopped; its exit code."""
+    (HOST:PORT) until it is stopped (SIGTERM or Ctrl-C here stop it too); its exit code."""
     if not 0 <= partition < clients:
         raise FactoEdgeError(f"--partition must be in [0, {clients}), found {partition}")
     config = node_config(partition, clients, parts)
     cmd = [_script("flower-supernode"), "--insecure", "--superlink", superlink,
            "--port", str(port), "--node-config", config]  # fmt: skip
-    return subprocess.call(cmd, env=_env())
+    node = subprocess.Popen(cmd, env=_env())
+    # a SIGTERM to this process (a service manager stopping the client) stops the SuperNode
+    previous = signal.signal(signal.SIGTERM, lambda *_: node.terminate())
+    try:
+        return node.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if node.poll() is None:
+            node.terminate()
+            node.wait(timeout=30)
