@@ -8,7 +8,8 @@ devices, one exported model, only the trainable tensors on the wire.
 - server.py: the ServerApp (sampling, update checks, aggregation by name, held-out
   evaluation, per-round checkpoint and resume) and strategy.py (FedAvg, FedAdam, FedProx);
 - tensors.py: what travels (ArrayRecords of the trainable tensors) and the update checks;
-- partition.py, data.py: each client's part of the data; grid.py: an in-process Grid;
+- partition.py, data.py, parts.py: each client's part of the data (parts.py: written by the
+  server side as one .npz per client); grid.py: an in-process Grid;
 - simulate.py, report.py: `facto-edge fleet simulate`, fleet.json and fleet.png;
 - deploy.py: `facto-edge fleet server` / `client` through Flower's SuperLink and SuperNodes.
 

@@ -18,22 +18,27 @@ def _fleet_options(fn):
         click.option("--data", required=True, help="Data the clients partition ('digits:', ...)."),
         click.option("--clients", default=100, show_default=True, help="Clients (partitions)."),
         click.option("--rounds", default=20, show_default=True, help="Rounds in all."),
-        click.option("--fraction", default=0.1, show_default=True, help="Share sampled per round."),
+        click.option("--fraction", default=0.5, show_default=True, help="Share sampled per round."),
         click.option("--min-clients", default=2, show_default=True, help="Fewest sampled a round."),
         click.option("--min-available", default=2, show_default=True,
                      help="Clients that must be connected before a round."),
         click.option("--partition", default="dirichlet:0.5", show_default=True,
                      help="iid or dirichlet:ALPHA (non-IID by label)."),
         click.option("--budget", default="256MB", show_default=True, help="Peak RSS per client."),
-        click.option("--local-epochs", default=5, show_default=True),
-        click.option("--batch-size", default=16, show_default=True),
+        click.option("--local-epochs", default=10, show_default=True),
+        click.option("--batch-size", default=8, show_default=True),
         click.option("--lr", default=0.05, show_default=True, help="Clients' learning rate."),
+        click.option("--lr-decay", default=0.9, show_default=True,
+                     help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
         click.option("--codec", default="q4", show_default=True,
                      type=click.Choice(["fp32", "fp16", "q8", "q4", "q2"])),
         click.option("--strategy", default="fedavg", show_default=True,
-                     type=click.Choice(["fedavg", "fedadam", "fedprox"])),
-        click.option("--server-lr", default=0.1, show_default=True, help="FedAdam's eta."),
+                     type=click.Choice(["fedavg", "fedavgm", "fedadam", "fedprox"])),
+        click.option("--server-lr", default=0.1, show_default=True,
+                     help="FedAvgM's server learning rate, FedAdam's eta."),
+        click.option("--server-momentum", default=0.0, show_default=True,
+                     help="FedAvgM's server momentum."),
         click.option("--proximal-mu", default=0.01, show_default=True, help="FedProx's mu."),
         click.option("--seed", default=0, show_default=True),
         click.option("--timeout", default=600.0, show_default=True,
@@ -144,3 +149,68 @@ def simulate(model, output, backend, cpus, baseline, **options) -> None:
         bar.close()
     click.echo(format_summary(report, report.centralized))
     click.echo(f"wrote {output}/fleet.json, fleet.png")
+
+
+def _require_insecure(insecure: bool) -> None:
+    if not insecure:
+        raise click.UsageError(
+            "pass --insecure: only plain-HTTP connections are wired (loopback or a trusted "
+            "network); for TLS start flower-superlink and flower-supernode with their "
+            "certificate options (docs/fleet.md)"
+        )
+
+
+@fleet.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@_fleet_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="The run directory.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the SuperLink listens on (0.0.0.0: every interface).",
+)
+@click.option("--port", default=8000, show_default=True, help="The SuperLink's port.")
+@click.option("--insecure", is_flag=True,
+              help="Plain HTTP (required: TLS is not wired).")  # fmt: skip
+def server(model, output, host, port, insecure, **options) -> None:
+    """Run the fleet's server through Flower's deployment: a SuperLink on HOST:PORT and
+    the run submitted to it; waits for `facto-edge fleet client`s (SuperNodes), writes
+    OUTPUT/fleet.json and fleet.png, and resumes a run already in OUTPUT."""
+    from facto_edge.fleet.deploy import serve
+
+    _require_insecure(insecure)
+    cfg = _config(model, options)
+    echo = lambda line: click.echo(line) if "fleet:" in line or "ERROR" in line else None  # noqa: E731
+    report = serve(cfg, output, host=host, port=port, on_line=echo)
+    click.echo(format_summary(report, None))
+    click.echo(f"wrote {output}/fleet.json, fleet.png")
+
+
+@fleet.command()
+@click.option("--superlink", required=True, help="The server's HOST:PORT.")
+@click.option("--partition", required=True, type=int, help="This device's client index.")
+@click.option("--clients", required=True, type=int, help="Clients in the fleet.")
+@click.option(
+    "--parts",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory holding this device's part-NNNNN.npz (default: the run's).",
+)
+@click.option(
+    "--port",
+    default=9094,
+    show_default=True,
+    help="This SuperNode's own port (one per SuperNode on a machine).",
+)
+@click.option("--insecure", is_flag=True,
+              help="Plain HTTP (required: TLS is not wired).")  # fmt: skip
+def client(superlink, partition, clients, parts, port, insecure) -> None:
+    """Run one device of the fleet: a Flower SuperNode connected to SUPERLINK that trains
+    client PARTITION's part under the run's budget, until stopped."""
+    from facto_edge.fleet.deploy import join
+
+    _require_insecure(insecure)
+    code = join(superlink, partition, clients, parts=parts, port=port)
+    if code:
+        raise click.ClickException(f"flower-supernode exited with code {code}")

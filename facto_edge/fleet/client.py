@@ -3,8 +3,10 @@
 A "train" message carries the global trainable tensors (ArrayRecord "arrays") and the
 round's config ("config": server-round, and proximal-mu under FedProx). The client builds
 a TrainingSession of the shared model under its budget, writes the global tensors into
-it, trains its part of the data for `local_epochs`, and replies with its trained
-trainable tensors (ArrayRecord "arrays", the same names) and "metrics": num-examples
+it, trains its part of the data (`data.client_data`: from the part the server side wrote,
+parts.py) for `local_epochs` at cfg.client_lr(round), and replies with its trained
+tensors (ArrayRecord "arrays", the same names: the trainable tensors, and the running
+statistics of a --bn train export, `travelling`) and "metrics": num-examples
 (FedAvg's weight), train-loss, partition-id and its process's peak-rss. A "query" message
 asks only for the client's partition-id, which the server samples by.
 
@@ -19,6 +21,7 @@ server counts as failed and leaves out of the round.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -47,6 +50,12 @@ def partition_of(context: Context, cfg: FleetConfig) -> int:
     return value
 
 
+def travelling(session) -> dict[str, np.ndarray]:
+    """The live tensors of `session` that travel: its trainable tensors and, for a model
+    exported with --bn train, the running statistics its BatchNorms update."""
+    return session.parameters() | session.buffers()
+
+
 def local_train(
     cfg: FleetConfig, partition: int, global_tensors: dict[str, np.ndarray], server_round: int,
     proximal_mu: float = 0.0,
@@ -59,11 +68,12 @@ def local_train(
     seed = cfg.seed * cfg.clients + partition
     ds = client_data(cfg, partition)
     with TrainingSession(
-        cfg.model, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-        codec=cfg.codec, seed=seed, threads=cfg.threads, budget=cfg.budget,
+        cfg.model, batch_size=cfg.batch_size, lr=cfg.client_lr(server_round),
+        momentum=cfg.momentum, codec=cfg.codec, seed=seed, threads=cfg.threads,
+        budget=cfg.budget,
     ) as session:  # fmt: skip
-        params = session.parameters()
-        for name, live in params.items():
+        params, state = session.parameters(), travelling(session)
+        for name, live in state.items():
             write_into(live, global_tensors[name])
         losses = []
         for e in range(cfg.local_epochs):
@@ -76,7 +86,7 @@ def local_train(
         loss = sum(losses) / (len(ds) * cfg.local_epochs)
         if not math.isfinite(loss):
             raise NumericalError(f"client {partition} diverged: mean loss {loss}; lower --lr")
-        trained = {k: np.array(v) for k, v in params.items()}
+        trained = {k: np.array(v) for k, v in state.items()}
     metrics = {
         "num-examples": len(ds), "train-loss": float(loss), PARTITION_KEY: partition,
         "peak-rss": peak_rss_bytes(),
@@ -94,11 +104,16 @@ def train_reply(message: Message, cfg: FleetConfig, partition: int) -> RecordDic
 
 
 def client_app(config: FleetConfig | None = None) -> ClientApp:
-    """The fleet's ClientApp; without `config` it reads the run config (deployment)."""
+    """The fleet's ClientApp; without `config` it reads the run config (deployment),
+    and the node config's "parts" (where the device holds its part) if it has one."""
     app = ClientApp()
 
     def cfg_of(context: Context) -> FleetConfig:
-        return config or FleetConfig.from_run_config(dict(context.run_config))
+        if config is not None:
+            return config
+        cfg = FleetConfig.from_run_config(dict(context.run_config))
+        parts = context.node_config.get("parts")  # the device's own copy of its part
+        return replace(cfg, parts=str(parts)) if parts else cfg
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

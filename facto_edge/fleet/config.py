@@ -13,45 +13,53 @@ from dataclasses import asdict, dataclass, fields
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
 
-STRATEGIES = ("fedavg", "fedadam", "fedprox")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
 CODECS = ("fp32", "fp16", "q8", "q4", "q2")
 
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """What defines a fleet run; a resumed run must repeat it (`rounds` may grow).
+    """What defines a fleet run; a resumed run must repeat it (`rounds` may grow). The
+    defaults are the best of the sweep in docs/fleet.md (100 clients, Dirichlet 0.5).
 
     `model`: the exported *.facto directory every node holds; `data`: the data every
     client partitions (client i trains part i of `clients`); `partition`: "iid" or
     "dirichlet:ALPHA"; `fraction`: share of the clients sampled per round (at least
     `min_clients`); `min_available`: clients that must be connected before a round starts;
     `budget`: each client's peak memory; `local_epochs`, `batch_size`, `lr`, `momentum`,
-    `codec`: each client's TrainingSession and loop; `strategy`: "fedavg", "fedadam"
-    (server learning rate `server_lr`) or "fedprox" (proximal weight `proximal_mu`);
+    `codec`: each client's TrainingSession and loop, its learning rate in round r being
+    `lr * lr_decay ** (r - 1)`; `strategy`: "fedavg", "fedavgm" (server learning rate
+    `server_lr`, server momentum `server_momentum`), "fedadam" (server learning rate
+    `server_lr`) or "fedprox" (proximal weight `proximal_mu`);
     `seed`: sampling, partitions and batch order; `timeout`: seconds a round waits for
-    replies; `threads`: each client session's threads.
+    replies; `threads`: each client session's threads; `parts`: a directory of the
+    clients' parts written by the server side (parts.py; empty: each client opens `data`
+    and partitions it itself).
     """
 
     model: str
     data: str
     clients: int = 100
     rounds: int = 20
-    fraction: float = 0.1
+    fraction: float = 0.5
     min_clients: int = 2
     min_available: int = 2
     partition: str = "dirichlet:0.5"
     budget: str = "256MB"
-    local_epochs: int = 5
-    batch_size: int = 16
+    local_epochs: int = 10
+    batch_size: int = 8
     lr: float = 0.05
+    lr_decay: float = 0.9
     momentum: float = 0.9
     codec: str = "q4"
     strategy: str = "fedavg"
     server_lr: float = 0.1
+    server_momentum: float = 0.0
     proximal_mu: float = 0.01
     seed: int = 0
     timeout: float = 600.0
     threads: int = 1
+    parts: str = ""
 
     def check(self) -> FleetConfig:
         """Raise FactoEdgeError naming the first option that makes no run; self if fine."""
@@ -74,6 +82,11 @@ class FleetConfig:
         _require(self.batch_size >= 1, "--batch-size", "a positive integer", self.batch_size)
         ok = math.isfinite(self.lr) and self.lr > 0
         _require(ok, "--lr", "a finite number > 0", self.lr)
+        _require(0 < self.lr_decay <= 1, "--lr-decay", "a factor in (0, 1]", self.lr_decay)
+        ok = 0 <= self.server_momentum < 1
+        _require(ok, "--server-momentum", "a factor in [0, 1)", self.server_momentum)
+        ok = math.isfinite(self.server_lr) and self.server_lr > 0
+        _require(ok, "--server-lr", "a finite number > 0", self.server_lr)
         _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
         _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
@@ -83,6 +96,10 @@ class FleetConfig:
 
         parse_partition(self.partition)
         return self
+
+    def client_lr(self, server_round: int) -> float:
+        """The clients' learning rate in `server_round` (1-based)."""
+        return self.lr * self.lr_decay ** (server_round - 1)
 
     @property
     def sampled(self) -> int:
@@ -111,9 +128,10 @@ class FleetConfig:
         return cls(**values)
 
     def resume_changes(self, saved: dict) -> list[str]:
-        """The options that differ from a saved run's (all but `rounds` and `timeout`)."""
+        """The options that differ from a saved run's (all but `rounds`, `timeout`,
+        `threads` and `parts`)."""
         now = asdict(self)
-        free = {"rounds", "timeout", "threads"}
+        free = {"rounds", "timeout", "threads", "parts"}
         return [k for k in now if k not in free and saved.get(k) != now[k]]
 
 

@@ -32,8 +32,13 @@ def _parts(model: str, data: str, clients: int, spec: str, seed: int) -> tuple[n
     return tuple(partition_indices(train.labels, clients, spec, seed))
 
 
-def client_data(cfg, partition: int) -> DatasetView:
-    """Client `partition`'s part of the training set under `cfg` (a FleetConfig)."""
+def client_data(cfg, partition: int) -> Dataset:
+    """Client `partition`'s part of the training set under `cfg` (a FleetConfig): read
+    from cfg.parts where the server side wrote the parts (parts.py), else cut here."""
+    if cfg.parts:
+        from facto_edge.fleet.parts import read_part
+
+        return read_part(cfg.parts, partition)
     train, _ = _open(cfg.model, cfg.data, cfg.seed)
     parts = _parts(cfg.model, cfg.data, cfg.clients, cfg.partition, cfg.seed)
     return DatasetView(train, parts[partition])

@@ -21,6 +21,7 @@ Progress goes to `FleetCallback`s; the loop never prints.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -31,12 +32,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from facto_edge.errors import CheckpointError, FactoEdgeError
-from facto_edge.fleet.client import PARTITION_KEY
+from facto_edge.fleet.client import PARTITION_KEY, travelling
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.data import held_out
 from facto_edge.fleet.grid import SampledGrid
 from facto_edge.fleet.state import FleetState, load_state, save_state
-from facto_edge.fleet.strategy import make_strategy, restore_strategy, strategy_state
+from facto_edge.fleet.strategy import make_strategy, restore_strategy, start_round, strategy_state
 from facto_edge.fleet.tensors import check_update, from_record, record_bytes, to_record
 from facto_edge.rundir import model_fingerprint
 from facto_edge.runtime.checkpoint import write_into
@@ -58,6 +59,29 @@ class FleetCallback:
         """Something the user should know that does not stop the run."""
 
 
+class LogRounds(FleetCallback):
+    """Each round's outcome as one line of Flower's log: what `flwr run --stream` shows
+    of a deployed ServerApp (`facto-edge fleet server` prints it)."""
+
+    def on_start(self, cfg: FleetConfig, state: FleetState) -> None:
+        acc = 100 * state.history[-1]["accuracy"]
+        _log(f"fleet: round {state.round} of {cfg.rounds} done, accuracy {acc:.1f}%")
+
+    def on_round_end(self, record: dict) -> None:
+        _log(f"fleet: round {record['round']} accuracy {100 * record['accuracy']:.1f}% "
+             f"ok {record['finished']}/{record['sampled']} failed {record['failed']} "
+             f"rejected {record['rejected']}")  # fmt: skip
+
+    def on_warning(self, message: str) -> None:
+        _log(f"fleet: warning: {message}")
+
+
+def _log(line: str) -> None:
+    from flwr.common.logger import log
+
+    log(logging.INFO, line)
+
+
 class Evaluator:
     """The server's session of the model: initial tensors and held-out evaluation."""
 
@@ -68,10 +92,10 @@ class Evaluator:
         self.x, self.y = held_out(cfg)
 
     def initial(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in self.session.parameters().items()}
+        return {k: np.array(v) for k, v in travelling(self.session).items()}
 
     def evaluate(self, tensors: dict[str, np.ndarray]) -> dict:
-        for name, live in self.session.parameters().items():
+        for name, live in travelling(self.session).items():
             write_into(live, tensors[name])
         return self.session.evaluate(self.x, self.y)
 
@@ -172,6 +196,7 @@ class _Rounds:
         chosen = sample_partitions(self.cfg, r, list(node_of))
         arrays = to_record(self.state.tensors)
         sub = SampledGrid(self.grid, [node_of[p] for p in chosen])
+        start_round(self.strategy, arrays)
         msgs = self.strategy.configure_train(r, arrays, ConfigRecord(), sub)
         replies = list(self.grid.send_and_receive(msgs, timeout=self.cfg.timeout))
         outcome = self._sort(replies, chosen, record_bytes(arrays))
@@ -296,8 +321,9 @@ def server_app(
     outcome: Outcome | None = None,
 ) -> ServerApp:
     """The fleet's ServerApp. Without `config` and `run_dir` it reads them from the run
-    config ("run-dir" beside FleetConfig's keys: a deployment). With `outcome` the final
-    state or the error is kept there instead of raised (a simulation's server thread)."""
+    config ("run-dir" beside FleetConfig's keys: a deployment) and logs each round
+    (LogRounds). With `outcome` the final state or the error is kept there instead of
+    raised (a simulation's server thread)."""
     app = ServerApp()
 
     @app.main()
@@ -305,7 +331,8 @@ def server_app(
         try:
             cfg = config or FleetConfig.from_run_config(dict(context.run_config))
             out = run_dir or context.run_config.get("run-dir", "fleet-run")
-            state = run_fleet(grid, cfg, str(out), callbacks)
+            hooks = list(callbacks) if config is not None else [*callbacks, LogRounds()]
+            state = run_fleet(grid, cfg, str(out), hooks)
         except BaseException as e:
             if outcome is None:
                 raise

@@ -6,7 +6,9 @@
 backend "ray": Flower's Simulation Engine (flwr.simulation.run_simulation), each client a
 ClientApp call in a Ray actor (one CPU each); "inprocess": the same apps served one
 message after another in this process (grid.InProcessGrid), without Ray's start-up. Both
-write RUN/fleet-state.npz every round, and at the end RUN/fleet.json (report.py) and
+read their parts of the data from RUN/parts/ (parts.py: written here first, so that
+a client process needs neither the data source nor scikit-learn), write
+RUN/fleet-state.npz every round, and at the end RUN/fleet.json (report.py) and
 RUN/fleet.png. An existing run in RUN resumes from its last round.
 """
 
@@ -16,11 +18,13 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from queue import Empty
 
 from facto_edge.errors import FactoEdgeError
 from facto_edge.fleet.config import FleetConfig
+from facto_edge.fleet.parts import write_parts
 from facto_edge.fleet.report import FleetReport, build_report, write_report
 from facto_edge.fleet.server import FleetCallback, Outcome, run_fleet, server_app
 from facto_edge.fleet.state import load_state
@@ -51,6 +55,8 @@ def simulate(
     and adds it to the report."""
     cfg.check()
     started = time.perf_counter()
+    if not cfg.parts:
+        cfg = replace(cfg, parts=str(write_parts(cfg, Path(run_dir) / "parts")))
     if backend == "inprocess":
         from facto_edge.fleet.client import client_app as make_client_app
         from facto_edge.fleet.grid import InProcessGrid

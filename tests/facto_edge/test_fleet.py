@@ -18,6 +18,7 @@ from facto_edge.errors import CheckpointError, FactoEdgeError  # noqa: E402
 from facto_edge.fleet.client import client_app  # noqa: E402
 from facto_edge.fleet.config import FleetConfig  # noqa: E402
 from facto_edge.fleet.partition import partition_indices  # noqa: E402
+from facto_edge.fleet.parts import read_part, write_parts  # noqa: E402
 from facto_edge.fleet.server import FleetCallback  # noqa: E402
 from facto_edge.fleet.simulate import simulate  # noqa: E402
 from facto_edge.fleet.state import load_state  # noqa: E402
@@ -139,8 +140,14 @@ def test_failing_and_nan_clients_are_rejected_and_counted(cfg, tmp_path):
     assert r["accuracy"] > report.rounds[0]["accuracy"]
 
 
-def test_interrupted_run_resumes_to_the_same_global_weights(cfg, tmp_path):
-    adam = dataclasses.replace(cfg, strategy="fedadam", server_lr=0.01)
+@pytest.mark.parametrize(
+    "server",
+    [{"strategy": "fedadam", "server_lr": 0.01},
+     {"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9, "lr_decay": 0.5}],
+)  # fmt: skip
+def test_interrupted_run_resumes_to_the_same_global_weights(cfg, tmp_path, server):
+    """FedAdam's moments and FedAvgM's momentum go through the checkpoint."""
+    adam = dataclasses.replace(cfg, **server)
     whole = simulate(adam, tmp_path / "whole", backend="inprocess", plot=False)
 
     class PowerCut(FleetCallback):
@@ -256,3 +263,66 @@ def test_the_cli_and_the_runtime_load_without_flwr():
             "print(sorted(m for m in ('flwr', 'ray') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_client_trains_from_its_part_without_the_data_source(cfg, tmp_path):
+    """The server side writes each client's part; a client process reading it imports
+    neither scikit-learn nor the data openers, and trains to the same update."""
+    import subprocess
+    import sys
+
+    from facto_edge.fleet.client import local_train
+    from facto_edge.fleet.server import Evaluator
+
+    write_parts(cfg, tmp_path)
+    own = read_part(tmp_path, 2)
+    ref = client_data_arrays(cfg, 2)
+    np.testing.assert_array_equal(own.get(np.arange(len(own)))[0], ref[0])
+    np.testing.assert_array_equal(own.labels, ref[1])
+    start = Evaluator(cfg).initial()
+    np.savez(tmp_path / "global.npz", **start)
+    expected, _ = local_train(cfg, 2, start, server_round=1)
+    code = (
+        "import sys, numpy as np, dataclasses\n"
+        "from facto_edge.fleet.config import FleetConfig\n"
+        "from facto_edge.fleet.client import local_train\n"
+        f"cfg = FleetConfig(**{dataclasses.asdict(cfg)!r})\n"
+        f"cfg = dataclasses.replace(cfg, parts={str(tmp_path)!r})\n"
+        f"g = dict(np.load({str(tmp_path / 'global.npz')!r}))\n"
+        "out, m = local_train(cfg, 2, g, server_round=1)\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, **out)\n"
+        "print(sorted(k for k in ('sklearn', 'ray') if k in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+    got = dict(np.load(tmp_path / "out.npz"))
+    assert got.keys() == expected.keys()
+    for name, a in expected.items():
+        np.testing.assert_array_equal(got[name], a)
+
+
+def client_data_arrays(cfg, partition):
+    from facto_edge.fleet.data import client_data
+
+    view = client_data(cfg, partition)
+    return view.get(np.arange(len(view)))
+
+
+def test_the_deployment_app_is_a_valid_flower_app(cfg, tmp_path):
+    """`fleet server`'s Flower App passes Flower's own validation (its components import),
+    and its run config is the FleetConfig; a SuperNode's node config parses as Flower
+    parses it."""
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.common.config import flatten_dict, parse_config_args
+
+    from facto_edge.fleet.deploy import node_config, write_app
+
+    tuned = dataclasses.replace(cfg, strategy="fedavgm", server_momentum=0.9, lr_decay=0.95)
+    app = write_app(tuned, tmp_path)
+    config, _ = load_and_validate(app / "pyproject.toml", check_module=True)
+    run_config = flatten_dict(config["tool"]["flwr"]["app"]["config"])
+    assert run_config["run-dir"] == str(tmp_path)
+    assert FleetConfig.from_run_config(run_config) == tuned
+    parsed = parse_config_args([node_config(3, 4, str(tmp_path))])
+    assert parsed == {"partition-id": 3, "num-partitions": 4, "parts": str(tmp_path)}
