@@ -28,8 +28,6 @@ from .normalize import normalize
 from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts
 from .to_onnx import module_path, to_onnx
 
-# Ops whose runtime kernels are 2-D only: a 1-D (N, C, L) input is refused by name.
-SPATIAL_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"}
 NORMALIZATIONS = {
     "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "cifar": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
@@ -88,18 +86,13 @@ def normalization(
 
 def check_runtime_ops(model: onnx.ModelProto) -> None:
     """Refuse, naming the op, the node and the module, the first node of the normalized
-    graph that the facto-edge runtime has no op for (or runs in 2-D only)."""
+    graph that the facto-edge runtime has no op for. (1-D Conv/BN/pooling run as their
+    2-D twins over H=1.)"""
     from facto_edge.runtime.ops import OPS
 
-    shapes = {
-        vi.name: len(vi.type.tensor_type.shape.dim)
-        for vi in [*model.graph.input, *onnx.shape_inference.infer_shapes(model).graph.value_info]
-    }
     for node in model.graph.node:
         op = node.op_type
-        if op in SPATIAL_OPS and shapes.get(node.input[0]) == 3:
-            op = f"{op} over a 1-D (N, C, L) input"
-        elif op in OPS:
+        if op in OPS:
             continue
         where = module_path(node.name)
         raise UnsupportedOpError(

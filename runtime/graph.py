@@ -171,9 +171,30 @@ def _constant_value(attrs: dict, name: str) -> np.ndarray:
     raise ExportError(f"Constant node {name!r} has none of value, value_float(s), value_int(s)")
 
 
+def split_parts(node: Node) -> list[Node]:
+    """A Split node with k outputs as k one-output Split nodes (attribute `part`: which
+    output), each differentiable (only output 0 of a node is); other nodes as they are."""
+    if node.op_type != "Split" or len(node.outputs) < 2:
+        return [node]
+    attrs = {**node.attrs, "num_outputs": len(node.outputs)}
+    return [
+        Node(
+            **{
+                **node.__dict__,
+                "name": f"{node.name}:{i}",
+                "outputs": (out,),
+                "attrs": {**attrs, "part": i},
+            }
+        )  # fmt: skip
+        for i, out in enumerate(node.outputs)
+    ]
+
+
 def build_schedule(nodes: list[Node], trainable: tuple[str, ...], root: str) -> Schedule:
     """Schedule forward and backward for `nodes`, differentiating `root` (the loss) with
-    respect to the `trainable` initializers. Only output 0 of a node is differentiable."""
+    respect to the `trainable` initializers. Only output 0 of a node is differentiable
+    (a Split runs as one node per output, `split_parts`)."""
+    nodes = [part for n in nodes for part in split_parts(n)]
     requires = set(trainable)
     for n in nodes:
         if any(v in requires for v in n.inputs):

@@ -10,7 +10,11 @@ travel as stored with their channel-major flags (`Site.cm_in`, `cm_out`). `saved
 per node, either an input kept through the session's codec (`keep_input(i)`: the input
 of a trainable factor, the operand of a product) or raw bytes the op writes itself (a
 ReLU/Clip mask of 1 bit per element, a max-pool argmax, batch statistics). Add, frozen
-convolutions, average pools, Flatten and Reshape keep nothing. ONNX `Constant` nodes are
+convolutions, average pools, Flatten, Reshape, Transpose, Split, Squeeze/Unsqueeze and
+ReduceMean keep nothing; LayerNormalization and Softmax keep their input and recompute
+statistics and output from it. 1-D (N, C, L) Conv/pool nodes run as their 2-D twins
+over H=1: pools and BatchNormalization on views, Conv on channel-major copies in its
+workspace (rank-3 tensors are stored as they are, rank-4 channel-major). ONNX `Constant` nodes are
 folded into initializers when the graph loads, so they need no entry.
 
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
@@ -29,6 +33,7 @@ import numpy as np
 
 from . import ops_batchnorm as bn
 from . import ops_movement as mv
+from . import ops_norm as norm
 from . import shapes
 from .bound import F32, U8, Bound, Saved, Site, Workspace, keep_input, opt, stored_shape
 from .codecs import argmax_nbytes, mask_nbytes
@@ -77,21 +82,69 @@ def _conv_geom(site: Site):
     return geometry(site.node, site.ins[0], site.ins[1][2:])
 
 
+def _planes(shape: Shape) -> Shape:
+    """The stored shape of an [N, C, L] tensor's 2-D twin [N, C, 1, L], channel-major."""
+    return (shape[1], shape[0], 1, shape[2])
+
+
 def _conv_ws(k: Kernels, site: Site) -> Workspace:
-    shapes_ = k.conv.conv_workspace(_conv_geom(site), site.ins[0], site.outs[0])
-    return {key: (shape, F32) for key, shape in shapes_.items()}
+    x, y = site.ins[0], site.outs[0]
+    if len(x) == 3:  # 1-D: the 2-D convolution over H=1 of channel-major copies
+        planes = {"x4": (_planes(x), F32), "y4": (_planes(y), F32)}
+        x, y = (x[0], x[1], 1, x[2]), (y[0], y[1], 1, y[2])
+    else:
+        planes = {}
+    shapes_ = k.conv.conv_workspace(_conv_geom(site), x, y)
+    return {**{key: (shape, F32) for key, shape in shapes_.items()}, **planes}
+
+
+def _to_planes(k: Kernels, a, planes) -> None:
+    """planes ([C, N, 1, L]) = a ([N, C, L]) in the channel-major layout of its twin."""
+    k.movement.permute_copy(
+        a, False, planes.reshape(planes.shape[0], -1, a.shape[2]), False, (1, 0, 2)
+    )
+
+
+def _from_planes(k: Kernels, planes, a) -> None:
+    k.movement.permute_copy(
+        planes.reshape(planes.shape[0], -1, a.shape[2]), False, a, False, (1, 0, 2)
+    )
+
+
+def _w4(w):
+    """A conv weight as its 2-D twin's: [M, C, k] -> [M, C, 1, k]."""
+    return None if w is None or w.ndim == 4 else w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
 
 
 def _conv_fwd(k: Kernels, b: Bound, training: bool) -> None:
-    k.conv.conv2d_fwd(b.x[0], b.x[1], opt(b.x, 2), b.y[0], b.ws, _conv_geom(b.site))
+    g, bias = _conv_geom(b.site), opt(b.x, 2)
+    if b.x[0].ndim == 4:
+        k.conv.conv2d_fwd(b.x[0], b.x[1], bias, b.y[0], b.ws, g)
+        return
+    x4, y4 = b.ws["x4"], b.ws["y4"]
+    _to_planes(k, b.x[0], x4)
+    k.conv.conv2d_fwd(x4, _w4(b.x[1]), bias, y4, b.ws, g)
+    _from_planes(k, y4, b.y[0])
 
 
 def _conv_bwd(k: Kernels, b: Bound) -> None:
-    g, gb = _conv_geom(b.site), opt(b.gx, 2)
-    if b.gx[1] is not None or gb is not None:
-        k.conv.conv2d_bwd_weight(b.gy, b.input(0), b.gx[1], gb, b.ws, g)
-    if b.gx[0] is not None:
-        k.conv.conv2d_bwd_input(b.gy, b.input(1), b.gx[0], b.ws, g)
+    g, gb, gw, gx = _conv_geom(b.site), opt(b.gx, 2), b.gx[1], b.gx[0]
+    one_d = b.gy.ndim == 3
+    gy = b.gy
+    if one_d:
+        gy, gw = b.ws["y4"], _w4(gw)
+        _to_planes(k, b.gy, gy)
+    if gw is not None or gb is not None:
+        x = b.input(0)
+        if one_d:
+            _to_planes(k, x, b.ws["x4"])
+            x = b.ws["x4"]
+        k.conv.conv2d_bwd_weight(gy, x, gw, gb, b.ws, g)
+    if gx is not None:
+        w = _w4(b.input(1)) if one_d else b.input(1)
+        k.conv.conv2d_bwd_input(gy, w, b.ws["x4"] if one_d else gx, b.ws, g)
+        if one_d:
+            _from_planes(k, b.ws["x4"], gx)
 
 
 # Gemm, MatMul ----------------------------------------------------------------------------
@@ -200,17 +253,26 @@ def _maxpool_ws(k: Kernels, site: Site) -> Workspace:
     return {"arg": (stored_shape(site.outs[0]), U8)}
 
 
+def _as4(a):
+    """A pooled tensor as planes [A, B, H, W]: an [N, C, L] one as [N, C, 1, L] (a view)."""
+    return a if a is None or a.ndim == 4 else a.reshape(a.shape[0], a.shape[1], 1, a.shape[2])
+
+
 def _maxpool_fwd(k: Kernels, b: Bound, training: bool) -> None:
-    g, arg = _pool_geom(b.site), b.ws["arg"]
-    k.pool.maxpool_fwd(b.x[0], b.y[0], arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+    g, arg = _pool_geom(b.site), _as4(b.ws["arg"])
+    k.pool.maxpool_fwd(
+        _as4(b.x[0]), _as4(b.y[0]), arg, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw
+    )
     if training and "argmax" in b.saved:
         k.codecs.argmax_encode(arg, b.saved["argmax"], (g.kh, g.kw))
 
 
 def _maxpool_bwd(k: Kernels, b: Bound) -> None:
-    g, arg = _pool_geom(b.site), b.ws["arg"]
+    g, arg = _pool_geom(b.site), _as4(b.ws["arg"])
     k.codecs.argmax_decode(b.saved["argmax"], arg, (g.kh, g.kw))
-    k.pool.maxpool_bwd(b.gy, arg, b.gx[0], g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+    k.pool.maxpool_bwd(
+        _as4(b.gy), arg, _as4(b.gx[0]), g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw
+    )
 
 
 def _avgpool_args(site: Site) -> tuple:
@@ -220,11 +282,11 @@ def _avgpool_args(site: Site) -> tuple:
 
 
 def _avgpool_fwd(k: Kernels, b: Bound, training: bool) -> None:
-    k.pool.avgpool_fwd(b.x[0], b.y[0], *_avgpool_args(b.site))
+    k.pool.avgpool_fwd(_as4(b.x[0]), _as4(b.y[0]), *_avgpool_args(b.site))
 
 
 def _avgpool_bwd(k: Kernels, b: Bound) -> None:
-    k.pool.avgpool_bwd(b.gy, b.gx[0], *_avgpool_args(b.site))
+    k.pool.avgpool_bwd(_as4(b.gy), _as4(b.gx[0]), *_avgpool_args(b.site))
 
 
 def _gap_fwd(k: Kernels, b: Bound, training: bool) -> None:
@@ -286,12 +348,27 @@ OPS: dict[str, OpDef] = {
     "GlobalAveragePool": OpDef(shapes.global_pool, _gap_fwd, _gap_bwd),
     "Flatten": OpDef(shapes.flatten, mv.copy_fwd, mv.copy_bwd),
     "Reshape": OpDef(shapes.reshape, mv.copy_fwd, mv.copy_bwd),
+    "Squeeze": OpDef(shapes.squeeze, mv.copy_fwd, mv.copy_bwd),
+    "Unsqueeze": OpDef(shapes.unsqueeze, mv.copy_fwd, mv.copy_bwd),
+    "Transpose": OpDef(shapes.transpose, mv.transpose_fwd, mv.transpose_bwd),
+    "Split": OpDef(shapes.split, mv.split_fwd, mv.split_bwd),
+    "ReduceMean": OpDef(shapes.reduce_mean, mv.mean_fwd, mv.mean_bwd),
     "Identity": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd, passthrough=(0,)),
     "Dropout": OpDef(shapes.same, mv.copy_fwd, mv.copy_bwd, passthrough=(0,)),
     "Pad": OpDef(shapes.pad, mv.pad_fwd, mv.pad_bwd),
     "Slice": OpDef(shapes.slice_, mv.slice_fwd, mv.slice_bwd),
     "Concat": OpDef(shapes.concat, mv.concat_fwd, mv.concat_bwd),
     "BatchNormalization": OpDef(shapes.batchnorm, bn.fwd, bn.bwd, bn.saved, bn.workspace),
+    "LayerNormalization": OpDef(
+        shapes.layernorm, norm.ln_fwd, norm.ln_bwd, norm.ln_saved, norm.ln_workspace
+    ),
+    "Softmax": OpDef(
+        shapes.softmax,
+        norm.softmax_fwd,
+        norm.softmax_bwd,
+        norm.softmax_saved,
+        norm.softmax_workspace,
+    ),
     "SoftmaxCrossEntropyLoss": OpDef(shapes.xent, _xent_fwd, _xent_bwd, _xent_saved, _xent_ws),
 }
 

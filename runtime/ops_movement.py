@@ -1,5 +1,7 @@
-"""Forward and backward of the ops that only move data: Flatten, Reshape, Identity,
-Dropout (an identity when training here), Pad (constant), Slice and Concat. They hand
+"""Forward and backward of the ops that only move data: Flatten, Reshape, Squeeze,
+Unsqueeze, Identity, Dropout (an identity when training here), Pad (constant), Slice,
+Concat, Split (one node per output, see graph.split_parts), Transpose, and ReduceMean
+(a mean is a scaled sum: its backward spreads gy, keeping nothing). They hand
 the movement kernels (`k.movement`) stored arrays with their channel-major flags and
 numpy basic indices into the logical (ONNX) views."""
 
@@ -67,3 +69,46 @@ def concat_bwd(k: Kernels, b: Bound) -> None:
     for i, index in _concat_parts(b):
         if b.gx[i] is not None:
             k.movement.window_copy(b.gy, cm, b.gx[i], b.site.cm_in(i), index, None)
+
+
+def transpose_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    perm = shapes.perm(s.node, s.ins[0])
+    k.movement.permute_copy(b.x[0], s.cm_in(0), b.y[0], s.cm_out(0), perm)
+
+
+def transpose_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
+    inverse = tuple(sorted(range(len(s.ins[0])), key=shapes.perm(s.node, s.ins[0]).__getitem__))
+    k.movement.permute_copy(b.gy, s.cm_out(0), b.gx[0], s.cm_in(0), inverse)
+
+
+def mean_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    axes = shapes.reduce_axes(s.node, s.ins[0], s.consts)
+    k.movement.reduce_mean(b.x[0], s.cm_in(0), b.y[0], s.cm_out(0), axes)
+
+
+def mean_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
+    axes = shapes.reduce_axes(s.node, s.ins[0], s.consts)
+    k.movement.reduce_mean_bwd(b.gy, s.cm_out(0), b.gx[0], s.cm_in(0), axes)
+
+
+def _split_index(s) -> tuple:
+    """Where output `part` of a one-output Split node (graph.split_parts) lies in x."""
+    axis, sizes = shapes.split_sizes(s.node, s.ins[0], s.consts)
+    part = s.node.attrs["part"]
+    start = sum(sizes[:part])
+    return (slice(None),) * axis + (slice(start, start + sizes[part]),)
+
+
+def split_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s = b.site
+    k.movement.window_copy(b.x[0], s.cm_in(0), b.y[0], s.cm_out(0), _split_index(s), None)
+
+
+def split_bwd(k: Kernels, b: Bound) -> None:
+    s = b.site
+    k.elementwise.fill(b.gx[0], 0.0)
+    k.movement.window_copy(b.gy, s.cm_out(0), b.gx[0], s.cm_in(0), None, _split_index(s))

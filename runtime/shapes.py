@@ -29,14 +29,30 @@ def const(node: Node, consts: list, i: int, what: str) -> np.ndarray | None:
     return consts[i]
 
 
+def _as_2d(a: dict) -> dict:
+    """The attributes of a 1-D Conv/pool node as those of its 2-D twin over H=1."""
+    lifted = {key: a[key] for key in ("auto_pad", "ceil_mode", "group") if key in a}
+    for key, one in (("kernel_shape", 1), ("strides", 1), ("dilations", 1)):
+        if key in a:
+            lifted[key] = (one, *a[key])
+    if "pads" in a:
+        lifted["pads"] = (0, a["pads"][0], 0, a["pads"][1])
+    return lifted
+
+
 @cache
-def geometry(node: Node, x_shape: Shape, kernel: tuple[int, int]) -> ConvGeom:
-    """ConvGeom of a Conv/MaxPool/AveragePool node over an input of x_shape (NCHW)."""
-    if len(x_shape) != 4:
-        raise unsupported(node, f"only 2-D (NCHW) inputs are supported, found {x_shape}")
+def geometry(node: Node, x_shape: Shape, kernel: tuple[int, ...]) -> ConvGeom:
+    """ConvGeom of a Conv/MaxPool/AveragePool node over an input of x_shape: NCHW, or
+    NCL (1-D), which runs as its 2-D twin over H=1."""
+    if len(x_shape) not in (3, 4):
+        raise unsupported(
+            node, f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, found {x_shape}"
+        )
     if 0 in node.persistent:
         raise unsupported(node, "input 0 must be computed from the graph input, not constant")
     a = node.attrs
+    if len(x_shape) == 3:
+        a, x_shape, kernel = _as_2d(a), (*x_shape[:2], 1, x_shape[2]), (1, *kernel[-1:])
     kh, kw = a.get("kernel_shape", kernel)
     sh, sw = a.get("strides", (1, 1))
     dh, dw = a.get("dilations", (1, 1))
@@ -63,10 +79,19 @@ def conv(node: Node, ins: list, consts: list) -> list[Shape]:
     x, w = ins[0], ins[1]
     if 1 not in node.persistent:
         raise unsupported(node, "the weight (input 1) must be an initializer")
-    g = geometry(node, x, (w[2], w[3]))
+    if len(w) != len(x):
+        raise unsupported(node, f"input {x} and weight {w} differ in rank")
+    g = geometry(node, x, tuple(w[2:]))
     if x[1] != w[1] * g.groups or w[0] % g.groups:
         raise unsupported(node, f"input {x} does not fit weight {w} with group={g.groups}")
-    return [(x[0], w[0], *g.out_hw(x[2], x[3]))]
+    return [(x[0], w[0], *spatial_out(g, x))]
+
+
+def spatial_out(g: ConvGeom, x: Shape) -> Shape:
+    """Output spatial sizes of a Conv/pool of geometry g over x (NCL or NCHW)."""
+    if len(x) == 3:
+        return (g.out_hw(1, x[2])[1],)
+    return g.out_hw(x[2], x[3])
 
 
 def pool(node: Node, ins: list, consts: list) -> list[Shape]:
@@ -78,7 +103,7 @@ def pool(node: Node, ins: list, consts: list) -> list[Shape]:
     if node.attrs.get("storage_order", 0):
         raise unsupported(node, "storage_order=1 is not supported")
     g = geometry(node, x, (1, 1))
-    return [(x[0], x[1], *g.out_hw(x[2], x[3]))]
+    return [(x[0], x[1], *spatial_out(g, x))]
 
 
 def global_pool(node: Node, ins: list, consts: list) -> list[Shape]:
@@ -219,3 +244,100 @@ def xent(node: Node, ins: list, consts: list) -> list[Shape]:
     if len(ins[0]) != 2 or ins[1] != ins[0][:1]:
         raise unsupported(node, f"expected scores [N, K] and labels [N], found {ins[:2]}")
     return [()]
+
+
+def _axes(node: Node, consts: list, rank: int, i: int = 1) -> list[int] | None:
+    """The axes of a Reduce/Squeeze/Unsqueeze node (input i or attribute), normalized to
+    [0, rank), sorted; None where it gives none."""
+    v = const(node, consts, i, "axes")
+    axes = node.attrs.get("axes") if v is None else [int(a) for a in v.reshape(-1)]
+    return None if axes is None else sorted({int(a) % rank for a in axes})
+
+
+def perm(node: Node, x: Shape) -> tuple[int, ...]:
+    """The permutation of a Transpose node (reversed axes by default)."""
+    p = tuple(int(a) % len(x) for a in node.attrs.get("perm", range(len(x) - 1, -1, -1)))
+    if sorted(p) != list(range(len(x))):
+        raise unsupported(node, f"perm {p} is not a permutation of the axes of {x}")
+    return p
+
+
+def transpose(node: Node, ins: list, consts: list) -> list[Shape]:
+    return [tuple(ins[0][a] for a in perm(node, ins[0]))]
+
+
+def reduce_axes(node: Node, x: Shape, consts: list) -> tuple[int, ...]:
+    """The axes a ReduceMean node averages over (all when it names none)."""
+    axes = _axes(node, consts, len(x))
+    if not axes and node.attrs.get("noop_with_empty_axes", 0):
+        raise unsupported(node, "noop_with_empty_axes=1 with no axes is not supported")
+    return tuple(range(len(x))) if not axes else tuple(axes)
+
+
+def reduce_mean(node: Node, ins: list, consts: list) -> list[Shape]:
+    x, axes = ins[0], reduce_axes(node, ins[0], consts)
+    if node.attrs.get("keepdims", 1):
+        return [tuple(1 if i in axes else d for i, d in enumerate(x))]
+    return [tuple(d for i, d in enumerate(x) if i not in axes)]
+
+
+def split_sizes(node: Node, x: Shape, consts: list) -> tuple[int, list[int]]:
+    """(axis, size of each output) of a Split node."""
+    axis = node.attrs.get("axis", 0) % len(x)
+    v = const(node, consts, 1, "split")
+    sizes = node.attrs.get("split") if v is None else [int(s) for s in v]
+    n = node.attrs.get("num_outputs", len(node.outputs))
+    if sizes is None:
+        n = node.attrs.get("num_outputs", n)
+        part = -(-x[axis] // n)
+        sizes = [min(part, x[axis] - i * part) for i in range(n)]
+    if sum(sizes) != x[axis] or len(sizes) != n or min(sizes) < 0:
+        raise unsupported(node, f"split {sizes} does not cut axis {axis} of {x} into {n} parts")
+    return axis, [int(s) for s in sizes]
+
+
+def split(node: Node, ins: list, consts: list) -> list[Shape]:
+    x = ins[0]
+    axis, sizes = split_sizes(node, x, consts)
+    outs = [(*x[:axis], s, *x[axis + 1 :]) for s in sizes]
+    return outs[node.attrs["part"] : node.attrs["part"] + 1] if "part" in node.attrs else outs
+
+
+def squeeze(node: Node, ins: list, consts: list) -> list[Shape]:
+    x = ins[0]
+    axes = _axes(node, consts, len(x))
+    axes = [i for i, d in enumerate(x) if d == 1] if axes is None else axes
+    if any(x[a] != 1 for a in axes):
+        raise unsupported(node, f"cannot squeeze axes {axes} of {x}: not all of size 1")
+    return [tuple(d for i, d in enumerate(x) if i not in axes)]
+
+
+def unsqueeze(node: Node, ins: list, consts: list) -> list[Shape]:
+    x = ins[0]
+    v = const(node, consts, 1, "axes")
+    rank = len(x) + len(node.attrs.get("axes", ()) if v is None else v.reshape(-1))
+    axes, rest = _axes(node, consts, rank), iter(x)
+    return [tuple(1 if i in axes else next(rest) for i in range(rank))]
+
+
+def norm_axis(node: Node, x: Shape) -> int:
+    """First normalized axis of a LayerNormalization node (it normalizes axis..last)."""
+    axis = node.attrs.get("axis", -1) % len(x)
+    if len(x) == 4 and axis < 2:
+        raise unsupported(node, f"axis {axis} of a rank-4 input is not supported (2 or 3 are)")
+    return axis
+
+
+def layernorm(node: Node, ins: list, consts: list) -> list[Shape]:
+    if any(node.outputs[1:]):
+        raise unsupported(node, "the Mean and InvStdDev outputs are not supported")
+    x = ins[0]
+    axis = norm_axis(node, x)
+    for i in (1, 2):
+        if i < len(ins) and ins[i] is not None and math.prod(ins[i]) != math.prod(x[axis:]):
+            raise unsupported(node, f"input {i} of shape {ins[i]} does not match {x[axis:]}")
+    return [x]
+
+
+def softmax(node: Node, ins: list, consts: list) -> list[Shape]:
+    return [ins[0]]

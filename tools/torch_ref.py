@@ -31,6 +31,26 @@ def _pair_pads(a: dict) -> tuple[tuple[int, int], tuple[int, int, int, int] | No
     return (0, 0), (l, r, t, b)
 
 
+def _one_d(fn2d: Fn) -> Fn:
+    """A 2-D op applied to an (N, C, L) input as its twin over H=1, as the runtime does."""
+
+    def fn(a: dict, x: list) -> torch.Tensor:
+        if x[0].dim() != 3:
+            return fn2d(a, x)
+        a2 = {
+            k: v for k, v in a.items() if k not in ("kernel_shape", "strides", "dilations", "pads")
+        }
+        for key in ("kernel_shape", "strides", "dilations"):
+            if key in a:
+                a2[key] = (1, *a[key])
+        if "pads" in a:
+            a2["pads"] = (0, a["pads"][0], 0, a["pads"][1])
+        w = [x[1].unsqueeze(2)] if len(x) > 1 and x[1].dim() == 3 else x[1:2]
+        return fn2d(a2, [x[0].unsqueeze(2), *w, *x[2:]]).squeeze(2)
+
+    return fn
+
+
 def _conv(a: dict, x: list) -> torch.Tensor:
     padding, explicit = _pair_pads(a)
     inp = F.pad(x[0], explicit) if explicit else x[0]
@@ -84,16 +104,52 @@ def _reshape(a: dict, x: list) -> torch.Tensor:
     return x[0].reshape(shape)
 
 
+def _slice(a: dict, x: list) -> torch.Tensor:
+    out = x[0]
+    axes = x[3].tolist() if len(x) > 3 else range(len(x[1]))
+    steps = x[4].tolist() if len(x) > 4 else [1] * len(x[1])
+    for s, e, ax, st in zip(x[1].tolist(), x[2].tolist(), axes, steps, strict=True):
+        assert st > 0, "negative Slice steps"
+        index = [slice(None)] * out.dim()
+        index[ax] = slice(s, e, st)
+        out = out[tuple(index)]
+    return out
+
+
+def _axes(a: dict, x: list) -> list[int] | None:
+    axes = x[1].tolist() if len(x) > 1 else a.get("axes")
+    return None if axes is None else list(axes)
+
+
+def _reduce_mean(a: dict, x: list) -> torch.Tensor:
+    axes = _axes(a, x) or list(range(x[0].dim()))
+    return x[0].mean(axes, keepdim=bool(a.get("keepdims", 1)))
+
+
+def _unsqueeze(a: dict, x: list) -> torch.Tensor:
+    out = x[0]
+    rank = out.dim() + len(_axes(a, x))
+    for ax in sorted(v % rank for v in _axes(a, x)):
+        out = out.unsqueeze(ax)
+    return out
+
+
+def _layernorm(a: dict, x: list) -> torch.Tensor:
+    shape = x[0].shape[a.get("axis", -1) % x[0].dim() :]
+    bias = x[2].reshape(shape) if len(x) > 2 and x[2] is not None else None
+    return F.layer_norm(x[0], shape, x[1].reshape(shape), bias, a.get("epsilon", 1e-5))
+
+
 OPS: dict[str, Fn] = {
-    "Conv": _conv,
+    "Conv": _one_d(_conv),
     "Gemm": _gemm,
     "MatMul": lambda a, x: x[0] @ x[1],
     "Add": lambda a, x: x[0] + x[1],
     "Mul": lambda a, x: x[0] * x[1],
     "Relu": lambda a, x: F.relu(x[0]),
     "Clip": _clip,
-    "MaxPool": _maxpool,
-    "AveragePool": _avgpool,
+    "MaxPool": _one_d(_maxpool),
+    "AveragePool": _one_d(_avgpool),
     "GlobalAveragePool": lambda a, x: x[0].mean(tuple(range(2, x[0].dim())), keepdim=True),
     "Flatten": lambda a, x: x[0].flatten(a.get("axis", 1)) if a.get("axis", 1) else x[0],
     "Reshape": _reshape,
@@ -101,6 +157,13 @@ OPS: dict[str, Fn] = {
     "Dropout": lambda a, x: x[0],
     "Concat": lambda a, x: torch.cat(x, a["axis"]),
     "BatchNormalization": _batchnorm,
+    "Slice": _slice,
+    "Transpose": lambda a, x: x[0].permute(*a.get("perm", range(x[0].dim() - 1, -1, -1))),
+    "ReduceMean": _reduce_mean,
+    "Squeeze": lambda a, x: x[0].squeeze(_axes(a, x)) if _axes(a, x) else x[0].squeeze(),
+    "Unsqueeze": _unsqueeze,
+    "LayerNormalization": _layernorm,
+    "Softmax": lambda a, x: x[0].softmax(a.get("axis", -1)),
 }
 
 

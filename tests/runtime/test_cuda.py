@@ -195,7 +195,7 @@ def test_lacking_backend_names_the_op_and_device():
         b.lookup(Node("Foo", "f", ("x",), ("y",)))
 
 
-GLUE = [Path(device_mod.__file__).with_name(n) for n in ("ops.py", "ops_movement.py", "ops_batchnorm.py")]  # fmt: skip  # noqa: E501
+GLUE = [Path(device_mod.__file__).with_name(n) for n in ("ops.py", "ops_movement.py", "ops_batchnorm.py", "ops_norm.py")]  # fmt: skip  # noqa: E501
 
 
 def _glue_calls() -> set[tuple[str, str]]:
@@ -422,6 +422,29 @@ OP_CASES = {
     "slice reversed": ("Slice", {}, [X4, i64(-1), i64(-100), i64(2), i64(-2)]),
     "concat channels": ("Concat", {"axis": 1}, [X4, (2, 2, 5, 6)]),
     "concat 2d": ("Concat", {"axis": 0}, [(2, 4), (3, 4)]),
+    "transpose nhwc": ("Transpose", {"perm": [0, 2, 3, 1]}, [X4]),
+    "transpose to nchw": ("Transpose", {"perm": [0, 3, 1, 2]}, [(2, 5, 6, 3)]),
+    "transpose shuffle rank5": ("Transpose", {"perm": [0, 2, 1, 3, 4]}, [(2, 2, 3, 2, 3)]),
+    "reshape rank5": ("Reshape", {}, [X4, i64(2, 3, 1, 5, 6)]),
+    "reshape from rank5": ("Reshape", {}, [(2, 2, 3, 2, 3), i64(2, 6, 2, 3)]),
+    "reduce mean spatial": ("ReduceMean", {"axes": [2, 3], "keepdims": 0}, [X4]),
+    "reduce mean channels keep": ("ReduceMean", {"axes": [1]}, [X4]),
+    "reduce mean axes input": ("ReduceMean", {}, [X4, i64(0, -1)]),
+    "split part": ("Split", {"axis": 1, "num_outputs": 2, "part": 1}, [(2, 4, 3, 2)]),
+    "squeeze": ("Squeeze", {}, [(2, 3, 1, 1), i64(2, 3)]),
+    "unsqueeze": ("Unsqueeze", {}, [(2, 3, 4), i64(2)]),
+    "layernorm channels last": ("LayerNormalization", {"epsilon": 1e-6}, [(2, 3, 2, 4), W((4,)), W((4,))]),  # noqa: E501
+    "layernorm 2d no bias": ("LayerNormalization", {}, [(3, 5), W((5,))]),
+    "layernorm bias only": ("LayerNormalization", {}, [(3, 5), C((5,)), W((5,))]),
+    "softmax": ("Softmax", {}, [(3, 5)]),
+    "softmax channels": ("Softmax", {"axis": 1}, [X4]),
+    "softmax batch": ("Softmax", {"axis": 0}, [X4]),
+    "conv1d": ("Conv", {"pads": [1, 1]}, [(2, 3, 5), W((4, 3, 3)), W((4,))]),
+    "conv1d strided grouped": ("Conv", {"strides": [2], "group": 3, "pads": [1, 0]}, [(2, 3, 6), W((6, 1, 3))]),  # noqa: E501
+    "bn1d training": ("BatchNormalization", {"training_mode": 1}, [(2, 3, 5), W((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
+    "maxpool1d ceil dilation": ("MaxPool", {"kernel_shape": [2], "strides": [2], "dilations": [2], "ceil_mode": 1}, [(2, 3, 7)]),  # noqa: E501
+    "avgpool1d pad exclude": ("AveragePool", {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, [(2, 3, 7)]),  # noqa: E501
+    "global avgpool1d": ("GlobalAveragePool", {}, [(2, 3, 7)]),
     "bn inference": ("BatchNormalization", {}, [X4, W((3,)), W((3,)), C((3,)), np.abs(np.arange(1.0, 4.0, dtype=np.float32))]),  # noqa: E501
     "bn inference frozen scale": ("BatchNormalization", {}, [X4, C((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
     "bn 2d": ("BatchNormalization", {"epsilon": 1e-3}, [(4, 3), W((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501

@@ -19,6 +19,10 @@ CASES = [
     pytest.param("resnet18_cifar", "last", "fold", marks=pytest.mark.slow),  # ~25 s
     ("mobilenetv2_cifar", "last", "fold"),
     ("vgg11_bn_cifar", "last", "fold"),
+    ("shufflenetv2", "last", "fold"),
+    pytest.param("shufflenetv2", "core,last", "fold", marks=pytest.mark.slow),
+    ("kws_conv1d", "core,last", "fold"),
+    pytest.param("kws_conv1d", "all", "train", marks=pytest.mark.slow),
 ]
 
 
@@ -34,7 +38,8 @@ def exported(tmp_path_factory):
         if (name, train, bn) not in cache:
             out = tmp_path_factory.mktemp("zoo") / f"{name}-{train}-{bn}.facto"
             model = zoo.build(name, seed=0)
-            export(model, out, input_shape=(3, 32, 32), rank=0.25, train=train, bn=bn, ort=False)
+            shape = zoo.entry(name).input_shape
+            export(model, out, input_shape=shape, rank=0.25, train=train, bn=bn, ort=False)
             cache[name, train, bn] = out
         return cache[name, train, bn]
 
@@ -44,7 +49,9 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize(("name", "train", "bn"), CASES)
 def test_gradients_match_pytorch(exported, name, train, bn):
     model_dir = exported(name, train, bn)
-    x, y = batch(3, shape=(3, 32, 32), classes=10, seed=7)
+    from facto_edge import zoo
+
+    x, y = batch(3, shape=zoo.entry(name).input_shape, classes=10, seed=7)
     session = TrainingSession(model_dir, batch_size=3)
     loss, grads = session.compute_gradients(x, y)
 
