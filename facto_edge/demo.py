@@ -24,10 +24,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from queue import Empty
 
 import numpy as np
 
+from facto_edge.child import next_message
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import allowance, format_size, parse_size
 from facto_edge.runtime.checkpoint import write_text_atomic
@@ -207,17 +207,6 @@ def _train_process(queue, model_dir: str, data: str, run_dir: str, options: dict
         queue.put(("error", RuntimeError(f"{type(e).__name__}: {e}")))
 
 
-def _next_message(queue, proc) -> tuple:
-    while True:
-        try:
-            return queue.get(timeout=1.0)
-        except Empty:
-            if not proc.is_alive():
-                raise FactoEdgeError(
-                    f"the training process ended unexpectedly (exit code {proc.exitcode})"
-                ) from None
-
-
 def train_in_fresh_process(
     model_dir: Path, data: Path, run_dir: Path, options: dict, callbacks: Sequence[Callback]
 ) -> tuple:
@@ -230,7 +219,7 @@ def train_in_fresh_process(
     proc.start()
     try:
         while True:
-            message = _next_message(queue, proc)
+            message = next_message(queue, proc, "training process")
             if message[0] == "done":
                 return message
             if message[0] == "error":

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from queue import Empty
 
+from facto_edge.child import next_message
 from facto_edge.errors import FactoEdgeError
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.parts import write_parts
@@ -136,7 +136,7 @@ def _simulate_ray(cfg: FleetConfig, run_dir: Path, callbacks, cpus: int | None):
     proc.start()
     try:
         while True:
-            message = _next_message(queue, proc)
+            message = next_message(queue, proc, "simulation process")
             if message[0] == "done":
                 return load_state(run_dir), message[1]
             if message[0] == "error":
@@ -145,14 +145,3 @@ def _simulate_ray(cfg: FleetConfig, run_dir: Path, callbacks, cpus: int | None):
                 getattr(cb, message[0])(*message[1:])
     finally:
         proc.join()
-
-
-def _next_message(queue, proc) -> tuple:
-    while True:
-        try:
-            return queue.get(timeout=1.0)
-        except Empty:
-            if not proc.is_alive():
-                raise FactoEdgeError(
-                    f"the simulation process ended unexpectedly (exit code {proc.exitcode})"
-                ) from None
