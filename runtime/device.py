@@ -31,7 +31,7 @@ from .kernels import Kernels
 from .ops import OPS, OpDef, lookup
 
 DEVICES = ("cpu", "cuda")
-KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "movement", "bn", "loss")
+KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "activation", "movement", "bn", "loss")
 FAMILIES = (*KERNEL_FAMILIES, "codecs", "optimizers")
 INSTALL_HINT = "install it with: pip install 'facto-edge[cuda]'"
 
