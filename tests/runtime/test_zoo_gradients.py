@@ -19,6 +19,8 @@ CASES = [
     pytest.param("resnet18_cifar", "last", "fold", marks=pytest.mark.slow),  # ~25 s
     ("mobilenetv2_cifar", "last", "fold"),
     ("vgg11_bn_cifar", "last", "fold"),
+    ("mobilenetv3_small", "last", "fold"),  # HardSwish, HardSigmoid, SE's broadcast Mul
+    ("efficientnet_b0", "last", "fold"),  # SiLU fused, Sigmoid in SE
 ]
 
 
