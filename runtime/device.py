@@ -31,7 +31,9 @@ from .kernels import Kernels
 from .ops import OPS, OpDef, lookup
 
 DEVICES = ("cpu", "cuda")
-KERNEL_FAMILIES = ("conv", "gemm", "pool", "elementwise", "movement", "bn", "norm", "loss")
+KERNEL_FAMILIES = (
+    "conv", "gemm", "pool", "elementwise", "activation", "movement", "bn", "norm", "loss",
+)  # fmt: skip
 FAMILIES = (*KERNEL_FAMILIES, "codecs", "optimizers")
 INSTALL_HINT = "install it with: pip install 'facto-edge[cuda]'"
 

@@ -1,10 +1,11 @@
 """Load an exported model (model.onnx + manifest.json) and schedule its training step.
 
 `load_graph` turns the ONNX graph into plain `Node`s and numpy initializers (Constant
-nodes become initializers). `build_schedule` decides what backward runs: a tensor needs a
-gradient when it is a trainable initializer or is computed from one, and a node runs
-backward when its output needs a gradient and reaches the loss. Everything below the
-first node that touches a trainable tensor runs forward only.
+nodes become initializers) and fuses the SiLU and GELU patterns (fusion.py).
+`build_schedule` decides what backward runs: a tensor needs a gradient when it is a
+trainable initializer or is computed from one, and a node runs backward when its output
+needs a gradient and reaches the loss. Everything below the first node that touches a
+trainable tensor runs forward only.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def _read_dir(path: Path) -> tuple[onnx.ModelProto, Manifest]:
 
 
 def _build_graph(proto: onnx.ModelProto, manifest: Manifest) -> Graph:
+    from .fusion import fuse  # fusion builds Nodes
+
     g = proto.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     nodes: list[Node] = []
@@ -101,8 +104,9 @@ def _build_graph(proto: onnx.ModelProto, manifest: Manifest) -> Graph:
     missing = [t for t in trainable if t not in inits]
     if missing:
         raise ExportError(f"trainable tensors {missing} are not initializers of model.onnx")
+    outputs = {v.name for v in g.output}
     return Graph(
-        nodes=_unique_names(nodes),
+        nodes=_unique_names(fuse(nodes, inits, outputs)),
         initializers={k: _as_runtime_array(v) for k, v in inits.items()},
         input_name=inputs[0],
         input_shape=tuple(int(d) for d in manifest.input_shape),

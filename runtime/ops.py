@@ -39,6 +39,8 @@ from .bound import F32, U8, Bound, Saved, Site, Workspace, keep_input, opt, stor
 from .codecs import argmax_nbytes, mask_nbytes
 from .graph import Node
 from .kernels import Kernels
+from .kernels import activation_math as act
+from .kernels.elementwise import ADD, DIV, MUL, SUB
 from .shapes import Shape, geometry
 
 
@@ -188,18 +190,49 @@ def _matmul_bwd(k: Kernels, b: Bound) -> None:
             k.gemm.matmul_bwd_operand(*args, left)
 
 
-# Add, Mul, Relu, Clip --------------------------------------------------------------------
+# Add, Sub, Mul, Div, Relu, Clip ----------------------------------------------------------
 
 
-def _add_fwd(k: Kernels, b: Bound, training: bool) -> None:
-    s = b.site
-    k.elementwise.broadcast_op(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0), False)
+def _binary(op: int) -> Callable[[Kernels, Bound, bool], None]:
+    def fwd(k: Kernels, b: Bound, training: bool) -> None:
+        s = b.site
+        k.elementwise.broadcast_op(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0), op)
+
+    return fwd
 
 
 def _add_bwd(k: Kernels, b: Bound) -> None:
     for i, g in enumerate(b.gx):
         if g is not None and g is not b.gy:  # gy itself: the executor shared the buffer
             k.elementwise.reduce_to(b.gy, g, b.site.cm_out(0), b.site.cm_in(i))
+        if g is not None and i == 1 and b.site.node.op_type == "Sub":
+            k.elementwise.scale(g, -1.0)
+
+
+def _div_saved(site: Site) -> tuple[Saved, ...]:
+    """a / b: both gradients need b, b's needs a too (initializers are not kept)."""
+    keep = (site.need[1], site.need[0] or site.need[1])
+    return tuple(keep_input(i) for i in (0, 1) if keep[i] and i not in site.node.persistent)
+
+
+def _div_ws(k: Kernels, site: Site) -> Workspace:
+    if site.need[1] or (site.need[0] and site.ins[0] != site.outs[0]):
+        return {"q": (stored_shape(site.outs[0]), F32), **_mul_ws(k, site)}
+    return {}
+
+
+def _div_bwd(k: Kernels, b: Bound) -> None:
+    """ga = sum(gy / b), gb = -sum(gy / b / b * a), over the broadcast axes."""
+    s, e = b.site, k.elementwise
+    den, sd, so = b.input(1), s.cm_in(1), s.cm_out(0)
+    q = b.ws.get("q", b.gx[0])
+    e.broadcast_op(b.gy, so, den, sd, q, so, DIV)
+    if b.gx[0] is not None and q is not b.gx[0]:
+        e.reduce_to(q, b.gx[0], so, s.cm_in(0))
+    if b.gx[1] is not None:
+        e.broadcast_op(q, so, den, sd, q, so, DIV)
+        e.reduce_to(q, b.gx[1], so, sd, b.input(0), s.cm_in(0), b.ws)
+        e.scale(b.gx[1], -1.0)
 
 
 def _mul_ws(k: Kernels, site: Site) -> Workspace:
@@ -208,11 +241,6 @@ def _mul_ws(k: Kernels, site: Site) -> Workspace:
         return {}
     scratch = k.elementwise.product_workspace(stored_shape(site.outs[0]))
     return {key: (shape, F32) for key, shape in scratch.items()}
-
-
-def _mul_fwd(k: Kernels, b: Bound, training: bool) -> None:
-    s = b.site
-    k.elementwise.broadcast_op(b.x[0], s.cm_in(0), b.x[1], s.cm_in(1), b.y[0], s.cm_out(0), True)
 
 
 def _mul_bwd(k: Kernels, b: Bound) -> None:
@@ -224,6 +252,7 @@ def _mul_bwd(k: Kernels, b: Bound) -> None:
 
 
 def _clip_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    """Relu, and Clip with bounds from constant inputs or (opset < 11) attributes."""
     s = b.site
     lo, hi = (0.0, math.inf) if s.node.op_type == "Relu" else shapes.clip_bounds(s.node, s.consts)
     x, y = b.x[0].reshape(-1), b.y[0].reshape(-1)
@@ -235,6 +264,71 @@ def _clip_fwd(k: Kernels, b: Bound, training: bool) -> None:
 
 def _mask_bwd(k: Kernels, b: Bound) -> None:
     k.elementwise.mask_bwd(b.saved["mask"], b.gy.reshape(-1), b.gx[0].reshape(-1))
+
+
+# Pointwise activations ---------------------------------------------------------------------
+
+# op type -> (activation_math kind, default alpha, default beta)
+_ACTIVATIONS = {
+    "Sigmoid": (act.SIGMOID, 0.0, 0.0),
+    "Tanh": (act.TANH, 0.0, 0.0),
+    "HardSigmoid": (act.HARD_SIGMOID, 0.2, 0.5),
+    "HardSwish": (act.HARD_SWISH, 0.0, 0.0),
+    "LeakyRelu": (act.LEAKY_RELU, 0.01, 0.0),
+    "Elu": (act.ELU, 1.0, 0.0),
+    "Gelu": (act.GELU, 0.0, 0.0),
+    "Swish": (act.SWISH, 1.0, 0.0),
+    "Erf": (act.ERF, 0.0, 0.0),
+}
+
+
+def _act_args(node: Node) -> tuple[int, float, float]:
+    kind, alpha, beta = _ACTIVATIONS[node.op_type]
+    if kind == act.GELU and node.attrs.get("approximate", "none") == "tanh":
+        kind = act.GELU_TANH
+    return kind, float(node.attrs.get("alpha", alpha)), float(node.attrs.get("beta", beta))
+
+
+def _act_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    x, y = b.x[0].reshape(-1), b.y[0].reshape(-1)
+    if training and "mask" in b.saved:
+        k.activation.activation_mask_fwd(x, y, b.saved["mask"], *_act_args(b.site.node))
+    else:
+        k.activation.activation_fwd(x, y, *_act_args(b.site.node))
+
+
+def _act_bwd(k: Kernels, b: Bound) -> None:
+    x, gy, gx = b.input(0).reshape(-1), b.gy.reshape(-1), b.gx[0].reshape(-1)
+    k.activation.activation_bwd(x, gy, gx, *_act_args(b.site.node))
+
+
+def _slopes_bwd(k: Kernels, b: Bound) -> None:
+    """The piecewise-linear ones from their mask: slope alpha inside for HardSigmoid (0
+    outside), 1 inside for LeakyRelu (alpha outside)."""
+    _, alpha, _ = _act_args(b.site.node)
+    on, off = (alpha, 0.0) if b.site.node.op_type == "HardSigmoid" else (1.0, alpha)
+    k.activation.mask_select_bwd(b.saved["mask"], b.gy.reshape(-1), b.gx[0].reshape(-1), on, off)
+
+
+def _keep_x(site: Site) -> tuple[Saved, ...]:
+    return (keep_input(0),)
+
+
+def _prelu_inner(site: Site) -> int:
+    """Elements per channel run of the stored input (channel-major: all of N, H, W)."""
+    x = site.ins[0]
+    return math.prod(x) // x[1] if site.cm_in(0) else math.prod(x[2:])
+
+
+def _prelu_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    x, y = b.x[0].reshape(-1), b.y[0].reshape(-1)
+    k.activation.prelu_fwd(x, b.x[1], y, _prelu_inner(b.site))
+
+
+def _prelu_bwd(k: Kernels, b: Bound) -> None:
+    gx = None if b.gx[0] is None else b.gx[0].reshape(-1)
+    args = (b.input(0).reshape(-1), b.x[1], b.gy.reshape(-1), gx, b.gx[1])
+    k.activation.prelu_bwd(*args, _prelu_inner(b.site))
 
 
 # Pooling ---------------------------------------------------------------------------------
@@ -339,10 +433,22 @@ OPS: dict[str, OpDef] = {
     "Conv": OpDef(shapes.conv, _conv_fwd, _conv_bwd, _keep_operands, _conv_ws),
     "Gemm": OpDef(shapes.gemm, _gemm_fwd, _gemm_bwd, _keep_operands),
     "MatMul": OpDef(shapes.matmul, _matmul_fwd, _matmul_bwd, _keep_operands, _matmul_ws),
-    "Add": OpDef(shapes.broadcast, _add_fwd, _add_bwd, passthrough=(0, 1)),
-    "Mul": OpDef(shapes.broadcast, _mul_fwd, _mul_bwd, _keep_operands, _mul_ws),
+    "Add": OpDef(shapes.broadcast, _binary(ADD), _add_bwd, passthrough=(0, 1)),
+    "Sub": OpDef(shapes.broadcast, _binary(SUB), _add_bwd, passthrough=(0,)),
+    "Mul": OpDef(shapes.broadcast, _binary(MUL), _mul_bwd, _keep_operands, _mul_ws),
+    "Div": OpDef(shapes.broadcast, _binary(DIV), _div_bwd, _div_saved, _div_ws),
     "Relu": OpDef(shapes.same, _clip_fwd, _mask_bwd, _keep_mask),
     "Clip": OpDef(shapes.clip, _clip_fwd, _mask_bwd, _keep_mask),
+    "LeakyRelu": OpDef(shapes.same, _act_fwd, _slopes_bwd, _keep_mask),
+    "HardSigmoid": OpDef(shapes.same, _act_fwd, _slopes_bwd, _keep_mask),
+    "Sigmoid": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "Tanh": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "HardSwish": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "Elu": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "Gelu": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "Swish": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "Erf": OpDef(shapes.same, _act_fwd, _act_bwd, _keep_x),
+    "PRelu": OpDef(shapes.prelu, _prelu_fwd, _prelu_bwd, _keep_x),
     "MaxPool": OpDef(shapes.pool, _maxpool_fwd, _maxpool_bwd, _maxpool_saved, _maxpool_ws),
     "AveragePool": OpDef(shapes.pool, _avgpool_fwd, _avgpool_bwd),
     "GlobalAveragePool": OpDef(shapes.global_pool, _gap_fwd, _gap_bwd),

@@ -121,6 +121,7 @@ def clip_bounds(node: Node, consts: list) -> tuple[float, float]:
     """(min, max) of a Clip node, from its constant inputs (-inf, inf where absent)."""
     bounds = []
     for i, what, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        default = node.attrs.get(what, default)  # opset < 11: bounds as attributes
         v = const(node, consts, i, what)
         if v is not None and v.size != 1:
             raise unsupported(node, f"{what} must be a scalar, found shape {v.shape}")
@@ -131,6 +132,18 @@ def clip_bounds(node: Node, consts: list) -> tuple[float, float]:
 def clip(node: Node, ins: list, consts: list) -> list[Shape]:
     clip_bounds(node, consts)
     return [ins[0]]
+
+
+def prelu(node: Node, ins: list, consts: list) -> list[Shape]:
+    """PRelu with one slope, or one per channel (axis 1), as an initializer."""
+    x, s = ins[0], ins[1]
+    if 1 not in node.persistent:
+        raise unsupported(node, "the slope (input 1) must be an initializer")
+    core = tuple(s[next((i for i, d in enumerate(s) if d != 1), len(s)) :])
+    per_channel = len(x) >= 2 and len(core) == len(x) - 1 and math.prod(core) == core[0] == x[1]
+    if math.prod(s) != 1 and not per_channel:
+        raise unsupported(node, f"slope {s} must be a scalar or per channel of input {x}")
+    return [x]
 
 
 def broadcast(node: Node, ins: list, consts: list) -> list[Shape]:

@@ -69,9 +69,13 @@ def _gemm(a: dict, x: list) -> torch.Tensor:
 
 
 def _clip(a: dict, x: list) -> torch.Tensor:
-    lo = x[1] if len(x) > 1 and x[1] is not None else None
-    hi = x[2] if len(x) > 2 and x[2] is not None else None
+    lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+    hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
     return torch.clamp(x[0], lo, hi)
+
+
+def _prelu(a: dict, x: list) -> torch.Tensor:
+    return torch.where(x[0] > 0, x[0], x[0] * x[1])
 
 
 def _maxpool(a: dict, x: list) -> torch.Tensor:
@@ -146,7 +150,18 @@ OPS: dict[str, Fn] = {
     "MatMul": lambda a, x: x[0] @ x[1],
     "Add": lambda a, x: x[0] + x[1],
     "Mul": lambda a, x: x[0] * x[1],
+    "Sub": lambda a, x: x[0] - x[1],
+    "Div": lambda a, x: x[0] / x[1],
     "Relu": lambda a, x: F.relu(x[0]),
+    "Sigmoid": lambda a, x: torch.sigmoid(x[0]),
+    "Tanh": lambda a, x: torch.tanh(x[0]),
+    "HardSigmoid": lambda a, x: (a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5)).clamp(0, 1),
+    "HardSwish": lambda a, x: F.hardswish(x[0]),
+    "LeakyRelu": lambda a, x: F.leaky_relu(x[0], a.get("alpha", 0.01)),
+    "Elu": lambda a, x: F.elu(x[0], a.get("alpha", 1.0)),
+    "Gelu": lambda a, x: F.gelu(x[0], approximate=a.get("approximate", b"none").decode()),
+    "Erf": lambda a, x: torch.erf(x[0]),
+    "PRelu": _prelu,
     "Clip": _clip,
     "MaxPool": _one_d(_maxpool),
     "AveragePool": _one_d(_avgpool),

@@ -1,6 +1,6 @@
 """Elementwise kernels: ReLU/Clip forward fused with their 1-bit backward mask and its
-application backward, per-channel bias and spreads, broadcast Add and Mul and the
-broadcast-aware reductions of their backward, fill and copy, and a finiteness check for
+application backward, per-channel bias and spreads, broadcast Add, Sub, Mul and Div
+and the broadcast-aware reductions of their backward, fill and copy, and a finiteness check for
 input batches. Where numpy does the work, the function is a thin wrapper with the
 signature of its CUDA twin (cuda/elementwise.py): operands travel as stored arrays with
 their channel-major flags (kernels/layout.py). The mask layout is
@@ -108,12 +108,23 @@ def copy(src: np.ndarray, dst: np.ndarray) -> None:
     np.copyto(dst, src.reshape(dst.shape))
 
 
-def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, mul: bool) -> None:
-    """y = a * b (mul) or a + b with numpy broadcasting of logical shapes, each array
-    given with its channel-major flag."""
+ADD, MUL, SUB, DIV = range(4)  # the `op` of broadcast_op
+_BINARY = (np.add, np.multiply, np.subtract, np.divide)
+
+
+def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, op: int) -> None:
+    """y = a + b, a * b, a - b or a / b (op: ADD, MUL, SUB, DIV) with numpy broadcasting
+    of logical shapes, each array given with its channel-major flag (y may be a or b
+    when of y's shape)."""
     if sy:
         a, b = as_channel_major(a, sa), as_channel_major(b, sb)
-    (np.multiply if mul else np.add)(a, b, out=y)
+    _BINARY[op](a, b, out=y)
+
+
+def scale(a, s: float) -> None:
+    """a *= s in place."""
+    if s != 1.0:
+        np.multiply(a, a.dtype.type(s), out=a)
 
 
 def product_workspace(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

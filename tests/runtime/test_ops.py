@@ -318,8 +318,8 @@ def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
 
 
 def test_unsupported_op_names_type_and_node():
-    with pytest.raises(UnsupportedOpError, match="Sigmoid node 'node'"):
-        check_op("Sigmoid", {}, [X4], torch.sigmoid)
+    with pytest.raises(UnsupportedOpError, match="Celu node 'node'"):
+        check_op("Celu", {}, [X4], F.celu)
 
 
 def test_unsupported_pad_mode():
@@ -335,3 +335,78 @@ def test_unsupported_conv_weight_activation():
 def test_unsupported_dynamic_reshape():
     with pytest.raises(UnsupportedOpError, match="shape .input 1. must be an initializer"):
         check_op("Reshape", {}, [X4, X((2,))], torch.reshape)
+
+
+# fmt: off
+def test_sub_broadcast():
+    check_op("Sub", {}, [X4, (3, 1, 6)], lambda a, b: a - b)
+
+def test_sub_se_scale():
+    check_op("Sub", {}, [(2, 3, 1, 1), X4], lambda a, b: a - b)
+
+def test_div_broadcast():
+    check_op("Div", {}, [X4, (2, 3, 1, 1)], lambda a, b: a / b, grad_atol=1e-3)
+
+def test_div_constant():
+    check_op("Div", {}, [X4, f32(1.4142135)], lambda a, b: a / b)
+
+
+def test_sigmoid():
+    check_op("Sigmoid", {}, [X4], torch.sigmoid)
+
+def test_tanh():
+    check_op("Tanh", {}, [X4], torch.tanh)
+
+def test_hard_sigmoid():
+    check_op("HardSigmoid", {}, [X4], lambda x: (0.2 * x + 0.5).clamp(0, 1))
+
+def test_hard_sigmoid_torch_attrs():
+    check_op("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, [X4], F.hardsigmoid)
+
+def test_hard_swish():
+    check_op("HardSwish", {}, [X4], F.hardswish)
+
+def test_leaky_relu():
+    check_op("LeakyRelu", {}, [X4], lambda x: F.leaky_relu(x, 0.01))
+
+def test_leaky_relu_alpha():
+    check_op("LeakyRelu", {"alpha": 0.2}, [X4], lambda x: F.leaky_relu(x, 0.2))
+
+def test_elu():
+    check_op("Elu", {}, [X4], F.elu)
+
+def test_elu_alpha():
+    check_op("Elu", {"alpha": 0.5}, [X4], lambda x: F.elu(x, 0.5))
+
+def test_gelu():
+    check_op("Gelu", {}, [X4], F.gelu)
+
+def test_gelu_tanh():
+    check_op("Gelu", {"approximate": "tanh"}, [X4], lambda x: F.gelu(x, approximate="tanh"))
+
+def test_swish():
+    check_op("Swish", {}, [X4], F.silu)
+
+def test_swish_alpha():
+    check_op("Swish", {"alpha": 1.702}, [X4], lambda x: x * torch.sigmoid(1.702 * x))
+
+def test_erf():
+    check_op("Erf", {}, [X4], torch.erf)
+
+def test_prelu_per_channel():
+    check_op("PRelu", {}, [X4, W((3, 1, 1))], lambda x, s: F.prelu(x, s.reshape(-1)))
+
+def test_prelu_scalar_frozen():
+    check_op("PRelu", {}, [X4, C((1,))], lambda x, s: F.prelu(x, s))
+
+def test_prelu_2d():
+    check_op("PRelu", {}, [(4, 5), W((5,))], lambda x, s: F.prelu(x, s))
+
+def test_clip_attributes():
+    check_op("Clip", {"min": -0.5, "max": 0.25}, [X4], lambda x: x.clamp(-0.5, 0.25))
+# fmt: on
+
+
+def test_unsupported_prelu_slope_not_per_channel():
+    with pytest.raises(UnsupportedOpError, match="per channel"):
+        check_op("PRelu", {}, [X4, C((6,))], F.prelu)

@@ -23,6 +23,8 @@ CASES = [
     pytest.param("shufflenetv2", "core,last", "fold", marks=pytest.mark.slow),
     ("kws_conv1d", "core,last", "fold"),
     pytest.param("kws_conv1d", "all", "train", marks=pytest.mark.slow),
+    ("mobilenetv3_small", "last", "fold"),  # HardSwish, HardSigmoid, SE's broadcast Mul
+    ("efficientnet_b0", "last", "fold"),  # SiLU fused, Sigmoid in SE
 ]
 
 

@@ -1,6 +1,6 @@
 """Elementwise CUDA kernels, mirroring runtime/kernels/elementwise.py: ReLU/Clip forward
 fused with their 1-bit mask (the layout of `codecs.mask_encode`) and its application
-backward, per-channel bias and spreads, broadcast Add/Mul and the broadcast-aware
+backward, per-channel bias and spreads, broadcast Add/Sub/Mul/Div and the broadcast-aware
 reduction of their backward, plus the fill/add/copy helpers that replace numpy's
 in-place calls on device arrays."""
 
@@ -76,7 +76,7 @@ def _spread(g, scale, out):  # pragma: no cover - compiled
 
 
 @cuda.jit(cache=True)
-def _broadcast(a, sa, b, sb, y, sy, mul, d1, d2, d3):  # pragma: no cover - compiled
+def _broadcast(a, sa, b, sb, y, sy, op, d1, d2, d3):  # pragma: no cover - compiled
     for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
         i0, i1, i2, i3 = unravel4(k, d1, d2, d3)
         la, lb = a.shape, b.shape
@@ -84,7 +84,15 @@ def _broadcast(a, sa, b, sb, y, sy, mul, d1, d2, d3):  # pragma: no cover - comp
         b0, b1 = (lb[1], lb[0]) if sb else (lb[0], lb[1])
         va = ld4(a, sa, bidx(i0, a0), bidx(i1, a1), bidx(i2, la[2]), bidx(i3, la[3]))
         vb = ld4(b, sb, bidx(i0, b0), bidx(i1, b1), bidx(i2, lb[2]), bidx(i3, lb[3]))
-        st4(y, sy, i0, i1, i2, i3, va * vb if mul else va + vb)
+        if op == 0:
+            v = va + vb
+        elif op == 1:
+            v = va * vb
+        elif op == 2:
+            v = va - vb
+        else:
+            v = va / vb
+        st4(y, sy, i0, i1, i2, i3, v)
 
 
 @cuda.jit(cache=True)
@@ -161,12 +169,13 @@ def spread(g, scale_: float, out) -> None:
     _spread[blocks(out.size), THREADS](g, np.float32(scale_), out)
 
 
-def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, mul: bool) -> None:
-    """y = a * b (mul) or a + b with numpy broadcasting of logical shapes, each array
-    given with its channel-major flag (see launch.as4)."""
+def broadcast_op(a, sa: bool, b, sb: bool, y, sy: bool, op: int) -> None:
+    """y = a + b, a * b, a - b or a / b (op: 0, 1, 2, 3 as elementwise.ADD, MUL, SUB, DIV)
+    with numpy broadcasting of logical shapes, each array given with its channel-major
+    flag (see launch.as4); y may be a or b when of y's shape."""
     (a4, sa), (b4, sb), (y4, sy) = as4(a, sa), as4(b, sb), as4(y, sy)
     d = logical4(y4, sy)
-    _broadcast[blocks(y.size), THREADS](a4, sa, b4, sb, y4, sy, mul, d[1], d[2], d[3])
+    _broadcast[blocks(y.size), THREADS](a4, sa, b4, sb, y4, sy, int(op), d[1], d[2], d[3])
 
 
 def product_workspace(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

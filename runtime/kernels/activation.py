@@ -1,0 +1,128 @@
+"""Pointwise activation kernels (Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu, Elu,
+Gelu, Swish/SiLU, Erf) and PRelu, 1-D over stored arrays (the layout does not matter to a
+pointwise op). The math is activation_math.py's, shared with the CUDA twin
+(cuda/activation.py). Backward recomputes f'(x) from the kept input; the
+piecewise-linear ones (LeakyRelu, HardSigmoid) keep a 1-bit mask instead, in the layout
+of `codecs.mask_encode` (element i in bit i % 8 of byte i // 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import activation_math as M
+from .dispatch import kernel
+
+_value = njit(cache=True, inline="always")(M.value)
+_slope = njit(cache=True, inline="always")(M.slope)
+_inside = njit(cache=True, inline="always")(M.inside)
+
+
+@kernel
+def _fwd(x, y, kind, a, b):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        y[i] = _value(x[i], kind, a, b)
+
+
+@kernel
+def _bwd(x, gy, gx, kind, a, b):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        gx[i] = gy[i] * _slope(x[i], kind, a, b)
+
+
+@kernel
+def _mask_fwd(x, y, bits, kind, a, b):  # pragma: no cover - compiled
+    n = x.size
+    for byte in prange((n + 7) // 8):
+        acc = np.uint8(0)
+        for k in range(min(8, n - 8 * byte)):
+            v = x[8 * byte + k]
+            y[8 * byte + k] = _value(v, kind, a, b)
+            if _inside(v, kind, a, b):
+                acc |= np.uint8(1) << np.uint8(k)
+        bits[byte] = acc
+
+
+@kernel
+def _mask_bwd(bits, gy, gx, on, off):  # pragma: no cover - compiled
+    for i in prange(gy.size):
+        gx[i] = gy[i] * (on if (bits[i // 8] >> (i % 8)) & 1 else off)
+
+
+@kernel
+def _prelu_fwd(x, slope, y, nc, inner):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * slope[(i // inner) % nc]
+
+
+@kernel
+def _prelu_bwd_input(x, slope, gy, gx, nc, inner):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        v = x[i]
+        gx[i] = gy[i] if v > 0 else gy[i] * slope[(i // inner) % nc]
+
+
+@kernel
+def _prelu_bwd_slope(x, gy, gs, nc, inner):  # pragma: no cover - compiled
+    outer = x.size // (nc * inner)
+    for c in prange(nc):
+        acc = 0.0
+        for o in range(outer):
+            for j in range(inner):
+                i = (o * nc + c) * inner + j
+                if x[i] <= 0:
+                    acc += gy[i] * x[i]
+        gs[c] = acc
+
+
+def _check(*arrays) -> None:
+    n = arrays[0].size
+    for a in arrays:
+        if a.ndim != 1 or a.size != n:
+            raise ValueError(
+                f"expected 1-D arrays of {n} elements, got {[x.shape for x in arrays]}"
+            )
+
+
+def activation_fwd(x, y, kind: int, a: float, b: float) -> None:
+    """y = f(x) for activation `kind` (activation_math) with attributes a, b; 1-D."""
+    _check(x, y)
+    _fwd(x, y, kind, float(a), float(b))
+
+
+def activation_bwd(x, gy, gx, kind: int, a: float, b: float) -> None:
+    """gx = gy * f'(x), 1-D (gx may be gy)."""
+    _check(x, gy, gx)
+    _bwd(x, gy, gx, kind, float(a), float(b))
+
+
+def activation_mask_fwd(x, y, bits, kind: int, a: float, b: float) -> None:
+    """y = f(x) and the 1-bit mask of where x lies in f's first linear piece, 1-D."""
+    _check(x, y)
+    if bits.size != (x.size + 7) // 8:
+        raise ValueError(f"mask of {x.size} elements needs {(x.size + 7) // 8} bytes")
+    _mask_fwd(x, y, bits, kind, float(a), float(b))
+
+
+def mask_select_bwd(bits, gy, gx, on: float, off: float) -> None:
+    """gx = gy * (on where the mask bit is set, else off), 1-D (gx may be gy)."""
+    _check(gy, gx)
+    _mask_bwd(bits, gy, gx, np.float32(on), np.float32(off))
+
+
+def prelu_fwd(x, slope, y, inner: int) -> None:
+    """y = x where x > 0, else slope[c] * x, for x flat with channel c = (i // inner) %
+    slope.size (slope.size 1: one slope for all)."""
+    _check(x, y)
+    _prelu_fwd(x, slope.reshape(-1), y, slope.size, inner)
+
+
+def prelu_bwd(x, slope, gy, gx, gslope, inner: int) -> None:
+    """gx (1-D, may be gy) and gslope[c] = sum of gy * x over channel c where x <= 0;
+    either may be None."""
+    _check(x, gy, *([] if gx is None else [gx]))
+    if gslope is not None:  # first: gx may be gy
+        _prelu_bwd_slope(x, gy, gslope.reshape(-1), gslope.size, inner)
+    if gx is not None:
+        _prelu_bwd_input(x, slope.reshape(-1), gy, gx, slope.size, inner)

@@ -1,0 +1,86 @@
+"""SiLU and erf-GELU patterns fuse into one node when the graph loads, keep only their
+input, and train like the unfused graph run by PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from tiny_graphs import batch
+from torch_ref import TorchReference
+
+from facto_edge.runtime import TrainingSession
+from facto_edge.runtime.graph import load_graph
+
+
+def _scalar(name: str, v: float):
+    return numpy_helper.from_array(np.array(v, np.float32), name)
+
+
+GELU_FORMS = {  # the 0.5 applied at each of the three places, with Div or Mul by 1/sqrt 2
+    "x*a*0.5": [("Mul", ["x", "a"], "m"), ("Mul", ["m", "half"], "y")],
+    "x*(a*0.5)": [("Mul", ["half", "a"], "m"), ("Mul", ["x", "m"], "y")],
+    "(x*0.5)*a": [("Mul", ["x", "half"], "m"), ("Mul", ["m", "a"], "y")],
+}
+
+
+def _model(gelu: str, silu_shared: bool = False):
+    """input [N,3,6,6] -> Conv (trainable) -> x*sigmoid(x) -> GELU (erf form) ->
+    GlobalAveragePool -> Flatten -> Gemm (trainable)."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.4).astype(np.float32), "w")
+    fc = numpy_helper.from_array((rng.standard_normal((5, 4)) * 0.4).astype(np.float32), "fc")
+    inits = [w, fc, _scalar("sqrt2", math.sqrt(2)), _scalar("one", 1.0), _scalar("half", 0.5)]
+    make = helper.make_node
+    nodes = [
+        make("Conv", ["input", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
+        make("Sigmoid", ["c"], ["s"], "sig"),
+        make("Mul", ["c", "s"], ["x"], "silu"),
+        make("Div", ["x", "sqrt2"], ["d"], "div"),
+        make("Erf", ["d"], ["e"], "erf"),
+        make("Add", ["e", "one"], ["a"], "add"),
+        *(make(op, ins, [out], f"gelu.{out}") for op, ins, out in GELU_FORMS[gelu]),
+        make("GlobalAveragePool", ["y"], ["g"], "gap"),
+        make("Flatten", ["g"], ["v"], "flatten"),
+        make("Gemm", ["v", "fc"], ["logits"], "fc", transB=1),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])]
+    if silu_shared:  # the sigmoid also read elsewhere: no fusion
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 4, 6, 6]))
+    inp = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])]
+    graph = helper.make_graph(nodes, "fusion", inp, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    manifest = {
+        "input_shape": [3, 6, 6],
+        "num_classes": 5,
+        "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
+        "trainable": ["w", "fc"],
+        "layers": [],
+    }
+    return model, manifest
+
+
+@pytest.mark.parametrize("gelu", GELU_FORMS)
+def test_patterns_fuse_and_train_like_pytorch(gelu):
+    model, manifest = _model(gelu)
+    ops = [n.op_type for n in load_graph((model, manifest)).nodes]
+    assert ops == ["Conv", "Swish", "Gelu", "GlobalAveragePool", "Flatten", "Gemm"]
+
+    x, y = batch(3, shape=(3, 6, 6), seed=2)
+    session = TrainingSession((model, manifest), batch_size=3)
+    loss, grads = session.compute_gradients(x, y)
+    ref = TorchReference(model, manifest["trainable"])
+    ref_loss = F.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    for key, g in ref.grads().items():
+        np.testing.assert_allclose(grads[key], g, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_shared_sigmoid_is_not_fused():
+    ops = [n.op_type for n in load_graph(_model("x*a*0.5", silu_shared=True)).nodes]
+    assert ops[:3] == ["Conv", "Sigmoid", "Mul"] and "Gelu" in ops
