@@ -181,6 +181,11 @@ class Driver:
         self.progress(self.done, self.total, f"{model}: exporting at rank {self.cfg.rank}")
         model_dir = export_model(self.cfg, model, self.work_dir)
         self.tick(f"{model}: exported")
+        if "facto-edge" in self.cfg.systems:  # its budgeted workers load kernels, compile none
+            from facto_edge.runtime.prepare import prepare_kernels
+
+            self.progress(self.done, self.total, f"{model}: preparing facto-edge's kernels")
+            prepare_kernels(model_dir, self.cfg.codecs, "sgd")
         ran_out: dict[str, int] = {}
         for spec in self.plans[model]:
             run = self.measure(spec, model_dir, ran_out)
@@ -208,6 +213,7 @@ class Driver:
             if spec.kind == "cold":
                 cache = tempfile.TemporaryDirectory(prefix="numba-cold-", dir=self.work_dir)
                 env["NUMBA_CACHE_DIR"] = stack.enter_context(cache)
+                env["FACTO_EDGE_COMPILE"] = "allow"  # what the first step costs, compiling
             record = run_worker(self.worker_args(spec, model_dir), env, self.cfg.timeout_s, limit)
         return dataclasses.replace(_to_run(spec, record, self.cfg.budget), load=load, **quiet)
 
