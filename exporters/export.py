@@ -115,7 +115,14 @@ def factorize(
     with threadpool_limits(1):
         layers = rewriter.run()
     proto = graph.to_model()
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ExportError(
+            f"the factorized graph is not valid ONNX ({first}): a facto-edge bug; export with "
+            "--rank 1 to check the model itself, and report it with the model"
+        ) from e
     trainable = [name for layer in layers for name in layer.trainable]
     return proto, layers, trainable
 

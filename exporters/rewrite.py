@@ -152,6 +152,16 @@ class Rewriter:
     def _layer_name(self, weight_name: str) -> str:
         return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
 
+    def _unique(self, name: str) -> str:
+        """`name`, or `name_2`, `name_3`... when a layer has it already (two MatMuls of
+        one module, as ConvNeXt's pointwise Linears under the dynamo exporter's names)."""
+        taken = {layer.name for layer in self.layers}
+        candidate, k = name, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        return candidate
+
     def _replace(self, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
         i = self.g.producer_index(old)
         self.g.nodes[i : i + 1] = new
@@ -423,7 +433,7 @@ class Rewriter:
         if w.ndim != 2:
             return
         x, out = node.input[0], node.output[0]
-        name = module_path(node.name) or self._layer_name(node.input[1])
+        name = self._unique(module_path(node.name) or self._layer_name(node.input[1]))
         c_in, c_out = w.shape
         rows = int(np.prod([d or 1 for d in (self.g.shapes.get(x) or [1, 1])[1:-1]]))
         add = self._matmul_bias(node, c_out)

@@ -25,6 +25,7 @@ CASES = [
     pytest.param("kws_conv1d", "all", "train", marks=pytest.mark.slow),
     ("mobilenetv3_small", "last", "fold"),  # HardSwish, HardSigmoid, SE's broadcast Mul
     ("efficientnet_b0", "last", "fold"),  # SiLU fused, Sigmoid in SE
+    ("convnext_atto", "last", "fold"),  # channels-last LayerNorm, GELU (fused), layer scale
 ]
 
 
