@@ -57,6 +57,7 @@ from .device import resolve_device
 from .errors import DataError, FactoEdgeError
 from .fitting import Fit, fit_batch, room_for, split
 from .graph import ModelSource, build_schedule, load_graph
+from .kernels.layout import logical
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
@@ -161,7 +162,8 @@ class TrainingSession:
             b.feed_x(ex, chunk)
             ex.forward(training=False, until=graph.output_name)
             logits = b.io.get(ex.values[graph.output_name])
-            out[start : start + chunk.shape[0]] = _logical(logits).reshape(chunk.shape[0], -1)
+            rows = logical(logits, logits.ndim == 4).reshape(chunk.shape[0], -1)
+            out[start : start + chunk.shape[0]] = rows
         return out
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -474,11 +476,6 @@ class TrainingSession:
         k = self.num_classes
         if y.min() < 0 or y.max() >= k:
             raise DataError(f"labels must lie in [0, {k}), found [{y.min()}, {y.max()}]")
-
-
-def _logical(a: np.ndarray) -> np.ndarray:
-    """The ONNX view of a stored activation (rank 4: channel-major)."""
-    return a.swapaxes(0, 1) if a.ndim == 4 else a
 
 
 def _dims(shape: tuple[int, ...]) -> str:
