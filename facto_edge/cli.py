@@ -12,6 +12,7 @@ import click
 from facto_edge.cli_common import parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 
 @click.group(cls=FactoGroup)
@@ -160,7 +161,7 @@ def export(
 
 
 DATA_HELP = "Image folder, CIFAR or IDX folder, .npz, or 'digits:'."
-CODECS = ["fp32", "fp16", "q8", "q4", "q2"]
+CODECS = list(CODEC_NAMES)
 
 
 def _warn(message: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from facto_edge.cli_errors import FactoGroup
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 
 def _fleet_options(fn):
@@ -32,7 +33,7 @@ def _fleet_options(fn):
                      help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
         click.option("--codec", default="q4", show_default=True,
-                     type=click.Choice(["fp32", "fp16", "q8", "q4", "q2"])),
+                     type=click.Choice(CODEC_NAMES)),
         click.option("--strategy", default="fedavg", show_default=True,
                      type=click.Choice(["fedavg", "fedavgm", "fedadam", "fedprox"])),
         click.option("--server-lr", default=0.1, show_default=True,

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, fields
 
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
-CODECS = ("fp32", "fp16", "q8", "q4", "q2")
+CODECS = CODEC_NAMES
 
 
 @dataclass(frozen=True)
