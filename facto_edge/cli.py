@@ -46,7 +46,7 @@ def zoo(name, output, seed, num_classes, input_shape, list_, force) -> None:
 
 def format_layers(manifest) -> str:
     """The per-layer export table and its totals."""
-    head = (f"{'layer':<24} {'shape':<16} {'method':<8} {'ranks':<9} {'params':>17} "
+    head = (f"{'layer':<24} {'shape':<16} {'method':<9} {'ranks':<9} {'params':>17} "
             f"{'MFLOPs':>15} {'rel.err':>7}  trainable")  # fmt: skip
     lines = [head, "-" * len(head)]
     for layer in manifest.layers:
@@ -56,8 +56,9 @@ def format_layers(manifest) -> str:
         flops = f"{layer.flops_before / 1e6:>7.1f}>{layer.flops_after / 1e6:<7.1f}"
         roles = [r for r, n in layer.factors.items() if n in layer.trainable] or ["-"]
         note = f" ({layer.note})" if layer.note else ""
+        method = f"{layer.method}+W" if layer.residual else layer.method
         lines.append(
-            f"{layer.name:<24.24} {shape:<16} {layer.method:<8} {ranks:<9} {params:>17} "
+            f"{layer.name:<24.24} {shape:<16} {method:<9} {ranks:<9} {params:>17} "
             f"{flops:>15} {layer.rel_error:>7.3f}  {','.join(roles)}{note}"
         )
     t = manifest.totals()
@@ -96,7 +97,9 @@ def format_layers(manifest) -> str:
     "train",
     default="last",
     show_default=True,
-    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last).",
+    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last); "
+    "or delta: keep each factorized layer's weight frozen and train a low-rank update "
+    "beside it that starts at zero.",
 )
 @click.option(
     "--bn",

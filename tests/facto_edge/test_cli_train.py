@@ -170,3 +170,24 @@ def test_corrupt_checkpoint_on_resume_is_refused(digits_model, small_npz, finish
 def test_eval_and_export_onnx_of_nothing_are_refused(tmp_path):
     assert_refused(cli("eval", tmp_path, "--data", "digits:"), "neither a run directory")
     assert_refused(cli("export-onnx", tmp_path, "-o", tmp_path / "t.onnx"), "neither a run")
+
+
+def test_delta_export_plans_trains_and_merges(pretrained_pt, small_npz, tmp_path):
+    model, run = tmp_path / "delta.facto", tmp_path / "run"
+    result = cli("export", pretrained_pt, "-o", model, "--no-ort", "--train", "delta")
+    assert result.exit_code == 0 and "tucker2+W" in result.output, result.output
+    planned = cli("plan", model, "--budget", "1GB")
+    assert planned.exit_code == 0 and "saved for backward" in planned.output, planned.output
+    assert cli(*train_args(model, small_npz, run, "--lr", 0.05)).exit_code == 0
+    from facto_edge.evaluate import trained_session
+
+    session, _ = trained_session(run, 64)
+    x = np.random.default_rng(1).standard_normal((16, 1, 16, 16)).astype(np.float32)
+    result = cli("export-onnx", run, "-o", tmp_path / "merged.onnx", "--merge")
+    assert result.exit_code == 0, result.output
+    sess = ort.InferenceSession(str(tmp_path / "merged.onnx"))
+    import onnx
+
+    names = [n.name for n in onnx.load(str(tmp_path / "merged.onnx")).graph.node]
+    assert not [n for n in names if n.endswith((".dense", ".delta_add", ".last"))]
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], session.predict(x), atol=1e-4)
