@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import parse_norm, parse_shape
+from facto_edge.cli_common import parse_lr_groups, parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
 
@@ -190,6 +190,12 @@ def _batch_size(value: str) -> int | str:
 @click.option("--batch-size", default="32", show_default=True, help="N, or auto (fit --budget).")
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--lr", default=0.01, show_default=True, help="Base learning rate.")
+@click.option(
+    "--lr-groups",
+    default=None,
+    help="Learning-rate multipliers per parameter group, e.g. bn=10,head=0.5; groups: "
+    "factors, bias, bn (BatchNorm scale and shift), head (the last Linear).",
+)
 @click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option(
@@ -214,7 +220,7 @@ def _batch_size(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
-def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
+def train(model, data, output, budget, epochs, batch_size, resume, lr_groups, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
     from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.progress import TqdmProgress
@@ -235,6 +241,7 @@ def train(model, data, output, budget, epochs, batch_size, resume, **options) ->
             budget=budget,
             resume=resume,
             callbacks=[bar],
+            lr_groups=parse_lr_groups(lr_groups),
             **options,
         )
     except TrainingInterrupted as e:

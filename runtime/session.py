@@ -39,6 +39,10 @@ batch, as one big batch gives (batch-statistics BatchNormalization excepted: it 
 micro-batch alone, as in PyTorch).
 
 Threads: the batch is cut into lanes, one per thread (runtime/lanes.py).
+
+Learning rates per group: `lr_groups={"bn": 10, "head": 0.5}` multiplies the learning
+rate of the tensors of those groups (`param_groups`: factors, bias, bn, head; the
+schedule sets the base `lr` for all), runtime/param_groups.py.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from .graph import ModelSource, build_schedule, load_graph
 from .kernels.layout import logical
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
+from .param_groups import check_lr_groups, lr_scales, param_groups
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
 from .prepare import compiled_in_process, ensure_kernels
 from .rss import peak_rss_bytes
@@ -97,8 +102,10 @@ class TrainingSession:
         budget: int | str | None = None,
         accumulate: int | None = None,
         compile: str | None = None,
+        lr_groups: dict[str, float] | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
+        multipliers = check_lr_groups(lr_groups)
         backend = resolve_device(device)
         if accumulate is not None and not (isinstance(accumulate, int) and accumulate >= 1):
             raise FactoEdgeError(f"accumulate must be a positive int, found {accumulate!r}")
@@ -111,8 +118,10 @@ class TrainingSession:
         if budget is not None and backend.name == "cpu":
             self._kernels = ensure_kernels(graph, model_dir, codec, optimizer, compile)
         self._seed, self._step, self._closed = seed, 0, False
+        self._groups = param_groups(graph)
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                   "betas": betas, "eps": eps}  # fmt: skip
+                   "betas": betas, "eps": eps,
+                   "lr_scales": lr_scales(self._groups, multipliers)}  # fmt: skip
         schedule = build_schedule(
             [*graph.nodes, loss_node(graph, label_smoothing)], graph.trainable, LOSS
         )
@@ -177,6 +186,12 @@ class TrainingSession:
         variance of training-mode BatchNormalizations (live arrays, on the device)."""
         self._require_open()
         return self._binding.running()
+
+    @property
+    def param_groups(self) -> dict[str, str]:
+        """The learning-rate group (factors, bias, bn, head) of every trainable
+        initializer (runtime/param_groups.py)."""
+        return dict(self._groups)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -3,6 +3,7 @@ real digits, Ctrl-C and --resume, and every kind of bad input."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -109,6 +110,23 @@ def test_bad_data_is_refused_before_anything_is_written(digits_model, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("bn:10", ["--lr-groups must look like bn=10,head=0.5"]),
+        ("bn=ten", ["--lr-groups must look like"]),
+        ("heads=2", ["unknown group 'heads'", "factors, bias, bn, head"]),
+        ("bn=1,bn=2", ["'bn' twice"]),
+        ("bn=-1", ["multiplier of 'bn'", ">= 0"]),
+    ],
+)
+def test_bad_lr_groups_are_refused(digits_model, small_npz, tmp_path, value, words):
+    out = tmp_path / "run"
+    result = cli(*train_args(digits_model, small_npz, out, "--lr-groups", value))
+    assert_refused(result, *words)
+    assert not out.exists()
+
+
 def image_folder(root, corrupt: int):
     from PIL import Image
 
@@ -178,7 +196,9 @@ def test_delta_export_plans_trains_and_merges(pretrained_pt, small_npz, tmp_path
     assert result.exit_code == 0 and "tucker2+W" in result.output, result.output
     planned = cli("plan", model, "--budget", "1GB")
     assert planned.exit_code == 0 and "saved for backward" in planned.output, planned.output
-    assert cli(*train_args(model, small_npz, run, "--lr", 0.05)).exit_code == 0
+    trained = cli(*train_args(model, small_npz, run, "--lr", 0.05, "--lr-groups", "head=0.5"))
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((run / "run.json").read_text())["config"]["lr_groups"] == {"head": 0.5}
     from facto_edge.evaluate import trained_session
 
     session, _ = trained_session(run, 64)
