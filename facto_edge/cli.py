@@ -206,6 +206,13 @@ def _batch_size(value: str) -> int | str:
 )
 @click.option("--warmup-steps", default=0, show_default=True)
 @click.option("--codec", default="q4", show_default=True, type=click.Choice(CODECS))
+@click.option(
+    "--rounding",
+    default="nearest",
+    show_default=True,
+    type=click.Choice(["nearest", "stochastic"]),
+    help="How the q8/q4/q2 codec rounds: to nearest, or stochastic (unbiased, seeded).",
+)
 @click.option("--val-split", default=0.1, show_default=True, help="Fraction held out.")
 @click.option("--augment", is_flag=True, help="Random crop (4-pixel padding), horizontal flip.")
 @click.option("--seed", default=0, show_default=True)

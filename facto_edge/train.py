@@ -39,6 +39,7 @@ from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
 from facto_edge.runtime.budget import format_size, parse_size
 from facto_edge.runtime.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
+from facto_edge.runtime.codecs import ROUNDINGS
 from facto_edge.runtime.fitting import Fit, largest_batch
 from facto_edge.runtime.manifest import Manifest
 from facto_edge.runtime.param_groups import check_lr_groups
@@ -213,6 +214,7 @@ class TrainConfig:
     seed: int
     label_smoothing: float
     lr_groups: dict = field(default_factory=dict)  # group -> multiplier of lr
+    rounding: str = "nearest"  # of the q8/q4/q2 codecs: nearest or stochastic
 
     def check(self) -> None:
         """Raise FactoEdgeError naming the first option that makes no run."""
@@ -237,14 +239,21 @@ class TrainConfig:
         ok = _in(self.label_smoothing, 0, 1)
         _require(ok, "label smoothing", "a number in [0, 1)", self.label_smoothing)
         check_lr_groups(self.lr_groups)
+        ok = self.rounding in ROUNDINGS and (self.rounding == "nearest" or self.codec[0] == "q")
+        _require(ok, "codec rounding", "nearest, or stochastic with a q8/q4/q2 codec",
+                 f"{self.rounding} with codec {self.codec}")  # fmt: skip
 
     def to_dict(self) -> dict:
-        """The config as run.json records it (no `lr_groups` when there are none, as
-        before they existed, so older runs resume)."""
+        """The config as run.json records it: the options added since runs first
+        recorded it only where they differ from their default, so older runs resume."""
         d = asdict(self)
-        if not d["lr_groups"]:
-            del d["lr_groups"]
+        for key, default in LATER_OPTIONS.items():
+            if d[key] == default:
+                del d[key]
         return d
+
+
+LATER_OPTIONS = {"lr_groups": {}, "rounding": "nearest"}
 
 
 def _is_int(x: object) -> bool:
@@ -288,6 +297,7 @@ def _session_factory(
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
             label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device,
             budget=budget, accumulate=accumulate, lr_groups=cfg.lr_groups,
+            rounding=cfg.rounding,
         )  # fmt: skip
 
     return make
@@ -472,6 +482,7 @@ def train(
     plot: bool = True,
     device: str = "cpu",
     lr_groups: dict[str, float] | None = None,
+    rounding: str = "nearest",
 ) -> TrainResult:
     """Train the exported model `model_dir` on `data` into the run directory `out_dir`.
 
@@ -484,7 +495,8 @@ def train(
     per-epoch accuracy; 0 turns validation off. `on_corrupt` "skip" leaves unreadable
     images out (reported through `Callback.on_warning`), "fail" stops. `lr_groups`
     multiplies the learning rate of parameter groups ({"bn": 10, "head": 0.5}; groups
-    factors, bias, bn, head: runtime/param_groups.py).
+    factors, bias, bn, head: runtime/param_groups.py). `rounding` "stochastic" makes the
+    q8/q4/q2 codec round unbiased (runtime/codecs.py), "nearest" is the default.
 
     Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss,
     weight or validation loss: the last finite checkpoint stays) with a message saying
@@ -496,7 +508,7 @@ def train(
     cfg = TrainConfig(
         _data_key(data), epochs, batch_size, optimizer, lr, momentum, weight_decay,
         schedule, warmup_steps, codec, val_split, augment, seed, label_smoothing,
-        dict(lr_groups or {}),
+        dict(lr_groups or {}), rounding,
     )  # fmt: skip
     cfg.check()
     budget_bytes = parse_size(budget) if budget is not None else None

@@ -127,6 +127,13 @@ def test_bad_lr_groups_are_refused(digits_model, small_npz, tmp_path, value, wor
     assert not out.exists()
 
 
+def test_stochastic_rounding_needs_a_block_codec(digits_model, small_npz, tmp_path):
+    out = tmp_path / "run"
+    args = ("--rounding", "stochastic", "--codec", "fp16")
+    assert_refused(cli(*train_args(digits_model, small_npz, out, *args)), "codec rounding")
+    assert not out.exists()
+
+
 def image_folder(root, corrupt: int):
     from PIL import Image
 
@@ -196,9 +203,11 @@ def test_delta_export_plans_trains_and_merges(pretrained_pt, small_npz, tmp_path
     assert result.exit_code == 0 and "tucker2+W" in result.output, result.output
     planned = cli("plan", model, "--budget", "1GB")
     assert planned.exit_code == 0 and "saved for backward" in planned.output, planned.output
-    trained = cli(*train_args(model, small_npz, run, "--lr", 0.05, "--lr-groups", "head=0.5"))
+    extra = ("--lr", 0.05, "--lr-groups", "head=0.5", "--rounding", "stochastic")
+    trained = cli(*train_args(model, small_npz, run, *extra))
     assert trained.exit_code == 0, trained.output
-    assert json.loads((run / "run.json").read_text())["config"]["lr_groups"] == {"head": 0.5}
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["lr_groups"] == {"head": 0.5} and config["rounding"] == "stochastic"
     from facto_edge.evaluate import trained_session
 
     session, _ = trained_session(run, 64)
