@@ -6,7 +6,8 @@ replaced by a chain of factor nodes as DESIGN.md says: Tucker-2 for k x k and k-
 convs (any kernel shape and stride: the `core` carries them), SVD for 1x1 convs, Linear and
 MatMul (two MatMuls over the channel axis), dense for grouped/depthwise (a grouped conv
 stays whole: its groups would need a factorization each), small or no-gain layers and the
-classifier. The result keeps
+classifier. With `--train delta` a factorized layer keeps its (BN-folded) dense node,
+frozen, and adds the chain beside it with `last` zeroed (`_residual`). The result keeps
 the original graph's inputs and outputs and gets the manifest's per-layer records.
 """
 

@@ -172,9 +172,9 @@ def test_ort_artifacts_train_and_match_trainable_set(exported, bn):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("bn", ["fold", "train"])
-def test_delta_starts_at_the_original_model(exported, bn):
-    model, out = exported("resnet18_cifar", rank=0.25, train="delta", bn=bn, ort=False)
+@pytest.mark.parametrize(("name", "bn"), [("resnet18_cifar", "fold"), ("simple_cnn", "train")])
+def test_delta_starts_at_the_original_model(exported, name, bn):
+    model, out = exported(name, rank=0.25, train="delta", bn=bn, ort=False)
     x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
