@@ -18,6 +18,7 @@ import onnx
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from facto_edge.auto_export import EXPORT_DEFAULTS
 from facto_edge.errors import ExportError, UnsupportedOpError
 from facto_edge.runtime.checkpoint import write_atomic
 from facto_edge.runtime.manifest import Manifest
@@ -132,11 +133,11 @@ def export(
     out_dir: str | Path,
     *,
     input_shape: tuple[int, ...] | None = None,
-    rank: float | None = 0.25,
+    rank: float | None = EXPORT_DEFAULTS["rank"],
     energy: float | None = None,
     min_channels: int = 8,
-    train: str = "last",
-    bn: str = "fold",
+    train: str = EXPORT_DEFAULTS["train"],
+    bn: str = EXPORT_DEFAULTS["bn"],
     ort: bool = True,
     force: bool = False,
     trust_pickle: bool = False,
@@ -173,7 +174,7 @@ def export(
     say = progress or (lambda msg: None)
     out = Path(os.path.abspath(out_dir))
     clean_leftovers(out, is_export)
-    _check_output(out, force)
+    check_output(out, force)
     meta: dict = {}
     if isinstance(model_or_path, nn.Module):
         model = model_or_path.eval()
@@ -214,7 +215,7 @@ def is_export(path: Path) -> bool:
     )
 
 
-def _check_output(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
     """Raise unless writing `out` loses nothing: new, or a previous export with `force`."""
     if not out.exists():
         return
@@ -240,7 +241,7 @@ def _write_atomic(out: Path, proto, manifest: Manifest, ort: bool, force: bool, 
             say("writing ONNX Runtime training artifacts")
             manifest.ort = write_ort_artifacts(proto, manifest, build / "ort")
         write_atomic(build / "manifest.json", lambda f: f.write(manifest.to_json().encode()))
-        _check_output(out, force)
+        check_output(out, force)
         replace_dir(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

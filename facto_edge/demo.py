@@ -30,8 +30,8 @@ import numpy as np
 from facto_edge.child import next_message
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import allowance, format_size, parse_size
-from facto_edge.runtime.preload import release_compiler_pages
 from facto_edge.runtime.checkpoint import write_text_atomic
+from facto_edge.runtime.preload import release_compiler_pages
 from facto_edge.safe_io import aside_path, clean_leftovers
 from facto_edge.train import Callback, RunInfo
 
