@@ -113,12 +113,12 @@ def _madvise():
     return fn
 
 
-def warm_up_modules() -> None:
-    """Run the `warm_up()` of every runtime and CPU kernel module that has one (the
-    budget's probe: budget.py)."""
+def warm_up_modules(codec: str) -> None:
+    """Run the `warm_up(codec)` of every runtime and CPU kernel module that has one (the
+    budget's probe: budget.py); `codec` is the one codec a run keeps its activations in."""
     for module in _modules(__package__, f"{__package__}.kernels"):
         if callable(getattr(module, "warm_up", None)):
-            module.warm_up()
+            module.warm_up(codec)
 
 
 def _kernels(kind: type) -> list:

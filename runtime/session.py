@@ -407,7 +407,7 @@ class TrainingSession:
         1) or, with a budget, the fewest micro-batches that fit (runtime/fitting.py)."""
         if budget is None:
             return None, *split(batch, accumulate or 1)
-        room = room_for(budget, self._spec.backend.name)
+        room = room_for(budget, self._spec.backend.name, self._spec.codec.name)
         what = f"codec {self._spec.codec.name}"
         fit = fit_batch(batch, room, lambda m, k: self._plan(m, k).arena_bytes, accumulate, what)
         return fit, fit.micro_batch, fit.accumulate
