@@ -81,10 +81,12 @@ def format_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-# Runs in a fresh interpreter: import what a device application imports, run every kernel
-# module's warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses
-# one), and print the peak resident set size in bytes; then release the compiler's pages
-# as a session does and print the resident set size that stays.
+# Runs in a fresh interpreter: import what a device application imports (onnx too: the
+# runtime reads model.onnx without it, runtime/onnx_read.py, but exporting a trained model
+# imports it; counted, the figure stays an upper bound), run every kernel module's
+# warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses one), and
+# print the peak resident set size in bytes; then release the compiler's pages as a
+# session does and print the resident set size that stays.
 # It prints the number of runtime kernels it had to compile too: figures measured while
 # compiling are a compiling process's, not those of a session that loads its kernels.
 _PROBE = """
@@ -109,9 +111,10 @@ def _versions(codec: str = "fp32") -> str:
     """The cache key: everything the fixed cost depends on, the runtime's source included
     (so that a changed kernel in a development tree is measured again), and the codec
     whose kernels the probe loads."""
+    from importlib.metadata import version
+
     import numba
     import numpy
-    import onnx
 
     import facto_edge
     import facto_edge.runtime as rt
@@ -125,7 +128,7 @@ def _versions(codec: str = "fp32") -> str:
         f"machine={platform.machine()}",
         f"numpy={numpy.__version__}",
         f"numba={numba.__version__}",
-        f"onnx={onnx.__version__}",
+        f"onnx={version('onnx')}",  # not imported: runtime/onnx_read.py
         f"facto_edge={facto_edge.__version__}",
         f"runtime={digest.hexdigest()[:12]}",
         f"codec={codec}",
