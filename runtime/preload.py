@@ -89,6 +89,7 @@ def releasing_while_loading(growth: int = 24 << 20):
     LLVM from disk each time (seconds of start-up)."""
     from numba.core import event
 
+    set_up_cpu_target()
     last = [current_rss_bytes()]
 
     class _Release(event.Listener):
@@ -102,6 +103,25 @@ def releasing_while_loading(growth: int = 24 << 20):
 
     with event.install_listener("numba:compiler_lock", _Release()):
         yield
+
+
+def set_up_cpu_target() -> None:
+    """Load numba's CPU implementations (it does so before the first kernel loads) without
+    letting it import scipy.linalg to see whether compiled code may call BLAS: that
+    took 0.5 s and 16 MiB of a budgeted process, and no runtime kernel calls BLAS from
+    compiled code (matmuls run in numpy and kernels/blas.py). Numba then picks its own
+    loops for np.convolve and np.correlate; np.dot in a kernel compiled later still finds
+    scipy. Where scipy's BLAS is imported already, nothing changes."""
+    from numba.core.registry import cpu_target
+
+    blas = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
+        return
+    sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        del sys.modules[blas]
 
 
 @lru_cache(maxsize=1)

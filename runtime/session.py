@@ -43,6 +43,7 @@ Threads: the batch is cut into lanes, one per thread (runtime/lanes.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -57,6 +58,7 @@ from .device import resolve_device
 from .errors import DataError, FactoEdgeError
 from .fitting import Fit, fit_batch, room_for, split
 from .graph import ModelSource, build_schedule, load_graph
+from .kernels import blas
 from .kernels.layout import logical
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
@@ -416,15 +418,18 @@ class TrainingSession:
         """Before the arena exists, run a step (training, evaluation, optimizer) of one
         zero sample in a throwaway arena so that every kernel a step calls is loaded,
         then give the compiler's pages back (runtime/preload.py): the process then peaks
-        at its start-up or at its steady state with the arena, not at their sum."""
-        spec = self._spec
-        if spec.backend.name != "cpu":
+        at its start-up or at its steady state with the arena, not at their sum.
+        BLAS runs on one thread here: a sample's matmuls are tiny, and handing them to
+        threads another process keeps off the cores cost 100x their time."""
+        if self._spec.backend.name != "cpu":
             return
+        spec = dataclasses.replace(self._spec, threads=1)
         b = Binding(spec, ArenaAllocator(self._plan(1, 1)), spec.backend, 1, 1)
         x = np.zeros((1, *spec.graph.input_shape), np.float32)
         run_micro(b, None, x, np.zeros(1, np.int64), 1, (self._seed, self._step, 0))
         spec.backend.check_codec(spec.codec)
-        b.first[0].forward(training=False, until=spec.graph.output_name)
+        with blas.threads(1):
+            b.first[0].forward(training=False, until=spec.graph.output_name)
         b.optimizer.step(b.lane_grads)
         load_both_builds()
         del b
