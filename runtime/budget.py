@@ -6,7 +6,8 @@ kernels, as they stay resident once the session has loaded its kernels and hande
 compiler's pages back (runtime/preload.py). Loading peaks higher than that, before the
 arena exists, so a budget must also hold the start-up peak. A probe measures both in a
 fresh subprocess (`measure_runtime_fixed_cost`, `measure_runtime_startup_peak`) and
-caches them per set of versions.
+caches them per set of versions and codec (the probe loads that codec's kernels only: a
+run keeps its activations in one).
 """
 
 import hashlib

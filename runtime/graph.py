@@ -19,8 +19,15 @@ from google.protobuf.message import DecodeError
 
 from .errors import ExportError
 from .manifest import Manifest
-from .onnx_read import AttributeProto, ModelProto, NodeProto, TensorProto
-from .onnx_read import attribute_value, load_model, to_array
+from .onnx_read import (
+    AttributeProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    attribute_value,
+    load_model,
+    to_array,
+)
 
 ModelSource = str | Path | tuple[ModelProto, dict]
 

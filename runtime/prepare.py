@@ -399,8 +399,7 @@ def _child_compile() -> None:
     "idle" after each group) with the resident and peak bytes, "compiled NAME" per
     kernel, and "missing ENTRY" for each entry of the group numba's cache still lacks
     afterwards. Ends at the end of stdin."""
-    from . import kernels  # noqa: F401  (numba's set-up: threading layer, LLVM pages)
-    from . import kernelset
+    from . import kernels, kernelset  # noqa: F401  (kernels: numba's set-up, threading layer)
     from .preload import releasing_while_loading
     from .rss import current_rss_bytes, peak_rss_bytes
 

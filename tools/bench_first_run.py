@@ -155,8 +155,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--baseline-rounds", type=int, default=1,
-                    help="Rounds that also measure the in-process compile (the slow one).")
+    ap.add_argument(
+        "--baseline-rounds",
+        type=int,
+        default=1,
+        help="Rounds that also measure the in-process compile (the slow one).",
+    )
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/first_run.json"))
     ap.add_argument("--table", action="store_true", help="Print the table of --output; exit.")
     args = ap.parse_args()
