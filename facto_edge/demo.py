@@ -105,7 +105,7 @@ def _prepare_dir(out: Path) -> Path | None:
 
 def _check_budget(budget: int) -> None:
     """BudgetError, before any work, for a budget below the runtime's own cost."""
-    room = allowance(budget)
+    room = allowance(budget, TRAIN_OPTIONS["codec"])
     if room.peak(0) > room.budget:
         raise room.too_small(0, "before the model's")
 

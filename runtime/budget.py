@@ -6,7 +6,8 @@ kernels, as they stay resident once the session has loaded its kernels and hande
 compiler's pages back (runtime/preload.py). Loading peaks higher than that, before the
 arena exists, so a budget must also hold the start-up peak. A probe measures both in a
 fresh subprocess (`measure_runtime_fixed_cost`, `measure_runtime_startup_peak`) and
-caches them per set of versions.
+caches them per set of versions and codec (the probe loads that codec's kernels only: a
+run keeps its activations in one).
 """
 
 import hashlib
@@ -82,18 +83,22 @@ def format_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-# Runs in a fresh interpreter: import what a device application imports, run every kernel
-# module's warm_up() once, and print the peak resident set size in bytes; then release the
-# compiler's pages as a session does and print the resident set size that stays.
+# Runs in a fresh interpreter: import what a device application imports (onnx too: the
+# runtime reads model.onnx without it, runtime/onnx_read.py, but exporting a trained model
+# imports it; counted, the figure stays an upper bound), run every kernel module's
+# warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses one), and
+# print the peak resident set size in bytes; then release the compiler's pages as a
+# session does and print the resident set size that stays.
 # It prints the number of runtime kernels it had to compile too: figures measured while
 # compiling are a compiling process's, not those of a session that loads its kernels.
 _PROBE = """
+import sys
 import numpy, numba, onnx
 from facto_edge.runtime import TrainingSession, kernelset, preload
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 compiled = kernelset.count_compilations()
 with preload.releasing_while_loading():  # as a session loads its kernels
-    preload.warm_up_modules()
+    preload.warm_up_modules(sys.argv[1])
 peak = peak_rss_bytes()
 preload.release_compiler_pages()
 print(peak, current_rss_bytes() or peak, compiled.count)
@@ -104,9 +109,10 @@ def _cache_file() -> Path:
     return user_cache_dir() / "fixed_cost.json"
 
 
-def _versions() -> str:
+def _versions(codec: str = "fp32") -> str:
     """The cache key: everything the fixed cost depends on, the runtime's source included
-    (so that a changed kernel in a development tree is measured again)."""
+    (so that a changed kernel in a development tree is measured again), and the codec
+    whose kernels the probe loads."""
     import facto_edge
     import facto_edge.runtime as rt
 
@@ -120,6 +126,7 @@ def _versions() -> str:
         *(f"{name}={_version_of(name)}" for name in ("numpy", "numba", "onnx")),
         f"facto_edge={facto_edge.__version__}",
         f"runtime={digest.hexdigest()[:12]}",
+        f"codec={codec}",
     ]
     return ";".join(parts)
 
@@ -135,11 +142,11 @@ def _version_of(name: str) -> str:
         return "unknown"
 
 
-def _probe_once() -> tuple[int, int, int]:
+def _probe_once(codec: str = "fp32") -> tuple[int, int, int]:
     """(start-up peak, resident after the release) in bytes, and the kernels it compiled,
-    from a fresh process."""
+    from a fresh process loading the runtime's kernels and `codec`'s."""
     run = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _PROBE, codec], capture_output=True, text=True, timeout=600
     )
     if run.returncode != 0:
         tail = run.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -148,18 +155,19 @@ def _probe_once() -> tuple[int, int, int]:
     return peak, settled, compiled
 
 
-def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
-    """(start-up peak, fixed cost), measured by the probe and cached.
+def _runtime_cost(refresh: bool = False, codec: str = "fp32") -> tuple[int, int]:
+    """(start-up peak, fixed cost) with `codec`, measured by the probe and cached.
 
-    The probe runs twice and the second figures are kept: the first run may compile
-    kernels into numba's cache, which a device pays once, not at every start. The result is
-    cached in ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the
-    versions of Python, numpy, numba, onnx and facto-edge, only when the kept run compiled
-    nothing (it loaded every kernel, as a prepared session does; a cache that cannot be
-    written makes every probe compile); `refresh=True` measures again.
+    A probe that compiled kernels (into numba's cache: a device pays that once, not at
+    every start) runs again and the second figures are kept; one that only loaded them
+    (a prepared machine) runs once. The result is cached in
+    ~/.cache/facto-edge/fixed_cost.json (or $XDG_CACHE_HOME), keyed by the versions of
+    Python, numpy, numba, onnx and facto-edge and the codec, only when the kept run
+    compiled nothing (it loaded every kernel, as a prepared session does; a cache that
+    cannot be written makes every probe compile); `refresh=True` measures again.
     """
     path = _cache_file()
-    key = _versions()
+    key = _versions(codec)
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -167,8 +175,9 @@ def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
     got = cache.get(key) if not refresh else None
     if isinstance(got, list) and len(got) == 2 and all(isinstance(v, int) for v in got):
         return got[0], got[1]
-    _probe_once()
-    peak, settled, compiled = _probe_once()
+    peak, settled, compiled = _probe_once(codec)
+    if compiled:
+        peak, settled, compiled = _probe_once(codec)
     if compiled:
         return peak, settled
     cache[key] = [peak, settled]
@@ -182,21 +191,23 @@ def _runtime_cost(refresh: bool = False) -> tuple[int, int]:
     return peak, settled
 
 
-def measure_runtime_fixed_cost(refresh: bool = False) -> int:
+def measure_runtime_fixed_cost(refresh: bool = False, codec: str = "fp32") -> int:
     """Resident bytes the runtime keeps under the arena: a fresh process that imports the
-    runtime and runs its kernels, after it has handed the compiler's pages back."""
-    return _runtime_cost(refresh)[1]
+    runtime and runs its kernels (`codec`'s among them), after it has handed the
+    compiler's pages back."""
+    return _runtime_cost(refresh, codec)[1]
 
 
-def measure_runtime_startup_peak(refresh: bool = False) -> int:
-    """Peak resident bytes of a fresh process importing the runtime and loading kernels,
-    before any arena exists; a budget must hold it (plus the safety margin)."""
-    return _runtime_cost(refresh)[0]
+def measure_runtime_startup_peak(refresh: bool = False, codec: str = "fp32") -> int:
+    """Peak resident bytes of a fresh process importing the runtime and loading kernels
+    (`codec`'s among them), before any arena exists; a budget must hold it (plus the
+    safety margin)."""
+    return _runtime_cost(refresh, codec)[0]
 
 
 # What a training process holds at its peak beyond the fixed cost and the arena: the
-# machine code of the kernels a model needs beyond the probe's (the probe loads the
-# codecs'), the session's Python objects, the loaded graph's leftovers, and for
+# machine code of the kernels a model needs beyond the probe's (the probe loads its
+# codec's), the session's Python objects, the loaded graph's leftovers, and for
 # facto_edge.train its data and evaluation. Measured with tools/bench_memory.py
 # (docs/memory.md, "Safety margin") on the zoo models at batch 1 and 32 on a quiet machine:
 # at most 19.9 MiB for a process driving a TrainingSession and 26.5 MiB for
@@ -248,11 +259,12 @@ class Allowance:
         return f", and the runtime peaks at {format_size(self.startup)} while loading"
 
 
-def allowance(budget: int | str) -> Allowance:
-    """Split `budget` (bytes or a size such as "512MB") into fixed cost, margin, arena."""
+def allowance(budget: int | str, codec: str = "fp32") -> Allowance:
+    """Split `budget` (bytes or a size such as "512MB") into fixed cost, margin, arena,
+    for a run whose activations keep `codec`."""
     return Allowance(
         parse_size(budget),
-        measure_runtime_fixed_cost(),
+        measure_runtime_fixed_cost(codec=codec),
         SAFETY_MARGIN,
-        measure_runtime_startup_peak(),
+        measure_runtime_startup_peak(codec=codec),
     )

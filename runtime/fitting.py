@@ -70,12 +70,13 @@ def largest_fitting(cost: Callable[[int], int], limit: int, high: int) -> int | 
     return lo
 
 
-def room_for(budget: int | str, device: str) -> Allowance:
-    """The split of `budget` on `device`: on the CPU the process's peak RSS (fixed cost,
-    margin, arena); on a GPU the device memory, which the arena alone takes."""
+def room_for(budget: int | str, device: str, codec: str = "fp32") -> Allowance:
+    """The split of `budget` on `device`: on the CPU the process's peak RSS (fixed cost
+    with `codec`'s kernels, margin, arena); on a GPU the device memory, which the arena
+    alone takes."""
     if device != "cpu":
         return Allowance(parse_size(budget), fixed=0, margin=0)
-    return allowance(budget)
+    return allowance(budget, codec)
 
 
 def split(batch: int, parts: int) -> tuple[int, int]:

@@ -15,14 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from .errors import ExportError
 from .manifest import Manifest
+from .onnx_read import (
+    AttributeProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    attribute_value,
+    load_model,
+    to_array,
+)
 
-ModelSource = str | Path | tuple[onnx.ModelProto, dict]
+ModelSource = str | Path | tuple[ModelProto, dict]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +77,7 @@ def load_graph(source: ModelSource) -> Graph:
     return _build_graph(*_read_dir(Path(source)))
 
 
-def _read_dir(path: Path) -> tuple[onnx.ModelProto, Manifest]:
+def _read_dir(path: Path) -> tuple[ModelProto, Manifest]:
     onnx_path = path / "model.onnx"
     if not onnx_path.is_file():
         raise ExportError(
@@ -79,16 +86,16 @@ def _read_dir(path: Path) -> tuple[onnx.ModelProto, Manifest]:
         )
     manifest = Manifest.load(path)
     try:
-        return onnx.load(str(onnx_path)), manifest
+        return load_model(str(onnx_path)), manifest
     except (DecodeError, OSError, ValueError) as e:
         raise ExportError(f"{path} is corrupt ({e}); re-export the model") from e
 
 
-def _build_graph(proto: onnx.ModelProto, manifest: Manifest) -> Graph:
+def _build_graph(proto: ModelProto, manifest: Manifest) -> Graph:
     from .fusion import fuse  # fusion builds Nodes
 
     g = proto.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: to_array(t) for t in g.initializer}
     nodes: list[Node] = []
     for i, n in enumerate(g.node):
         attrs = {a.name: _attr_value(a) for a in n.attribute}
@@ -117,7 +124,7 @@ def _build_graph(proto: onnx.ModelProto, manifest: Manifest) -> Graph:
     )
 
 
-def _make_node(n: onnx.NodeProto, attrs: dict, fallback: str, inits: dict) -> Node:
+def _make_node(n: NodeProto, attrs: dict, fallback: str, inits: dict) -> Node:
     persistent = frozenset(i for i, v in enumerate(n.input) if v in inits)
     return Node(n.op_type, n.name or fallback, tuple(n.input), tuple(n.output), attrs, persistent)
 
@@ -151,10 +158,10 @@ def _as_runtime_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _attr_value(a: onnx.AttributeProto) -> Any:
-    v = onnx.helper.get_attribute_value(a)
-    if isinstance(v, onnx.TensorProto):
-        return numpy_helper.to_array(v)
+def _attr_value(a: AttributeProto) -> Any:
+    v = attribute_value(a)
+    if isinstance(v, TensorProto):
+        return to_array(v)
     if isinstance(v, bytes):
         return v.decode()
     if isinstance(v, list):

@@ -8,7 +8,7 @@ optimizer asked for) while every runtime kernel is replaced by a recorder that n
 signature and returns 0 without running (kernels only write into arrays they are given,
 and those that return something return a count). Both builds of every two-build kernel
 are listed, as a session loads both (preload.load_both_builds), and so are the budget
-probe's kernels (preload.warm_up_modules). Discovering takes about a second.
+probe's kernels for that codec (preload.warm_up_modules). Discovering takes about a second.
 
 The set is stored per model structure, codec and optimizer in
 user_cache_dir()/kernelsets/ (a list of signatures, not machine code). `missing` then
@@ -132,12 +132,12 @@ def discover(source, codec: str = "q4", optimizer: str = "sgd") -> KernelSet:
     from .preload import warm_up_modules
     from .session import TrainingSession
 
-    key = "runtime-" + runtime_digest()
+    key = f"runtime-{runtime_digest()}-{codec}"
     with _recording() as seen:
         if source is not None:
             key = model_key(load_graph(source), codec, optimizer)
             TrainingSession(source, batch_size=1, codec=codec, optimizer=optimizer).close()
-        warm_up_modules()
+        warm_up_modules(codec)
     return KernelSet(key, _with_both_builds(seen))
 
 

@@ -92,6 +92,7 @@ def releasing_while_loading(growth: int = 24 << 20):
     LLVM from disk each time (seconds of start-up)."""
     from numba.core import event
 
+    set_up_cpu_target()
     last = [current_rss_bytes()]
 
     class _Release(event.Listener):
@@ -107,6 +108,25 @@ def releasing_while_loading(growth: int = 24 << 20):
         yield
 
 
+def set_up_cpu_target() -> None:
+    """Load numba's CPU implementations (it does so before the first kernel loads) without
+    letting it import scipy.linalg to see whether compiled code may call BLAS: that
+    took 0.5 s and 16 MiB of a budgeted process, and no runtime kernel calls BLAS from
+    compiled code (matmuls run in numpy and kernels/blas.py). Numba then picks its own
+    loops for np.convolve and np.correlate; np.dot in a kernel compiled later still finds
+    scipy. Where scipy's BLAS is imported already, nothing changes."""
+    from numba.core.registry import cpu_target
+
+    blas = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
+        return
+    sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        del sys.modules[blas]
+
+
 @lru_cache(maxsize=1)
 def _madvise():
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -116,12 +136,16 @@ def _madvise():
     return fn
 
 
-def warm_up_modules() -> None:
-    """Run the `warm_up()` of every runtime and CPU kernel module that has one (the
-    budget's probe: budget.py)."""
-    for module in _modules(__package__, f"{__package__}.kernels"):
+def warm_up_modules(codec: str) -> None:
+    """Run the `warm_up(codec)` of runtime/codecs.py and of every CPU kernel module that
+    has one (the budget's probe: budget.py); `codec` is the one codec a run keeps its
+    activations in. The runtime's other modules are not imported (inference_onnx.py
+    imports onnx: 0.4 s)."""
+    from . import codecs
+
+    for module in (codecs, *_modules(f"{__package__}.kernels")):
         if callable(getattr(module, "warm_up", None)):
-            module.warm_up()
+            module.warm_up(codec)
 
 
 def _kernels(kind: type) -> list:

@@ -10,14 +10,15 @@ only child processes (this process imports numba only at step 4, for the probe's
 1. a check child discovers the model's kernel set (runtime/kernelset.py: no compilation,
    about a second) and lists the entries numba's cache lacks;
 2. compile children, up to `jobs` at a time, each compile a share of them into numba's
-   cache (all signatures of one kernel in one child: they share an index file). A child
-   holds numba, the kernel modules and LLVM while it compiles (CHILD_PEAK at most,
-   measured); `jobs` defaults to the cores, less where `memory` (the preparation's own
-   peak, all children together; 256 MB by default) holds fewer children;
-3. the check child runs again: what is still missing (a kernel that would not cache)
-   is an error naming it;
-4. the budget's probe measures the runtime's fixed cost (two more children, once per
-   set of versions: runtime/budget.py), so that the budgeted process finds it measured.
+   cache (all signatures of one kernel in one child: they share an index file), then
+   read the cache's index again: what it still lacks (a kernel that would not cache) is
+   an error naming it. A child holds numba, the kernel modules and LLVM while it
+   compiles (CHILD_ROOM at most, measured); `jobs` defaults to the cores, less where
+   `memory` (the preparation's own peak, all children together; 256 MB by default)
+   holds fewer children;
+3. the budget's probe measures the runtime's fixed cost with each codec (one more
+   child, once per set of versions and codec: runtime/budget.py), so that the budgeted
+   process finds it measured.
 
 A prepared model costs one check child (about a second) and compiles nothing. Progress
 goes to `on_progress(done, total, what)`: once with done 0 before the first compile
@@ -132,19 +133,18 @@ def prepare_kernels(
     jobs = child_count(budget, jobs)
     pool = _Pool(jobs, budget // jobs, on_progress)
     pool.run(split_by_kernel(missing))
-    _, still = check_kernels(source, codecs, optimizer)
-    still = [m for m in still if builds == "both" or m.build != "parallel"]
     report = PrepareReport(
         needed, len(missing), pool.started, time.perf_counter() - start,
-        pool.child_peak, pool.peak_together, [m.text for m in still],
+        pool.child_peak, pool.peak_together, pool.still_missing,
     )  # fmt: skip
-    if still:
+    if pool.still_missing:
         raise FactoEdgeError(
-            f"after compiling, numba's cache still lacks {len(still)} kernel(s) "
-            f"(first: {still[0].text}); expected every kernel cached. Is its cache directory "
-            f"writable? Set NUMBA_CACHE_DIR to a writable directory and run again"
+            f"after compiling, numba's cache still lacks {len(pool.still_missing)} kernel(s) "
+            f"(first: {pool.still_missing[0]}); expected every kernel cached. Is its cache "
+            f"directory writable? Set NUMBA_CACHE_DIR to a writable directory and run again"
         )
-    measure_runtime_fixed_cost()  # its children load what was just compiled
+    for codec in codecs:  # the probe's children load what was just compiled
+        measure_runtime_fixed_cost(codec=codec)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -265,11 +265,13 @@ class _Pool:
     """Compile children fed one kernel at a time through stdin, `jobs` at once. A child
     whose resident memory, plus SPIKE for the next kernel, would pass `room` is told to
     exit and a fresh one takes its place: numba keeps every kernel it compiled, so a
-    child grows by a few MiB per kernel."""
+    child grows by a few MiB per kernel. `still_missing` lists the entries the cache
+    lacked after their child compiled them."""
 
     def __init__(self, jobs: int, room: int, on_progress: Progress | None) -> None:
         self.jobs, self.room, self.on_progress = jobs, room, on_progress
         self.started = self.child_peak = self.peak_together = 0
+        self.still_missing: list[str] = []
         self._peaks: dict[int, int] = {}  # pid -> peak of the children alive now
 
     def run(self, work: list[list[Missing]]) -> None:
@@ -307,6 +309,8 @@ class _Pool:
             self._done += 1
             if self.on_progress:
                 self.on_progress(self._done, self._total, rest)
+        elif kind == "missing":
+            self.still_missing.append(rest)
         elif kind in ("ready", "idle"):
             rss, peak = (int(v) for v in rest.split())
             self._note(proc.pid, peak)
@@ -392,9 +396,10 @@ def _child_check(source: str, optimizer: str, out: str, *codecs: str) -> None:
 
 def _child_compile() -> None:
     """Read paths of pickled kernel groups from stdin and compile each; say "ready" (then
-    "idle" after each group) with the resident and peak bytes, and "compiled NAME" per
-    kernel. Ends at the end of stdin."""
-    from . import kernels  # noqa: F401  (numba's set-up: threading layer, LLVM pages)
+    "idle" after each group) with the resident and peak bytes, "compiled NAME" per
+    kernel, and "missing ENTRY" for each entry of the group numba's cache still lacks
+    afterwards. Ends at the end of stdin."""
+    from . import kernels, kernelset  # noqa: F401  (kernels: numba's set-up, threading layer)
     from .preload import releasing_while_loading
     from .rss import current_rss_bytes, peak_rss_bytes
 
@@ -404,14 +409,18 @@ def _child_compile() -> None:
     say("ready")
     with releasing_while_loading():
         for line in sys.stdin:
-            for m in pickle.loads(Path(line.strip()).read_bytes()):
-                t0 = time.perf_counter()
+            group = pickle.loads(Path(line.strip()).read_bytes())
+            for m in group:
+                t0, c0 = time.perf_counter(), time.process_time()
                 entry = pickle.loads(m.blob)
                 entry.dispatcher().compile(entry.sig)
                 print("compiled", m.function, flush=True)
-                if os.environ.get("FACTO_PREPARE_TRACE"):
-                    dt, rss = time.perf_counter() - t0, current_rss_bytes() >> 20
-                    print(f"{dt:6.2f}s rss {rss} MiB {m.text}", file=sys.stderr)
+                if os.environ.get("FACTO_PREPARE_TRACE"):  # wall, CPU, resident after
+                    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    rss = current_rss_bytes() >> 20
+                    print(f"{dt:6.2f}s {cpu:6.2f}s cpu rss {rss} MiB {m.text}", file=sys.stderr)
+            for entry in kernelset.missing([pickle.loads(m.blob) for m in group]):
+                print("missing", entry, flush=True)
             say("idle")
 
 

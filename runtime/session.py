@@ -50,6 +50,7 @@ schedule sets the base `lr` for all), runtime/param_groups.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -65,6 +66,7 @@ from .device import resolve_device
 from .errors import DataError, FactoEdgeError
 from .fitting import Fit, fit_batch, room_for, split
 from .graph import ModelSource, build_schedule, load_graph
+from .kernels import blas
 from .kernels.layout import logical
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
@@ -435,7 +437,7 @@ class TrainingSession:
         1) or, with a budget, the fewest micro-batches that fit (runtime/fitting.py)."""
         if budget is None:
             return None, *split(batch, accumulate or 1)
-        room = room_for(budget, self._spec.backend.name)
+        room = room_for(budget, self._spec.backend.name, self._spec.codec.name)
         what = f"codec {self._spec.codec.name}"
         fit = fit_batch(batch, room, lambda m, k: self._plan(m, k).arena_bytes, accumulate, what)
         return fit, fit.micro_batch, fit.accumulate
@@ -444,15 +446,18 @@ class TrainingSession:
         """Before the arena exists, run a step (training, evaluation, optimizer) of one
         zero sample in a throwaway arena so that every kernel a step calls is loaded,
         then give the compiler's pages back (runtime/preload.py): the process then peaks
-        at its start-up or at its steady state with the arena, not at their sum."""
-        spec = self._spec
-        if spec.backend.name != "cpu":
+        at its start-up or at its steady state with the arena, not at their sum.
+        BLAS runs on one thread here: a sample's matmuls are tiny, and handing them to
+        threads another process keeps off the cores cost 100x their time."""
+        if self._spec.backend.name != "cpu":
             return
+        spec = dataclasses.replace(self._spec, threads=1)
         b = Binding(spec, ArenaAllocator(self._plan(1, 1)), spec.backend, 1, 1)
         x = np.zeros((1, *spec.graph.input_shape), np.float32)
         run_micro(b, None, x, np.zeros(1, np.int64), 1, (self._seed, self._step, 0))
         spec.backend.check_codec(spec.codec)
-        b.first[0].forward(training=False, until=spec.graph.output_name)
+        with blas.threads(1):
+            b.first[0].forward(training=False, until=spec.graph.output_name)
         b.optimizer.step(b.lane_grads)
         load_both_builds()
         del b

@@ -145,7 +145,10 @@ def f16_bits_to_f32_bits(h: int) -> int:
     return sign | ((e + 112) << 23) | (m << 13)
 
 
-@njit(cache=True, inline="always")
+# Not inline="always": numba inlines its IR at each of the eight `_code` sites of
+# `_put_codes`, which made block_encode the costliest kernel to compile (and its
+# compiler's peak the preparation's); LLVM inlines it all the same (same encode speed).
+@njit(cache=True)
 def _uniform(seed_mix: np.uint64, i: int) -> np.float32:
     """A uniform float32 in [0, 1) from (seed, i): splitmix64 of a counter, 24 bits."""
     z = seed_mix + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)

@@ -69,7 +69,7 @@ def test_fixed_cost_is_read_from_the_versioned_cache(tmp_path, monkeypatch):
     path = tmp_path / "facto-edge" / "fixed_cost.json"
     path.parent.mkdir()
     path.write_text(json.dumps({budget._versions(): [150 << 20, 123 << 20], "python=other": 1}))
-    monkeypatch.setattr(budget, "_probe_once", lambda: pytest.fail("must not measure"))
+    monkeypatch.setattr(budget, "_probe_once", lambda codec: pytest.fail("must not measure"))
     assert budget.measure_runtime_fixed_cost() == 123 << 20
     assert budget.measure_runtime_startup_peak() == 150 << 20
 
@@ -77,7 +77,7 @@ def test_fixed_cost_is_read_from_the_versioned_cache(tmp_path, monkeypatch):
 def test_fixed_cost_measures_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     runs = iter([(400 << 20, 380 << 20, 5), (300 << 20, 200 << 20, 0)])  # compiled, loaded
-    monkeypatch.setattr(budget, "_probe_once", lambda: next(runs))
+    monkeypatch.setattr(budget, "_probe_once", lambda codec: next(runs))
     assert budget.measure_runtime_fixed_cost() == 200 << 20  # the warm (second) run
     assert budget.measure_runtime_startup_peak() == 300 << 20  # cached: no third run
     cached = json.loads((tmp_path / "facto-edge" / "fixed_cost.json").read_text())
@@ -89,23 +89,23 @@ def test_an_old_cache_entry_is_measured_again(tmp_path, monkeypatch):
     path = tmp_path / "facto-edge" / "fixed_cost.json"
     path.parent.mkdir()
     path.write_text(json.dumps({budget._versions(): 123 << 20}))  # one figure: older format
-    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20, 0))
+    monkeypatch.setattr(budget, "_probe_once", lambda codec: (160 << 20, 120 << 20, 0))
     assert budget.measure_runtime_fixed_cost() == 120 << 20
 
 
 def test_a_probe_that_compiled_is_not_trusted_next_time(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     runs = iter([(400 << 20, 380 << 20, 5), (390 << 20, 370 << 20, 5), (160 << 20, 120 << 20, 0)])
-    monkeypatch.setattr(budget, "_probe_once", lambda: next(runs)[:3])
+    monkeypatch.setattr(budget, "_probe_once", lambda codec: next(runs)[:3])
     assert budget.measure_runtime_fixed_cost() == 370 << 20  # compiling still: not cached
     assert not (tmp_path / "facto-edge" / "fixed_cost.json").exists()
-    monkeypatch.setattr(budget, "_probe_once", lambda: (160 << 20, 120 << 20, 0))
+    monkeypatch.setattr(budget, "_probe_once", lambda codec: (160 << 20, 120 << 20, 0))
     assert budget.measure_runtime_fixed_cost() == 120 << 20  # measured again, loading
 
 
 def test_a_budget_below_the_startup_peak_is_refused(monkeypatch):
-    monkeypatch.setattr(budget, "measure_runtime_fixed_cost", lambda: 100 << 20)
-    monkeypatch.setattr(budget, "measure_runtime_startup_peak", lambda: 180 << 20)
+    monkeypatch.setattr(budget, "measure_runtime_fixed_cost", lambda codec: 100 << 20)
+    monkeypatch.setattr(budget, "measure_runtime_startup_peak", lambda codec: 180 << 20)
     room = budget.allowance("150MiB")
     assert room.arena == (150 - 100 << 20) - budget.SAFETY_MARGIN
     message = str(room.too_small(1 << 20, "at micro-batches of 1"))

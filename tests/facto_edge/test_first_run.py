@@ -89,6 +89,14 @@ def test_discovery_lists_kernels_without_compiling_any(digits_model):
         functions
     )
     assert any(f.startswith("optimizer_kernels.sgd") for f in functions)
+    # the codec's kernels only, the probe's included: no other codec's
+    assert not {f for f in functions if f.startswith(("codec_kernels.fp16", "codec_kernels.fp32"))}
+
+
+def test_a_kernel_still_missing_after_its_compile_child_is_reported():
+    pool = prepare._Pool(1, parse_size("256MB"), None)
+    assert pool._on_line(None, "missing conv.im2col[serial](float32)\n")
+    assert pool.still_missing == ["conv.im2col[serial](float32)"]
 
 
 def test_discovery_refuses_a_process_with_loaded_kernels(digits_model):

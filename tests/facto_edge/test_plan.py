@@ -29,8 +29,8 @@ HEAVY = ("torch", "tensorly", "onnxruntime")
 def model_dir(exported, monkeypatch):
     """simple_cnn at rank 0.25, with the runtime's fixed cost (and start-up peak) pinned to
     100 MiB."""
-    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda: FIXED)
-    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda: FIXED)
+    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda codec: FIXED)
+    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda codec: FIXED)
     return exported("simple_cnn", rank=0.25, ort=False)[1]
 
 
@@ -54,8 +54,8 @@ def test_the_largest_power_of_two_batch_at_the_most_bits(model_dir):
 
 
 def test_fewer_bits_when_they_make_the_batch_fit(exported, monkeypatch):
-    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda: FIXED)
-    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda: FIXED)
+    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda codec: FIXED)
+    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda codec: FIXED)
     model_dir = exported("resnet18_cifar", rank=0.25, ort=False)[1]
     q8, q4, q2 = (_arena(model_dir, 32, bits) for bits in (8, 4, 2))
     assert q2 < q4 < q8  # saved activations are live at the arena's peak

@@ -124,8 +124,8 @@ def fixed_cost(monkeypatch, mib: int) -> None:
     """Pretend the runtime's measured fixed cost (and start-up peak) is `mib` MiB
     (wherever it is read)."""
     for module in ("facto_edge.runtime.budget",):
-        monkeypatch.setattr(f"{module}.measure_runtime_fixed_cost", lambda: mib << 20)
-        monkeypatch.setattr(f"{module}.measure_runtime_startup_peak", lambda: mib << 20)
+        monkeypatch.setattr(f"{module}.measure_runtime_fixed_cost", lambda codec: mib << 20)
+        monkeypatch.setattr(f"{module}.measure_runtime_startup_peak", lambda codec: mib << 20)
 
 
 def test_budget_refused_before_anything_is_written(digits_model, small_npz, tmp_path, monkeypatch):

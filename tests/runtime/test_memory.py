@@ -200,8 +200,8 @@ def test_lanes_get_regions_of_their_own(monkeypatch):
 
 def test_budget_picks_micro_batches_and_refuses_fast(monkeypatch):
     fixed = 100 * MiB
-    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda: fixed)
-    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda: fixed)
+    monkeypatch.setattr(budget_mod, "measure_runtime_fixed_cost", lambda codec: fixed)
+    monkeypatch.setattr(budget_mod, "measure_runtime_startup_peak", lambda codec: fixed)
     model = tiny_model()
     full = TrainingSession(model, batch_size=64, threads=1).memory_report()["arena_bytes"]
     one = TrainingSession(model, batch_size=1, threads=1).memory_report()["arena_bytes"]

@@ -1,5 +1,6 @@
 """Kernels are loaded before the arena is touched, and the compiler's pages given back."""
 
+import subprocess
 import sys
 
 import numpy as np
@@ -66,3 +67,22 @@ def test_released_pages_come_back_when_a_kernel_is_compiled_again():
     _triple(a, out)  # compiles with LLVM after its pages were released
     np.testing.assert_array_equal(out, 3 * a)
     assert preload.release_compiler_pages(("no-such-library",)) == 0
+
+
+SET_UP = """
+import subprocess
+import sys
+import numpy as np
+from numba import njit
+from facto_edge.runtime import preload
+preload.set_up_cpu_target()
+print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)
+print(njit(lambda a, b: np.dot(a, b))(np.ones(3), np.arange(3.0)))  # BLAS found later
+"""
+
+
+def test_numba_is_set_up_without_scipy_linalg_which_a_later_kernel_still_finds():
+    out = subprocess.run(
+        [sys.executable, "-c", SET_UP], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split()
+    assert out == ["False", "True", "3.0"]
