@@ -90,7 +90,12 @@ def check_runtime_ops(model: onnx.ModelProto) -> None:
     graph that the facto-edge runtime has no op for. (1-D Conv/BN/pooling run as their
     2-D twins over H=1.)"""
     from facto_edge.runtime.ops import OPS
+    from facto_edge.runtime.preload import release_compiler_pages
 
+    # Importing the op table imported numba, which made ~40 MiB of LLVM resident here:
+    # pages this process keeps mapped would stay in the RSS of any training process it
+    # starts (the demo's, a benchmark's), so hand them back now.
+    release_compiler_pages()
     for node in model.graph.node:
         op = node.op_type
         if op in OPS:

@@ -121,7 +121,7 @@ def in_process(model: Path) -> dict:
 def _medians(rounds: list[dict]) -> dict:
     """The median of every numeric field over the rounds (flags from the first round)."""
     out = {}
-    for f, v in rounds[0].items():
+    for f, v in (rounds[0] if rounds else {}).items():
         numeric = isinstance(v, int | float) and not isinstance(v, bool)
         out[f] = statistics.median(r[f] for r in rounds) if numeric else v
     return out
