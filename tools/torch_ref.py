@@ -144,6 +144,18 @@ def _layernorm(a: dict, x: list) -> torch.Tensor:
     return F.layer_norm(x[0], shape, x[1].reshape(shape), bias, a.get("epsilon", 1e-5))
 
 
+def _groupnorm(a: dict, x: list) -> torch.Tensor:
+    """GroupNormalization as opset 21 defines it (one scale and bias value per channel)."""
+    channels = x[0].shape[1]
+    scale = x[1].reshape(channels) if len(x) > 1 and x[1] is not None else None
+    bias = x[2].reshape(channels) if len(x) > 2 and x[2] is not None else None
+    return F.group_norm(x[0], a["num_groups"], scale, bias, a.get("epsilon", 1e-5))
+
+
+def _instancenorm(a: dict, x: list) -> torch.Tensor:
+    return F.instance_norm(x[0], weight=x[1], bias=x[2], eps=a.get("epsilon", 1e-5))
+
+
 OPS: dict[str, Fn] = {
     "Conv": _one_d(_conv),
     "Gemm": _gemm,
@@ -178,6 +190,8 @@ OPS: dict[str, Fn] = {
     "Squeeze": lambda a, x: x[0].squeeze(_axes(a, x)) if _axes(a, x) else x[0].squeeze(),
     "Unsqueeze": _unsqueeze,
     "LayerNormalization": _layernorm,
+    "GroupNormalization": _groupnorm,
+    "InstanceNormalization": _instancenorm,
     "Softmax": lambda a, x: x[0].softmax(a.get("axis", -1)),
 }
 

@@ -84,3 +84,57 @@ def test_patterns_fuse_and_train_like_pytorch(gelu):
 def test_shared_sigmoid_is_not_fused():
     ops = [n.op_type for n in load_graph(_model("x*a*0.5", silu_shared=True)).nodes]
     assert ops[:3] == ["Conv", "Sigmoid", "Mul"] and "Gelu" in ops
+
+
+class GroupNormNet(torch.nn.Module):
+    """Conv -> GroupNorm -> ReLU twice, a pool and a Linear: nn.GroupNorm as torch.onnx
+    writes it (Reshape -> InstanceNormalization -> Reshape, then Mul and Add)."""
+
+    def __init__(self, affine_ones: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        torch.manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(2, 16), nn.ReLU(),
+        )  # fmt: skip
+        if not affine_ones:  # a trained model's weight and bias: the Mul and Add stay
+            for m in self.body:
+                if isinstance(m, nn.GroupNorm):
+                    m.weight.data.uniform_(0.5, 1.5)
+                    m.bias.data.uniform_(-0.3, 0.3)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("affine_ones", [False, True])
+def test_groupnorm_exports_fuses_and_trains_like_pytorch(tmp_path, affine_ones):
+    from facto_edge.exporters.export import export
+
+    out = tmp_path / "gn.facto"
+    model = GroupNormNet(affine_ones).eval()
+    export(model, out, input_shape=(3, 8, 8), rank=0.5, train="core,last", ort=False)
+    nodes = load_graph(out).nodes
+    fused = [n for n in nodes if n.op_type == "GroupNormalization"]
+    assert [n.attrs["num_groups"] for n in fused] == [4, 2]
+    assert not {"InstanceNormalization", "Reshape"} & {n.op_type for n in nodes}
+    assert all(bool(n.inputs[1]) != affine_ones for n in fused)
+
+    x, y = batch(4, shape=(3, 8, 8), classes=10, seed=5)
+    session = TrainingSession(out, batch_size=4)
+    loss, grads = session.compute_gradients(x, y)
+    ref = TorchReference.load(out)
+    ref_loss = F.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert grads.keys() == ref.grads().keys() and grads
+    for key, g in ref.grads().items():
+        np.testing.assert_allclose(grads[key], g, rtol=1e-4, atol=1e-5, err_msg=key)
+
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.predict(x), expected, rtol=1e-4, atol=1e-5)
+    losses = [session.train_step(x, y) for _ in range(8)]
+    assert losses[-1] < losses[0]
