@@ -120,6 +120,19 @@ def _slice(a: dict, x: list) -> torch.Tensor:
     return out
 
 
+def _pad(a: dict, x: list) -> torch.Tensor:
+    """A constant-mode ONNX Pad (begins of each axis, then ends; negative ones crop)."""
+    assert a.get("mode", b"constant") in (b"constant", "constant"), "Pad modes"
+    pads, rank = x[1].tolist(), x[0].dim()
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(rank))
+    before, after = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        before[axis], after[axis] = pads[i], pads[i + len(axes)]
+    pairs = [v for axis in reversed(range(rank)) for v in (before[axis], after[axis])]
+    value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
+    return F.pad(x[0], pairs, value=value)
+
+
 def _axes(a: dict, x: list) -> list[int] | None:
     axes = x[1].tolist() if len(x) > 1 else a.get("axes")
     return None if axes is None else list(axes)
@@ -185,6 +198,7 @@ OPS: dict[str, Fn] = {
     "Concat": lambda a, x: torch.cat(x, a["axis"]),
     "BatchNormalization": _batchnorm,
     "Slice": _slice,
+    "Pad": _pad,
     "Transpose": lambda a, x: x[0].permute(*a.get("perm", range(x[0].dim() - 1, -1, -1))),
     "ReduceMean": _reduce_mean,
     "Squeeze": lambda a, x: x[0].squeeze(_axes(a, x)) if _axes(a, x) else x[0].squeeze(),

@@ -170,3 +170,18 @@ def test_ort_artifacts_train_and_match_trainable_set(exported, bn):
         optimizer.step()
         module.lazy_reset_grad()
     assert losses[-1] < losses[0]
+
+
+def test_an_op_ort_training_cannot_differentiate_skips_ort_with_a_warning(tmp_path):
+    pytest.importorskip("onnxruntime.training")
+    from facto_edge import export
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Hardsigmoid(),  # a trainable factor
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    with pytest.warns(UserWarning, match=r"no gradient for HardSigmoid \(node /3/"):
+        manifest = export(model, tmp_path / "m.facto", input_shape=(3, 8, 8), rank=0.5)
+    assert not manifest.ort and not (tmp_path / "m.facto" / "ort").exists()
+    assert not Manifest.load(tmp_path / "m.facto").ort
