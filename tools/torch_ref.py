@@ -69,9 +69,17 @@ def _gemm(a: dict, x: list) -> torch.Tensor:
 
 
 def _clip(a: dict, x: list) -> torch.Tensor:
+    """Clip with nn.ReLU6's (F.hardtanh's) gradient, as the runtime and ONNX Runtime
+    have it: none at the bounds themselves (torch.clamp would pass one there, and a
+    ReLU6 after a depthwise conv of an all-zero window meets its lower bound exactly)."""
     lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
     hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
-    return torch.clamp(x[0], lo, hi)
+    inside = torch.ones_like(x[0], dtype=torch.bool)
+    if lo is not None:
+        inside &= x[0] > lo
+    if hi is not None:
+        inside &= x[0] < hi
+    return torch.where(inside, x[0], torch.clamp(x[0], lo, hi).detach())
 
 
 def _prelu(a: dict, x: list) -> torch.Tensor:
