@@ -35,9 +35,13 @@ def ort_training_available() -> bool:
 
 
 def training_graph(proto: onnx.ModelProto, trainable: set[str]) -> onnx.ModelProto:
-    """A copy of `proto` with BatchNormalization in training mode where BN is trainable."""
+    """A copy of `proto` with BatchNormalization in training mode where BN is trainable,
+    and every LayerNormalization with its Mean and InvStdDev outputs (ORT's gradient of
+    LayerNormalization reads them, and fails on a node without them)."""
     model = copy.deepcopy(proto)
     for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and len(node.output) == 1:
+            node.output.extend([f"{node.name}.mean", f"{node.name}.inv_std_dev"])
         if node.op_type == "BatchNormalization" and node.input[1] in trainable:
             kept = [a for a in node.attribute if a.name != "training_mode"]
             del node.attribute[:]
