@@ -13,17 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # the references' small forwards: threads only fight other processes
 
-ZOO_RANK = 0.5
-
-
-def zoo_input_shape(name: str) -> tuple[int, ...]:
-    """CIFAR-size input for the image models (ResNet-18 for ImageNet too), the model's
-    own otherwise (MFCC frames)."""
-    from facto_edge import zoo
-
-    shape = tuple(zoo.entry(name).input_shape)
-    return (3, 32, 32) if shape[0] == 3 else shape
-
 
 @pytest.fixture(scope="session")
 def zoo_export(tmp_path_factory):
@@ -31,6 +20,7 @@ def zoo_export(tmp_path_factory):
     trained model has them) exported at rank 0.5; exported once per session, an export
     with ort/ artifacts serving requests without."""
     from bn_helpers import perturb_bn
+    from zoo_cases import RANK, input_shape
 
     from facto_edge import zoo
     from facto_edge.exporters.export import export
@@ -42,8 +32,8 @@ def zoo_export(tmp_path_factory):
         if hit is None or (ort and not hit[1]):
             out = tmp_path_factory.mktemp("zoo") / f"{name}-{train}-{bn}.facto"
             model = perturb_bn(zoo.build(name, seed=0))
-            shape = zoo_input_shape(name)
-            export(model, out, input_shape=shape, rank=ZOO_RANK, train=train, bn=bn, ort=ort)
+            shape = input_shape(name)
+            export(model, out, input_shape=shape, rank=RANK, train=train, bn=bn, ort=ort)
             cache[name, train, bn] = hit = (out, ort)
         return hit[0]
 

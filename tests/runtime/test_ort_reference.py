@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import zoo_input_shape
+from zoo_cases import cases, input_shape
 
-from facto_edge import zoo
 from facto_edge.runtime import TrainingSession
 from facto_edge.runtime.manifest import Manifest
 
@@ -76,14 +75,8 @@ def test_loss_trajectory_matches_onnxruntime(exported, bn, optimizer, ort_file):
 # (a ReLU mask element flips, and the rest follows).
 NO_ORT = {"mobilenetv3_small": "no gradient for HardSigmoid"}  # ORT 1.19; export warns
 ORT_CRASHES = {"densenet"}  # its first training step dies of SIGFPE inside ORT 1.19
-BIG = {"vgg11_bn_cifar", "resnet18_cifar", "resnet18_imagenet"}
 KINKED = {"mobilenetv2_cifar"}  # see test_zoo_gradients.py
-ZOO_CASES = [
-    pytest.param(name, train, bn, marks=[pytest.mark.slow] if name in BIG else [])
-    for name in zoo.ZOO
-    if name not in ORT_CRASHES
-    for train, bn in [("last", "fold"), ("core,last", "train")]
-]
+ZOO_CASES = cases([("last", "fold"), ("core,last", "train")], skip=ORT_CRASHES)
 
 
 def ort_session(model_dir):
@@ -132,7 +125,7 @@ def test_zoo_trajectory_matches_onnxruntime(zoo_export, name, train, bn):
     if name in NO_ORT:
         assert not Manifest.load(model_dir).ort  # the export said why, and has no ort/
         pytest.skip(f"ONNX Runtime training: {NO_ORT[name]}")
-    data = batches(2, n=4, shape=zoo_input_shape(name), seed=1)
+    data = batches(2, n=4, shape=input_shape(name), seed=1)
     if bn == "train":
         rows = np.array(lockstep(model_dir, data))
         assert rows[-2, 0] < rows[0, 0]  # batch 0 again, after 18 steps: it trains

@@ -20,27 +20,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import zoo_input_shape
 from tiny_graphs import batch
 from torch_ref import TorchReference
+from zoo_cases import cases, input_shape
 
-from facto_edge import zoo
 from facto_edge.runtime import TrainingSession
 
-BIG = {"vgg11_bn_cifar", "resnet18_cifar", "resnet18_imagenet"}  # 512-channel Tucker-2s
 KINKED = {("mobilenetv2_cifar", "train")}  # see the module docstring
-CASES = [
-    pytest.param(name, train, bn, marks=[pytest.mark.slow] if name in BIG else [])
-    for name in zoo.ZOO
-    for train in ("last", "core,last")
-    for bn in ("fold", "train")
-]
+CASES = cases([("last", "fold"), ("last", "train"), ("core,last", "fold"), ("core,last", "train")])
 
 
 @pytest.mark.parametrize(("name", "train", "bn"), CASES)
 def test_gradients_match_pytorch(zoo_export, name, train, bn):
     model_dir = zoo_export(name, train, bn)
-    x, y = batch(2, shape=zoo_input_shape(name), classes=10, seed=7)
+    x, y = batch(2, shape=input_shape(name), classes=10, seed=7)
     session = TrainingSession(model_dir, batch_size=2)
     loss, grads = session.compute_gradients(x, y)
 
