@@ -131,9 +131,11 @@ def test_zoo_trajectory_matches_onnxruntime(zoo_export, name, train, bn):
         assert rows[-2, 0] < rows[0, 0]  # batch 0 again, after 18 steps: it trains
         np.testing.assert_allclose(rows[:, 0], rows[:, 1], rtol=1e-5)
         # most steps agree to fp32 rounding; one where a ReLU mask element falls on the
-        # other side moves a few weight gradients by percents (test_zoo_gradients.py);
-        # in mobilenetv2_cifar that happens at nearly every step
-        typical, worst = (5e-2, 5e-2) if name in KINKED else (1e-4, 1e-2)
+        # other side moves a few weight gradients by percents (test_zoo_gradients.py). It
+        # happens at nearly every step of mobilenetv2_cifar, and at many of resnet18_cifar,
+        # where ORT's first gradient differs from PyTorch's by 2% and the runtime's
+        # matches PyTorch's to rtol 1e-4.
+        typical, worst = (5e-2, 5e-2) if name in KINKED else (1e-3, 1e-2)
         assert np.median(rows[:, 2]) < typical and rows[:, 2].max() < worst, rows[:, 2]
         return
     ours = our_losses(model_dir, "sgd", data, batch_size=4)
