@@ -27,7 +27,7 @@ from facto_edge.safe_io import clean_leftovers, new_build_dir, replace_dir
 from . import load
 from .normalize import normalize
 from .rewrite import FactorizeConfig, Graph, Rewriter, train_parts
-from .to_onnx import module_path, to_onnx
+from .to_onnx import module_path, one_torch_thread, to_onnx
 
 NORMALIZATIONS = {
     "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
@@ -189,7 +189,8 @@ def export(
     shape = tuple(input_shape or meta.get("input_shape") or (3, 32, 32))
     _check_args(rank, energy, train, bn, shape, min_channels)
     load.check_modules(model)
-    num_classes = load.check_input_shape(model, shape)
+    with one_torch_thread():
+        num_classes = load.check_input_shape(model, shape)
     cfg = FactorizeConfig(
         rank=None if energy is not None else rank, energy=energy,
         min_channels=min_channels, train=train, bn=bn,

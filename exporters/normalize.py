@@ -12,7 +12,9 @@ dynamic batch alone becomes -1 in a Reshape. Three of its rewrites are turned of
   ones), which would make separate parameters one tensor when they train;
 - Gelu fusion: it writes com.microsoft Gelu, outside the standard opset.
 
-A graph from the dynamo exporter (opset 18) is brought back to opset 17 afterwards.
+A graph from the dynamo exporter (opset 18) is brought back to opset 17 afterwards; its
+CastLike nodes (nn.GroupNorm's constants cast like the activation) become Cast nodes to
+the statically known type beforehand, which onnxslim then folds.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             "pip install 'facto-edge[export]'"
         ) from e
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
+    _castlike_to_cast(model)
     slim = onnxslim.slim(
         model, skip_fusion_patterns=SKIPPED_FUSIONS, skip_optimizations=SKIPPED_PASSES
     )
@@ -54,6 +57,24 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         slim = to_opset17(slim)
     _drop_zero_pad_values(slim)
     return slim
+
+
+def _castlike_to_cast(model: onnx.ModelProto) -> None:
+    """CastLike(a, b) -> Cast(a, to=b's element type), where shape inference knows it."""
+    if not any(n.op_type == "CastLike" for n in model.graph.node):
+        return
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.value_info, *inferred.input, *inferred.output]
+    }
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in model.graph.node:
+        to = types.get(node.input[1]) if node.op_type == "CastLike" else None
+        if to:
+            node.op_type = "Cast"
+            del node.input[1:]
+            node.attribute.append(helper.make_attribute("to", to))
 
 
 def _drop_zero_pad_values(model: onnx.ModelProto) -> None:

@@ -32,6 +32,24 @@ DYNAMO_OPSET = 18  # the oldest opset the dynamo exporter writes; normalize brin
 def to_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
     """The model as ONNX (dynamic batch "N", input `input`, output `logits`, eval mode,
     BatchNormalization kept as nodes), before normalization."""
+    with one_torch_thread():
+        return _either_exporter(model, input_shape)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch with one intra-op thread: the exporter's forwards (a trace, a shape
+    check) are tiny work, and torch's threads made them seven times slower where other
+    processes held the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _either_exporter(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
     try:
         return _torchscript(model, input_shape)
     except ExportError as first:

@@ -193,7 +193,7 @@ def export(
     click.echo(format_layers(manifest))
     ort = "with ort/ training artifacts"
     if not manifest.ort:
-        ort = "without ort/ (onnxruntime-training absent or --no-ort)"
+        ort = "without ort/ (onnxruntime-training absent, --no-ort, or an op it cannot train)"
     click.echo(f"wrote {output} {ort}")
 
 

@@ -1,7 +1,12 @@
 """Patterns of the loaded graph fused into one op, so that backward keeps one tensor
-instead of one per step: x * sigmoid(x) becomes one Swish (SiLU) node keeping only x, and
+instead of one per step: x * sigmoid(x) becomes one Swish (SiLU) node keeping only x,
 the erf form of GELU that torch.onnx writes (x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5,
-with the 0.5 applied at any of the three places) becomes one Gelu node. A pattern fuses
+with the 0.5 applied at any of the three places) becomes one Gelu node, and nn.GroupNorm
+as both torch.onnx exporters write it at opset 17 (Reshape to [N, G, -1] ->
+InstanceNormalization with unit scale and zero bias -> Reshape back -> Mul by the
+per-channel weight -> Add of the bias; the Mul and Add are absent where onnxslim found
+a weight of ones or a bias of zeros) becomes one GroupNormalization node (opset 21's
+per-channel scale and bias). A pattern fuses
 only where its intermediate values feed nothing else and are no graph output; the fused
 node takes the name and output of the pattern's last node and runs where it ran."""
 
@@ -57,7 +62,7 @@ class _View:
 
 
 def fuse(nodes: list[Node], inits: dict, outputs: set[str]) -> list[Node]:
-    """`nodes` with every SiLU and erf-GELU pattern replaced by one node."""
+    """`nodes` with every SiLU, erf-GELU and GroupNorm pattern replaced by one node."""
     view = _View(nodes, inits, outputs)
     replaced: dict[int, Node | None] = {}  # id(node) -> its replacement (None: dropped)
     for n in nodes:
@@ -65,6 +70,7 @@ def fuse(nodes: list[Node], inits: dict, outputs: set[str]) -> list[Node]:
             continue
         match = _silu(view, n) if n.op_type == "Sigmoid" else None
         match = match or (_gelu(view, n) if n.op_type == "Erf" else None)
+        match = match or (_groupnorm(view, n) if n.op_type == "InstanceNormalization" else None)
         if match is None:
             continue
         group, fused = match
@@ -74,8 +80,10 @@ def fuse(nodes: list[Node], inits: dict, outputs: set[str]) -> list[Node]:
     return [n for n in out if n is not None]
 
 
-def _fused(op_type: str, x: str, last: Node, attrs: dict) -> Node:
-    return Node(op_type, last.name, (x,), (last.outputs[0],), attrs)
+def _fused(op_type: str, x: str, last: Node, attrs: dict, params: tuple[str, ...] = ()) -> Node:
+    """The node replacing a pattern; `params` are initializer inputs after x ('' absent)."""
+    persistent = frozenset(i + 1 for i, p in enumerate(params) if p)
+    return Node(op_type, last.name, (x, *params), (last.outputs[0],), attrs, persistent)
 
 
 def _silu(view: _View, sig: Node) -> tuple[list[Node], Node] | None:
@@ -123,6 +131,47 @@ def _gelu(view: _View, erf: Node) -> tuple[list[Node], Node] | None:
     if view.times_const(half, 0.5) != x or len(view.consumers[b]) != 1 or b in view.outputs:
         return None
     return [half, *group], _fused("Gelu", x, m1, {})
+
+
+def _groupnorm(view: _View, norm: Node) -> tuple[list[Node], Node] | None:
+    """Reshape(x, [0, G, -1]) -> InstanceNormalization(ones, zeros) -> Reshape(x's shape),
+    then optionally Mul(weight) and Add(bias), each an initializer of one value per channel."""
+    into = view.producer.get(norm.inputs[0])
+    if into is None or into.op_type != "Reshape" or len(norm.inputs) != 3:
+        return None
+    groups, unit, zero = (view.inits.get(v) for v in (into.inputs[1], *norm.inputs[1:]))
+    if groups is None or groups.size != 3 or into.inputs[0] in view.inits:
+        return None
+    if unit is None or zero is None or np.any(unit != 1) or np.any(zero != 0):
+        return None
+    back = view.sole(norm.outputs[0], "Reshape")
+    if view.sole(into.outputs[0], "InstanceNormalization") is not norm or back is None:
+        return None
+    shape = view.inits.get(back.inputs[1])
+    if shape is None or shape.size < 3 or shape.reshape(-1)[1] <= 0:
+        return None
+    attrs = {
+        "num_groups": int(groups.reshape(-1)[1]),
+        "epsilon": float(norm.attrs.get("epsilon", 1e-5)),
+        "shape": [int(d) for d in shape.reshape(-1)],
+    }
+    group, params, last = [into, norm, back], ["", ""], back
+    for slot, op_type in ((0, "Mul"), (1, "Add")):
+        step = view.sole(last.outputs[0], op_type)
+        p = None if step is None else view.other(step, last.outputs[0])
+        if p is None or not _per_channel(view.inits.get(p), attrs["shape"]):
+            continue
+        group.append(step)
+        params[slot], last = p, step
+    return group, _fused("GroupNormalization", into.inputs[0], last, attrs, tuple(params))
+
+
+def _per_channel(a: np.ndarray | None, shape: list[int]) -> bool:
+    """Whether `a` broadcasts against a tensor of `shape` as one value per channel."""
+    if a is None or a.ndim > len(shape):
+        return False
+    full = (1,) * (len(shape) - a.ndim) + a.shape
+    return full[1] == shape[1] and all(d == 1 for i, d in enumerate(full) if i != 1)
 
 
 def _near(v: float | None, target: float) -> bool:

@@ -7,10 +7,13 @@ running statistic replaced. Training-mode BatchNormalization nodes become infere
 With `merge`, each factorized chain is rebuilt into the one dense layer it replaced, from
 its current factors (in float64, rounded once to float32):
 
-    Tucker-2 conv   W[o, i, :, :] = sum_ab last[o, a] core[a, b, :, :] first[b, i]
-                    (kernel, stride, padding and dilation of `core`; bias of `last`)
+    Tucker-2 conv   W[o, i, ...] = sum_ab last[o, a] core[a, b, ...] first[b, i]
+                    (kernel, stride, padding and dilation of `core`; bias of `last`; 2-D
+                    and 1-D)
     SVD 1x1 conv    W = last @ first  (stride and padding of `first`)
     SVD Linear      W = last @ first  (Gemm, transB=1, bias of `last`)
+    SVD MatMul      W = first @ last  (x @ W: a Linear applied to a 3-D or 4-D tensor,
+                    factors stored [C_in, R] and [R, C_out]; its bias Add stays as it is)
     residual        W = weight + the chain's W above (`--train delta`: the frozen dense
                     node, the chain and their Add become one node)
 
@@ -81,17 +84,22 @@ def _inference_batchnorm(graph: onnx.GraphProto) -> None:
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """Node by the initializer it takes as weight (input 1)."""
-    return {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
+    ops = ("Conv", "Gemm", "MatMul")
+    return {n.input[1]: n for n in graph.node if n.op_type in ops and len(n.input) > 1}
 
 
 def _dense_weight(layer: LayerInfo, inits: dict[str, np.ndarray]) -> np.ndarray:
     first = inits[layer.factors["first"]].astype(np.float64)
     last = inits[layer.factors["last"]].astype(np.float64)
+    if layer.op == "MatMul":
+        return (first @ last).astype(np.float32)
+    kernel = first.shape[2:]  # (1, 1) or (1,): a conv's 1x1 factors, as matrices
+    first, last = first.reshape(first.shape[:2]), last.reshape(last.shape[:2])
     if layer.method == "tucker2":
         core = inits[layer.factors["core"]].astype(np.float64)
-        w = np.einsum("oa,abhw,bi->oihw", last[:, :, 0, 0], core, first[:, :, 0, 0])
+        w = np.einsum("oa,ab...,bi->oi...", last, core, first)
     elif layer.op == "Conv":
-        w = (last[:, :, 0, 0] @ first[:, :, 0, 0])[:, :, None, None]
+        w = (last @ first).reshape(last.shape[0], first.shape[1], *kernel)
     else:
         w = last @ first
     return w.astype(np.float32)
@@ -104,6 +112,8 @@ def _merged_node(
     inputs = [first.input[0], weight, *last.input[2:3]]
     if layer.op == "Gemm":
         return helper.make_node("Gemm", inputs, [output], name=layer.name, transB=1)
+    if layer.op == "MatMul":
+        return helper.make_node("MatMul", inputs[:2], [output], name=layer.name)
     shaped = chain[1] if layer.method == "tucker2" else first
     node = helper.make_node("Conv", inputs, [output], name=layer.name)
     node.attribute.extend(a for a in shaped.attribute if a.name != "group")
@@ -118,7 +128,9 @@ def _merge_layer(graph: onnx.GraphProto, layer: LayerInfo) -> None:
         chain = [by_weight[layer.factors[r]] for r in roles]
         dense = [by_weight[layer.factors["weight"]]] if layer.residual else []
     except KeyError as e:
-        raise ExportError(f"layer {layer.name}: factor {e} is not a Conv/Gemm weight") from e
+        raise ExportError(
+            f"layer {layer.name}: factor {e} is not the weight of a Conv, Gemm or MatMul node"
+        ) from e
     # A residual layer ends in the Add of its dense node and its chain.
     tail = [n for n in graph.node if n.op_type == "Add" and chain[-1].output[0] in n.input]
     tail = tail[:1] if layer.residual else []

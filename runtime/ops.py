@@ -11,11 +11,12 @@ per node, either an input kept through the session's codec (`keep_input(i)`: the
 of a trainable factor, the operand of a product) or raw bytes the op writes itself (a
 ReLU/Clip mask of 1 bit per element, a max-pool argmax, batch statistics). Add, frozen
 convolutions, average pools, Flatten, Reshape, Transpose, Split, Squeeze/Unsqueeze and
-ReduceMean keep nothing; LayerNormalization and Softmax keep their input and recompute
-statistics and output from it. 1-D (N, C, L) Conv/pool nodes run as their 2-D twins
-over H=1: pools and BatchNormalization on views, Conv on channel-major copies in its
-workspace (rank-3 tensors are stored as they are, rank-4 channel-major). ONNX `Constant` nodes are
-folded into initializers when the graph loads, so they need no entry.
+ReduceMean keep nothing; LayerNormalization, GroupNormalization, InstanceNormalization and
+Softmax keep their input and recompute statistics and output from it. 1-D (N, C, L)
+Conv/pool nodes run as their 2-D twins over H=1: pools and BatchNormalization on views,
+Conv on channel-major copies in its workspace (rank-3 tensors are stored as they are,
+rank-4 channel-major). ONNX `Constant` nodes are folded into initializers when the graph
+loads, so they need no entry.
 
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
 executor sums the gradients of tensors used more than once. Buffers and their layout are
@@ -467,6 +468,12 @@ OPS: dict[str, OpDef] = {
     "BatchNormalization": OpDef(shapes.batchnorm, bn.fwd, bn.bwd, bn.saved, bn.workspace),
     "LayerNormalization": OpDef(
         shapes.layernorm, norm.ln_fwd, norm.ln_bwd, norm.ln_saved, norm.ln_workspace
+    ),
+    "GroupNormalization": OpDef(
+        shapes.groupnorm, norm.gn_fwd, norm.gn_bwd, norm.gn_saved, norm.gn_workspace
+    ),
+    "InstanceNormalization": OpDef(
+        shapes.groupnorm, norm.gn_fwd, norm.gn_bwd, norm.gn_saved, norm.gn_workspace
     ),
     "Softmax": OpDef(
         shapes.softmax,

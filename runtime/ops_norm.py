@@ -1,7 +1,11 @@
 """Forward and backward of the normalizations over a tensor's own values:
-LayerNormalization (over axis..last; ConvNeXt's channels-last norm after a Transpose) and
-Softmax (one axis). Each keeps only its input, through the codec, and recomputes its
-statistics (or its output) in backward from that; the kernels are `k.norm`."""
+LayerNormalization (over axis..last; ConvNeXt's channels-last norm after a Transpose),
+GroupNormalization (over each group of channels of one sample, with a per-channel scale
+and bias, as opset 21 and nn.GroupNorm define it; the loaded graph fuses torch.onnx's
+Reshape -> InstanceNormalization -> Reshape -> Mul -> Add form into one, see fusion.py),
+InstanceNormalization (a GroupNormalization of one channel per group) and Softmax (one
+axis). Each keeps only its input, through the codec, and recomputes its statistics (or
+its output) in backward from that; the kernels are `k.norm`."""
 
 from __future__ import annotations
 
@@ -83,3 +87,47 @@ def softmax_bwd(k: Kernels, b: Bound) -> None:
     lanes, y = _lanes(b.site), b.ws["y"]
     k.norm.softmax_fwd(b.input(0).reshape(lanes), y)
     k.norm.softmax_bwd(b.gy.reshape(lanes), y, b.gx[0].reshape(lanes))
+
+
+def _groups(site: Site) -> int:
+    """Groups of a GroupNormalization node; an InstanceNormalization is one per channel."""
+    if site.node.op_type == "InstanceNormalization":
+        return site.ins[0][1]
+    return int(site.node.attrs["num_groups"])
+
+
+def _planes3(a):
+    """A stored [C, N, H, W] or [N, C, L] tensor as [C, N, S] or [N, C, S] (a view)."""
+    return None if a is None else a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def gn_saved(site: Site) -> tuple[Saved, ...]:
+    """x, when its own gradient or the scale's is needed (the bias's needs only gy)."""
+    return (keep_input(0),) if site.need[0] or (len(site.need) > 1 and site.need[1]) else ()
+
+
+def gn_workspace(k: Kernels, site: Site) -> Workspace:
+    return {"stats": ((2, site.ins[0][0] * _groups(site)), F32)}
+
+
+def gn_fwd(k: Kernels, b: Bound, training: bool) -> None:
+    s, st = b.site, b.ws["stats"]
+    x, cm, groups = _planes3(b.x[0]), s.cm_in(0), _groups(s)
+    k.norm.groupnorm_stats(x, cm, groups, _eps(b), st)
+    scale, bias = _flat(opt(b.x, 1)), _flat(opt(b.x, 2))
+    k.norm.groupnorm_fwd(x, cm, groups, scale, bias, st, _planes3(b.y[0]))
+
+
+def gn_bwd(k: Kernels, b: Bound) -> None:
+    s, st = b.site, b.ws["stats"]
+    gy, cm, groups = _planes3(b.gy), s.cm_in(0), _groups(s)
+    gscale, gbias = _flat(opt(b.gx, 1)), _flat(opt(b.gx, 2))
+    if gscale is None and b.gx[0] is None:
+        k.norm.groupnorm_bwd_params(gy, gy, cm, groups, st, None, gbias)  # gbias needs no x
+        return
+    x = _planes3(b.input(0))
+    k.norm.groupnorm_stats(x, cm, groups, _eps(b), st)
+    k.norm.groupnorm_bwd_params(gy, x, cm, groups, st, gscale, gbias)
+    if b.gx[0] is not None:
+        scale = _flat(opt(b.x, 1))
+        k.norm.groupnorm_bwd_input(gy, x, cm, groups, scale, st, _planes3(b.gx[0]))

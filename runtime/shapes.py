@@ -354,3 +354,26 @@ def layernorm(node: Node, ins: list, consts: list) -> list[Shape]:
 
 def softmax(node: Node, ins: list, consts: list) -> list[Shape]:
     return [ins[0]]
+
+
+def groupnorm(node: Node, ins: list, consts: list) -> list[Shape]:
+    """GroupNormalization (opset 21: per-channel scale and bias) and InstanceNormalization
+    of an [N, C, ...] input; a fused node's `shape` (torch.onnx's Reshape back to the
+    input's shape) must give the input's shape."""
+    x = ins[0]
+    if len(x) < 3:
+        raise unsupported(node, f"expected an [N, C, ...] input, found shape {x}")
+    groups = x[1] if node.op_type == "InstanceNormalization" else node.attrs.get("num_groups", 0)
+    if groups <= 0 or x[1] % groups:
+        raise unsupported(node, f"num_groups {groups} does not divide the {x[1]} channels")
+    for i in (1, 2):
+        if i < len(ins) and ins[i] is not None and math.prod(ins[i]) != x[1]:
+            raise unsupported(
+                node, f"input {i} of shape {ins[i]} must hold one value per channel ({x[1]})"
+            )
+    back = node.attrs.get("shape")
+    if back is not None:
+        other = [d for d, n in zip(back, x, strict=False) if d not in (0, n)]
+        if len(back) != len(x) or other not in ([], [-1]):  # 0 or the same size, one -1
+            raise unsupported(node, f"its output Reshape to {list(back)} changes the shape {x}")
+    return [x]

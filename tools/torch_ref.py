@@ -69,9 +69,17 @@ def _gemm(a: dict, x: list) -> torch.Tensor:
 
 
 def _clip(a: dict, x: list) -> torch.Tensor:
+    """Clip with nn.ReLU6's (F.hardtanh's) gradient, as the runtime and ONNX Runtime
+    have it: none at the bounds themselves (torch.clamp would pass one there, and a
+    ReLU6 after a depthwise conv of an all-zero window meets its lower bound exactly)."""
     lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
     hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
-    return torch.clamp(x[0], lo, hi)
+    inside = torch.ones_like(x[0], dtype=torch.bool)
+    if lo is not None:
+        inside &= x[0] > lo
+    if hi is not None:
+        inside &= x[0] < hi
+    return torch.where(inside, x[0], torch.clamp(x[0], lo, hi).detach())
 
 
 def _prelu(a: dict, x: list) -> torch.Tensor:
@@ -120,6 +128,19 @@ def _slice(a: dict, x: list) -> torch.Tensor:
     return out
 
 
+def _pad(a: dict, x: list) -> torch.Tensor:
+    """A constant-mode ONNX Pad (begins of each axis, then ends; negative ones crop)."""
+    assert a.get("mode", b"constant") in (b"constant", "constant"), "Pad modes"
+    pads, rank = x[1].tolist(), x[0].dim()
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(rank))
+    before, after = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        before[axis], after[axis] = pads[i], pads[i + len(axes)]
+    pairs = [v for axis in reversed(range(rank)) for v in (before[axis], after[axis])]
+    value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
+    return F.pad(x[0], pairs, value=value)
+
+
 def _axes(a: dict, x: list) -> list[int] | None:
     axes = x[1].tolist() if len(x) > 1 else a.get("axes")
     return None if axes is None else list(axes)
@@ -142,6 +163,18 @@ def _layernorm(a: dict, x: list) -> torch.Tensor:
     shape = x[0].shape[a.get("axis", -1) % x[0].dim() :]
     bias = x[2].reshape(shape) if len(x) > 2 and x[2] is not None else None
     return F.layer_norm(x[0], shape, x[1].reshape(shape), bias, a.get("epsilon", 1e-5))
+
+
+def _groupnorm(a: dict, x: list) -> torch.Tensor:
+    """GroupNormalization as opset 21 defines it (one scale and bias value per channel)."""
+    channels = x[0].shape[1]
+    scale = x[1].reshape(channels) if len(x) > 1 and x[1] is not None else None
+    bias = x[2].reshape(channels) if len(x) > 2 and x[2] is not None else None
+    return F.group_norm(x[0], a["num_groups"], scale, bias, a.get("epsilon", 1e-5))
+
+
+def _instancenorm(a: dict, x: list) -> torch.Tensor:
+    return F.instance_norm(x[0], weight=x[1], bias=x[2], eps=a.get("epsilon", 1e-5))
 
 
 OPS: dict[str, Fn] = {
@@ -173,11 +206,14 @@ OPS: dict[str, Fn] = {
     "Concat": lambda a, x: torch.cat(x, a["axis"]),
     "BatchNormalization": _batchnorm,
     "Slice": _slice,
+    "Pad": _pad,
     "Transpose": lambda a, x: x[0].permute(*a.get("perm", range(x[0].dim() - 1, -1, -1))),
     "ReduceMean": _reduce_mean,
     "Squeeze": lambda a, x: x[0].squeeze(_axes(a, x)) if _axes(a, x) else x[0].squeeze(),
     "Unsqueeze": _unsqueeze,
     "LayerNormalization": _layernorm,
+    "GroupNormalization": _groupnorm,
+    "InstanceNormalization": _instancenorm,
     "Softmax": lambda a, x: x[0].softmax(a.get("axis", -1)),
 }
 

@@ -111,3 +111,113 @@ def softmax_bwd(gy, y, gx):  # pragma: no cover - compiled
             dot += gy[o, j, i] * y[o, j, i]
         for j in range(n):
             gx[o, j, i] = y[o, j, i] * (gy[o, j, i] - dot)
+
+
+@kernel
+def groupnorm_stats(x, cm, groups, eps, stats):  # pragma: no cover - compiled
+    """stats[:, n * groups + g] = (mean, 1 / sqrt(variance + eps)) of group g of sample n,
+    for x stored [C, N, S] (`cm`, channel-major) or [N, C, S]."""
+    nc, nb = (x.shape[0], x.shape[1]) if cm else (x.shape[1], x.shape[0])
+    per, npix = nc // groups, x.shape[2]
+    count = per * npix
+    for t in prange(nb * groups):
+        n, g = t // groups, t % groups
+        m = 0.0
+        for c in range(g * per, (g + 1) * per):
+            for p in range(npix):
+                m += x[c, n, p] if cm else x[n, c, p]
+        m /= count
+        v = 0.0
+        for c in range(g * per, (g + 1) * per):
+            for p in range(npix):
+                d = (x[c, n, p] if cm else x[n, c, p]) - m
+                v += d * d
+        stats[0, t] = m
+        stats[1, t] = 1.0 / np.sqrt(v / count + eps)
+
+
+@kernel
+def _gn_fwd(x, cm, groups, scale, bias, has_scale, has_bias, stats, y):  # pragma: no cover
+    nc, nb = (x.shape[0], x.shape[1]) if cm else (x.shape[1], x.shape[0])
+    per, npix = nc // groups, x.shape[2]
+    for t in prange(nb * groups):
+        n, g = t // groups, t % groups
+        m, inv = stats[0, t], stats[1, t]
+        for c in range(g * per, (g + 1) * per):
+            a = inv * (scale[c] if has_scale else 1.0)
+            b = (bias[c] if has_bias else 0.0) - m * a
+            for p in range(npix):
+                if cm:
+                    y[c, n, p] = x[c, n, p] * a + b
+                else:
+                    y[n, c, p] = x[n, c, p] * a + b
+
+
+def groupnorm_fwd(x, cm, groups, scale, bias, stats, y) -> None:
+    """y = (x - mean) / std of each group, times scale[c] plus bias[c] (either None)."""
+    s = x.reshape(-1) if scale is None else scale
+    args = (s, s if bias is None else bias, scale is not None, bias is not None)
+    _gn_fwd(x, cm, groups, *args, stats, y)
+
+
+@kernel
+def _gn_bwd_input(gy, x, cm, groups, scale, has_scale, stats, gx):  # pragma: no cover
+    nc, nb = (x.shape[0], x.shape[1]) if cm else (x.shape[1], x.shape[0])
+    per, npix = nc // groups, x.shape[2]
+    count = per * npix
+    for t in prange(nb * groups):
+        n, g = t // groups, t % groups
+        m, inv = stats[0, t], stats[1, t]
+        a = 0.0
+        b = 0.0
+        for c in range(g * per, (g + 1) * per):
+            w = scale[c] if has_scale else 1.0
+            for p in range(npix):
+                d = gy[c, n, p] * w if cm else gy[n, c, p] * w
+                a += d
+                b += d * ((x[c, n, p] if cm else x[n, c, p]) - m) * inv
+        a /= count
+        b /= count
+        for c in range(g * per, (g + 1) * per):
+            w = scale[c] if has_scale else 1.0
+            for p in range(npix):
+                if cm:
+                    gx[c, n, p] = inv * (gy[c, n, p] * w - a - (x[c, n, p] - m) * inv * b)
+                else:
+                    gx[n, c, p] = inv * (gy[n, c, p] * w - a - (x[n, c, p] - m) * inv * b)
+
+
+def groupnorm_bwd_input(gy, x, cm, groups, scale, stats, gx) -> None:
+    """gx = d groupnorm(x) / dx applied to gy (overwrites gx; scale may be None)."""
+    s = x.reshape(-1) if scale is None else scale
+    _gn_bwd_input(gy, x, cm, groups, s, scale is not None, stats, gx)
+
+
+@kernel
+def _gn_bwd_params(gy, x, cm, groups, stats, gscale, gbias, need_s, need_b):  # pragma: no cover
+    nc, nb = (x.shape[0], x.shape[1]) if cm else (x.shape[1], x.shape[0])
+    per, npix = nc // groups, x.shape[2]
+    for c in prange(nc):
+        s = 0.0
+        b = 0.0
+        for n in range(nb):
+            t = n * groups + c // per
+            m, inv = stats[0, t], stats[1, t]
+            for p in range(npix):
+                d = gy[c, n, p] if cm else gy[n, c, p]
+                b += d
+                if need_s:
+                    s += d * ((x[c, n, p] if cm else x[n, c, p]) - m) * inv
+        if need_s:
+            gscale[c] = s
+        if need_b:
+            gbias[c] = b
+
+
+def groupnorm_bwd_params(gy, x, cm, groups, stats, gscale, gbias) -> None:
+    """gscale[c] = sum of gy * normalized x over samples and positions of channel c,
+    gbias[c] = sum of gy (either may be None; x is read only for gscale)."""
+    if gscale is None and gbias is None:
+        return
+    gs, gb = (gbias if gscale is None else gscale), (gscale if gbias is None else gbias)
+    _gn_bwd_params(gy, x, cm, groups, stats, gs, gb, gscale is not None, gbias is not None)

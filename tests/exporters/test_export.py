@@ -196,3 +196,18 @@ def test_delta_trains_only_a_zero_last_beside_the_frozen_weight(exported):
     dense = [layer for layer in manifest.layers if not layer.residual]
     assert all(layer.method == "dense" for layer in dense)
     assert set(manifest.trainable) == {n for layer in manifest.layers for n in layer.trainable}
+
+
+def test_an_op_ort_training_cannot_differentiate_skips_ort_with_a_warning(tmp_path):
+    pytest.importorskip("onnxruntime.training")
+    from facto_edge import export
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Hardsigmoid(),  # a trainable factor
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    with pytest.warns(UserWarning, match=r"no gradient for HardSigmoid \(node /3/"):
+        manifest = export(model, tmp_path / "m.facto", input_shape=(3, 8, 8), rank=0.5)
+    assert not manifest.ort and not (tmp_path / "m.facto" / "ort").exists()
+    assert not Manifest.load(tmp_path / "m.facto").ort

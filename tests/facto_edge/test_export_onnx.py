@@ -69,3 +69,51 @@ def test_batchnorm_in_training_mode_exports_for_inference(pretrained_pt, small_n
         assert bns and all(len(n.output) == 1 for n in bns)
         np.testing.assert_allclose(ort_logits(path, x), session.predict(x), atol=1e-4, rtol=0)
     assert Manifest.load(run / "model.facto").layers == Manifest.load(tmp_path / "bn.facto").layers
+
+
+def pointwise_linears():
+    """ConvNeXt's pointwise Linears on a channels-last 4-D tensor (MatMul layers) and a
+    1-D convolution (Tucker-2 in 1-D), each wide enough to factorize."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, padding=1)
+            self.up = nn.Linear(32, 64)
+            self.down = nn.Linear(64, 32, bias=False)
+            self.line = nn.Conv1d(32, 24, 3, padding=1)
+            self.fc = nn.Linear(24, 10)
+
+        def forward(self, x):
+            y = self.stem(x).permute(0, 2, 3, 1)
+            y = self.down(torch.relu(self.up(y))).permute(0, 3, 1, 2)
+            return self.fc(self.line(y.flatten(2)).mean(2))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_merge_rebuilds_matmul_and_1d_layers(tmp_path):
+    from facto_edge import export
+
+    model_dir = tmp_path / "m.facto"
+    manifest = export(pointwise_linears(), model_dir, input_shape=(3, 6, 6), rank=0.5, ort=False)
+    layers = {layer.name: layer for layer in manifest.layers}
+    assert [layers[n].op for n in ("up", "down")] == ["MatMul", "MatMul"]
+    assert {layers[n].method for n in ("up", "down", "line")} == {"svd", "tucker2"}
+
+    result = export_onnx(model_dir, tmp_path / "merged.onnx", merge=True)
+    assert {"up", "down", "line"} <= set(result.merged)
+    x = np.random.default_rng(0).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        ort_logits(result.path, x), ort_logits(model_dir / "model.onnx", x), rtol=1e-4, atol=1e-5
+    )
+    graph = onnx.load(str(result.path)).graph
+    inits = {t.name: list(t.dims) for t in graph.initializer}
+    assert inits["up.weight"] == [32, 64] and inits["down.weight"] == [64, 32]
+    assert inits["line.weight"] == [24, 32, 3]
+    assert not {layers[n].factors["first"] for n in ("up", "down", "line")} & inits.keys()
+    matmuls = {n.name: list(n.input) for n in graph.node if n.op_type == "MatMul"}
+    assert matmuls["up"][1] == "up.weight" and matmuls["down"][1] == "down.weight"

@@ -453,6 +453,10 @@ OP_CASES = {
     "layernorm channels last": ("LayerNormalization", {"epsilon": 1e-6}, [(2, 3, 2, 4), W((4,)), W((4,))]),  # noqa: E501
     "layernorm 2d no bias": ("LayerNormalization", {}, [(3, 5), W((5,))]),
     "layernorm bias only": ("LayerNormalization", {}, [(3, 5), C((5,)), W((5,))]),
+    "groupnorm": ("GroupNormalization", {"num_groups": 2}, [(2, 4, 3, 2), W((4,)), W((4,))]),
+    "groupnorm rank3 no scale": ("GroupNormalization", {"num_groups": 2, "epsilon": 1e-3}, [(2, 4, 5), None, W((4, 1))]),  # noqa: E501
+    "groupnorm one group": ("GroupNormalization", {"num_groups": 1}, [(2, 3, 2, 2), W((3, 1, 1)), C((3, 1, 1))]),  # noqa: E501
+    "instancenorm": ("InstanceNormalization", {}, [X4, W((3,)), C((3,))]),
     "softmax": ("Softmax", {}, [(3, 5)]),
     "softmax channels": ("Softmax", {"axis": 1}, [X4]),
     "softmax batch": ("Softmax", {"axis": 0}, [X4]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,3 +85,74 @@ def test_patterns_fuse_and_train_like_pytorch(gelu):
 def test_shared_sigmoid_is_not_fused():
     ops = [n.op_type for n in load_graph(_model("x*a*0.5", silu_shared=True)).nodes]
     assert ops[:3] == ["Conv", "Sigmoid", "Mul"] and "Gelu" in ops
+
+
+class GroupNormNet(torch.nn.Module):
+    """Conv -> GroupNorm -> ReLU twice, a pool and a Linear: nn.GroupNorm as torch.onnx
+    writes it (Reshape -> InstanceNormalization -> Reshape, then Mul and Add)."""
+
+    def __init__(self, affine_ones: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        torch.manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(2, 16), nn.ReLU(),
+        )  # fmt: skip
+        if not affine_ones:  # a trained model's weight and bias: the Mul and Add stay
+            for m in self.body:
+                if isinstance(m, nn.GroupNorm):
+                    m.weight.data.uniform_(0.5, 1.5)
+                    m.bias.data.uniform_(-0.3, 0.3)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+class ShapePoolGroupNormNet(GroupNormNet):
+    """The same, pooled by a kernel read from the shape: only the dynamo exporter takes
+    it, and writes its GroupNorms with CastLike nodes that export folds."""
+
+    def forward(self, x):
+        y = self.body(x)
+        return self.fc(F.avg_pool2d(y, y.shape[2:]).flatten(1))
+
+
+@pytest.mark.parametrize(
+    "net, affine_ones",
+    [(GroupNormNet, False), (GroupNormNet, True), (ShapePoolGroupNormNet, False)],
+    ids=["torchscript", "torchscript-affine-ones", "dynamo"],
+)
+def test_groupnorm_exports_fuses_and_trains_like_pytorch(tmp_path, net, affine_ones):
+    from facto_edge.exporters.export import export
+
+    out = tmp_path / "gn.facto"
+    model = net(affine_ones).eval()
+    export(model, out, input_shape=(3, 8, 8), rank=0.5, train="core,last", ort=False)
+    nodes = load_graph(out).nodes
+    fused = [n for n in nodes if n.op_type == "GroupNormalization"]
+    assert [n.attrs["num_groups"] for n in fused] == [4, 2]
+    assert "InstanceNormalization" not in {n.op_type for n in nodes}
+    written = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert written.count("InstanceNormalization") == 2  # standard opset-17 ONNX on disk
+    reshapes = written.count("Reshape") - [n.op_type for n in nodes].count("Reshape")
+    assert reshapes == 4  # both of each GroupNorm's Reshapes fused away
+    assert all(bool(n.inputs[1]) != affine_ones for n in fused)
+
+    x, y = batch(4, shape=(3, 8, 8), classes=10, seed=5)
+    session = TrainingSession(out, batch_size=4)
+    loss, grads = session.compute_gradients(x, y)
+    ref = TorchReference.load(out)
+    ref_loss = F.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert grads.keys() == ref.grads().keys() and grads
+    for key, g in ref.grads().items():
+        np.testing.assert_allclose(grads[key], g, rtol=1e-4, atol=1e-5, err_msg=key)
+
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.predict(x), expected, rtol=1e-4, atol=1e-5)
+    losses = [session.train_step(x, y) for _ in range(8)]
+    assert losses[-1] < losses[0]

@@ -101,6 +101,30 @@ def test_softmax_batch_axis_rank4():
 def test_softmax_middle_axis_rank3():
     check_op("Softmax", {"axis": 1}, [(2, 4, 3)], lambda x: x.softmax(1))
 
+def test_groupnorm():
+    check_op("GroupNormalization", {"num_groups": 2}, [(2, 6, 3, 4), W((6,)), W((6,))], lambda x, w, b: F.group_norm(x, 2, w, b), grad_atol=2e-4)
+
+def test_groupnorm_fused_affine_shapes_eps():
+    check_op("GroupNormalization", {"num_groups": 3, "epsilon": 1e-3}, [(3, 6, 2, 5), W((6, 1, 1)), C((6, 1, 1))], lambda x, w, b: F.group_norm(x, 3, w.reshape(-1), b.reshape(-1), 1e-3), grad_atol=2e-4)
+
+def test_groupnorm_no_scale_rank3():
+    check_op("GroupNormalization", {"num_groups": 2}, [(2, 4, 7), None, W((4,))], lambda x, w, b: F.group_norm(x, 2) + b.reshape(4, 1), grad_atol=2e-4)
+
+def test_groupnorm_no_affine_one_group():
+    check_op("GroupNormalization", {"num_groups": 1}, [X4], lambda x: F.group_norm(x, 1), grad_atol=2e-4)
+
+def test_groupnorm_frozen_input_scale_trains():
+    check_op("GroupNormalization", {"num_groups": 2}, [X((2, 4, 3, 3)), W((4,)), C((4,))], lambda x, w, b: F.group_norm(x, 2, w, b))
+
+def test_groupnorm_only_bias_trains():
+    check_op("GroupNormalization", {"num_groups": 2}, [X((2, 4, 3, 3)), C((4,)), W((4,))], lambda x, w, b: F.group_norm(x, 2, w, b))
+
+def test_instancenorm():
+    check_op("InstanceNormalization", {"epsilon": 1e-5}, [X4, W((3,)), W((3,))], lambda x, w, b: F.instance_norm(x, weight=w, bias=b), grad_atol=2e-4)
+
+def test_instancenorm_rank3_as_torch_onnx_writes_groupnorm():
+    check_op("InstanceNormalization", {}, [(2, 2, 12), C((2,)), C((2,))], lambda x, w, b: F.instance_norm(x, weight=w, bias=b), grad_atol=2e-4)
+
 def test_conv1d():
     check_op("Conv", {"pads": (1, 1)}, [L3, W((4, 3, 3)), W((4,))], lambda x, w, b: F.conv1d(x, w, b, padding=1))
 
@@ -187,6 +211,14 @@ def test_split_then_concat_reversed(attrs, split):
         ("Squeeze", {"axes": (1,)}, [X4], "not all of size 1"),
         ("Transpose", {"perm": (0, 0, 1, 2)}, [X4], "not a permutation"),
         ("Conv", {}, [(2, 3, 4, 5, 6), W((4, 3, 1, 1, 1))], "1-D .* and 2-D"),
+        (
+            "GroupNormalization",
+            {"num_groups": 4},
+            [X4, W((3,)), W((3,))],
+            "does not divide the 3 channels",
+        ),
+        ("GroupNormalization", {"num_groups": 3}, [X4, W((1,)), W((3,))], "one value per channel"),
+        ("GroupNormalization", {"num_groups": 3, "shape": [0, 3, 6, 5]}, [X4], "changes the shape"),
     ],
 )
 def test_unsupported_shapes_are_named(op, attrs, shapes_, match):
