@@ -15,6 +15,7 @@ from facto_edge.runtime.budget import parse_size
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
 CODECS = ("fp32", "fp16", "q8", "q4", "q2")
+WIRES = ("fp32", "fp16", "q8")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class FleetConfig:
     `min_clients`); `min_available`: clients that must be connected before a round starts;
     `budget`: each client's peak memory; `local_epochs`, `batch_size`, `lr`, `momentum`,
     `codec`: each client's TrainingSession and loop, its learning rate in round r being
-    `lr * lr_decay ** (r - 1)`; `strategy`: "fedavg", "fedavgm" (server learning rate
+    `lr * lr_decay ** (r - 1)`; `wire`: how the travelling tensors are encoded, both
+    ways (wire.py: "fp32", "fp16" or "q8"); `strategy`: "fedavg", "fedavgm" (server learning rate
     `server_lr`, server momentum `server_momentum`), "fedadam" (server learning rate
     `server_lr`) or "fedprox" (proximal weight `proximal_mu`);
     `seed`: sampling, partitions and batch order; `timeout`: seconds a round waits for
@@ -52,6 +54,7 @@ class FleetConfig:
     lr_decay: float = 0.9
     momentum: float = 0.9
     codec: str = "q4"
+    wire: str = "fp32"
     strategy: str = "fedavg"
     server_lr: float = 0.1
     server_momentum: float = 0.0
@@ -88,6 +91,7 @@ class FleetConfig:
         ok = math.isfinite(self.server_lr) and self.server_lr > 0
         _require(ok, "--server-lr", "a finite number > 0", self.server_lr)
         _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
+        _require(self.wire in WIRES, "--wire", f"one of {WIRES}", self.wire)
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
         _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
         _require(self.threads >= 1, "threads", "a positive integer", self.threads)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.state import FleetState
-from facto_edge.fleet.tensors import full_model_bytes, record_bytes, to_record
+from facto_edge.fleet.tensors import full_model_bytes, record_bytes
+from facto_edge.fleet.wire import encode
 from facto_edge.runtime.checkpoint import write_text_atomic
 
 REPORT_FILE, PLOT_FILE = "fleet.json", "fleet.png"
@@ -29,7 +30,7 @@ class FleetReport:
     backend: str
     rounds: list[dict]
     trainable: list[str]
-    trainable_bytes: int  # one way, one client, one round
+    trainable_bytes: int  # one way, one client, one round, as encoded on the wire
     full_model_bytes: dict  # {"factorized": ..., "dense": ...}, one way
     wall_seconds: float  # of this invocation (a resumed run: the rounds it ran)
     server_peak_rss: int  # of the server's process (with Ray: the simulation's driver)
@@ -52,7 +53,7 @@ def build_report(
     peaks = [r["client_peak_rss"] for r in state.history if r.get("client_peak_rss")]
     return FleetReport(
         config=asdict(cfg), backend=backend, rounds=state.history,
-        trainable=sorted(state.tensors), trainable_bytes=record_bytes(to_record(state.tensors)),
+        trainable=sorted(state.tensors), trainable_bytes=record_bytes(encode(state.tensors, cfg.wire)),
         full_model_bytes=full_model_bytes(cfg.model), wall_seconds=seconds,
         server_peak_rss=server_peak, client_peak_rss=max(peaks, default=None),
     )  # fmt: skip
