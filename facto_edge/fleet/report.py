@@ -53,7 +53,8 @@ def build_report(
     peaks = [r["client_peak_rss"] for r in state.history if r.get("client_peak_rss")]
     return FleetReport(
         config=asdict(cfg), backend=backend, rounds=state.history,
-        trainable=sorted(state.tensors), trainable_bytes=record_bytes(encode(state.tensors, cfg.wire)),
+        trainable=sorted(state.tensors),
+        trainable_bytes=record_bytes(encode(state.tensors, cfg.wire)),
         full_model_bytes=full_model_bytes(cfg.model), wall_seconds=seconds,
         server_peak_rss=server_peak, client_peak_rss=max(peaks, default=None),
     )  # fmt: skip

@@ -5,7 +5,7 @@ three encodings, each `encode(x) -> Array` and `decode(array, shape) -> float32`
 | --- | --- | --- |
 | fp32 | the tensor itself (npy) | 4 |
 | fp16 | float16 (npy), rounded to nearest | 2 |
-| q8 | int8 values q and one float32 scale s (x ~ s q, s = max abs x / 127, rounded to nearest) | 1, + 4 per tensor |
+| q8 | int8 q and a float32 scale s: x ~ s q, s = max abs x / 127, to nearest | 1, + 4 a tensor |
 
 The server keeps its global tensors in fp32. Down, it sends them encoded; a client decodes
 them to fp32 and trains. Up, fp32 sends the trained tensors themselves (an update is the
