@@ -6,7 +6,8 @@ a TrainingSession of the shared model under its budget, writes the global tensor
 it, trains its part of the data (`data.client_data`: from the part the server side wrote,
 parts.py) for `local_epochs` at cfg.client_lr(round), and replies with its trained
 tensors (ArrayRecord "arrays", the same names: the trainable tensors, and the running
-statistics of a --bn train export, `travelling`) and "metrics": num-examples
+statistics of a --bn train export, `travelling`; both ways encoded for cfg.wire, and on a
+lossy wire the reply holds their change from what came, wire.py) and "metrics": num-examples
 (FedAvg's weight), train-loss, partition-id and its process's peak-rss. A "query" message
 asks only for the client's partition-id, which the server samples by.
 
