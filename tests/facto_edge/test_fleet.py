@@ -125,7 +125,8 @@ def test_failing_and_nan_clients_are_rejected_and_counted(cfg, tmp_path):
         def on_warning(self, message: str) -> None:
             warnings.append(message)
 
-    one = dataclasses.replace(cfg, rounds=1, wire="fp32")  # updates: the client's tensors
+    # FedAvg over fp32 updates: an update is the client's tensors, bit for bit
+    one = dataclasses.replace(cfg, rounds=1, wire="fp32", strategy="fedavg")
     report = simulate(one, tmp_path, backend="inprocess", client_app=wrapped(one, faulty),
                       callbacks=[Warnings()], plot=False)  # fmt: skip
     r = report.final
