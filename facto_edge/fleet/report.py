@@ -66,12 +66,13 @@ def write_report(run_dir: Path, report: FleetReport, plot: bool = True) -> Path:
     data["share_of_full_exchange"] = {k: report.share(k) for k in report.full_model_bytes}
     path = write_text_atomic(run_dir / REPORT_FILE, json.dumps(data, indent=2))
     if plot:
-        plot_rounds(run_dir / PLOT_FILE, report.rounds)
+        plot_rounds(run_dir / PLOT_FILE, report.rounds, report.centralized)
     return path
 
 
-def plot_rounds(path: Path, rounds: list[dict]) -> Path:
-    """Global accuracy and loss per round, with the clients that failed or were rejected."""
+def plot_rounds(path: Path, rounds: list[dict], centralized: dict | None = None) -> Path:
+    """Global accuracy and loss per round, with the clients that failed or were rejected,
+    and the centralized baseline's accuracy where there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +80,11 @@ def plot_rounds(path: Path, rounds: list[dict]) -> Path:
 
     x = [r["round"] for r in rounds]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(x, [100 * r["accuracy"] for r in rounds], marker="o")
+    ax1.plot(x, [100 * r["accuracy"] for r in rounds], marker="o", label="fleet")
+    if centralized:
+        label = f"centralized, {centralized['epochs']} epochs"
+        ax1.axhline(100 * centralized["accuracy"], color="gray", linestyle="--", label=label)
+        ax1.legend(loc="lower right")
     ax1.set(xlabel="round", ylabel="held-out accuracy (%)", title="global model")
     ax2.plot(x, [r["loss"] for r in rounds], marker="o", label="held-out loss")
     bad = [r.get("failed", 0) + r.get("rejected", 0) for r in rounds]
