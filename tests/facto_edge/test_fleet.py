@@ -220,6 +220,12 @@ def test_config_travels_as_a_run_config(cfg):
         FleetConfig.from_run_config({"data": "digits:"})
     with pytest.raises(FactoEdgeError, match="--fraction"):
         dataclasses.replace(cfg, fraction=1.5).check()
+    with pytest.raises(FactoEdgeError, match=r"--wire must be one of \('fp32', 'fp16', 'q8'\)"):
+        dataclasses.replace(cfg, wire="q4").check()
+    # server lr 0: the strategy's own default
+    assert (cfg.strategy, cfg.server_step) == ("fedavgm", 1.0)
+    assert dataclasses.replace(cfg, strategy="fedadam").server_step == 0.1
+    assert dataclasses.replace(cfg, strategy="fedadam", server_lr=0.01).server_step == 0.01
 
 
 def test_cli_simulate_writes_fleet_json(cfg, tmp_path):
