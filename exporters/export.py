@@ -18,6 +18,7 @@ import onnx
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from facto_edge.auto_export import EXPORT_DEFAULTS
 from facto_edge.errors import ExportError, UnsupportedOpError
 from facto_edge.runtime.checkpoint import write_atomic
 from facto_edge.runtime.manifest import Manifest
@@ -132,11 +133,11 @@ def export(
     out_dir: str | Path,
     *,
     input_shape: tuple[int, ...] | None = None,
-    rank: float | None = 0.25,
+    rank: float | None = EXPORT_DEFAULTS["rank"],
     energy: float | None = None,
     min_channels: int = 8,
-    train: str = "last",
-    bn: str = "fold",
+    train: str = EXPORT_DEFAULTS["train"],
+    bn: str = EXPORT_DEFAULTS["bn"],
     ort: bool = True,
     force: bool = False,
     trust_pickle: bool = False,
@@ -155,7 +156,9 @@ def export(
         (3, 32, 32).
     rank, energy : rank as a fraction of channels, or the share of energy to keep.
     train : which factors of each layer train: "last", "first", "core", "all", or a
-        comma-separated mix such as "core,last" (an SVD layer's "core" is its "last").
+        comma-separated mix such as "core,last" (an SVD layer's "core" is its "last"); or
+        "delta": each factorized layer keeps its weight frozen and trains a low-rank
+        update beside it, whose `last` starts at zero (docs/export.md).
     bn : "fold" BatchNorm into the last factor, or keep it trainable ("train"): the BN of
         each factorized layer trains (batch statistics); a layer that stays dense stays
         frozen, its BN folded.
@@ -171,7 +174,7 @@ def export(
     say = progress or (lambda msg: None)
     out = Path(os.path.abspath(out_dir))
     clean_leftovers(out, is_export)
-    _check_output(out, force)
+    check_output(out, force)
     meta: dict = {}
     if isinstance(model_or_path, nn.Module):
         model = model_or_path.eval()
@@ -212,7 +215,7 @@ def is_export(path: Path) -> bool:
     )
 
 
-def _check_output(out: Path, force: bool) -> None:
+def check_output(out: Path, force: bool) -> None:
     """Raise unless writing `out` loses nothing: new, or a previous export with `force`."""
     if not out.exists():
         return
@@ -238,7 +241,7 @@ def _write_atomic(out: Path, proto, manifest: Manifest, ort: bool, force: bool, 
             say("writing ONNX Runtime training artifacts")
             manifest.ort = write_ort_artifacts(proto, manifest, build / "ort")
         write_atomic(build / "manifest.json", lambda f: f.write(manifest.to_json().encode()))
-        _check_output(out, force)
+        check_output(out, force)
         replace_dir(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import parse_norm, parse_shape
+from facto_edge.auto_export import EXPORT_DEFAULTS
+from facto_edge.cli_common import parse_lr_groups, parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 
 @click.group(cls=FactoGroup)
@@ -46,7 +48,7 @@ def zoo(name, output, seed, num_classes, input_shape, list_, force) -> None:
 
 def format_layers(manifest) -> str:
     """The per-layer export table and its totals."""
-    head = (f"{'layer':<24} {'shape':<16} {'method':<8} {'ranks':<9} {'params':>17} "
+    head = (f"{'layer':<24} {'shape':<16} {'method':<9} {'ranks':<9} {'params':>17} "
             f"{'MFLOPs':>15} {'rel.err':>7}  trainable")  # fmt: skip
     lines = [head, "-" * len(head)]
     for layer in manifest.layers:
@@ -56,8 +58,9 @@ def format_layers(manifest) -> str:
         flops = f"{layer.flops_before / 1e6:>7.1f}>{layer.flops_after / 1e6:<7.1f}"
         roles = [r for r, n in layer.factors.items() if n in layer.trainable] or ["-"]
         note = f" ({layer.note})" if layer.note else ""
+        method = f"{layer.method}+W" if layer.residual else layer.method
         lines.append(
-            f"{layer.name:<24.24} {shape:<16} {layer.method:<8} {ranks:<9} {params:>17} "
+            f"{layer.name:<24.24} {shape:<16} {method:<9} {ranks:<9} {params:>17} "
             f"{flops:>15} {layer.rel_error:>7.3f}  {','.join(roles)}{note}"
         )
     t = manifest.totals()
@@ -83,7 +86,7 @@ def format_layers(manifest) -> str:
     "--rank",
     type=float,
     default=None,
-    help="Rank as a fraction of channels, in (0, 1].  [default: 0.25]",
+    help=f"Rank as a fraction of channels, in (0, 1].  [default: {EXPORT_DEFAULTS['rank']}]",
 )
 @click.option(
     "--energy", type=float, default=None, help="Keep this share of squared singular values instead."
@@ -94,17 +97,34 @@ def format_layers(manifest) -> str:
 @click.option(
     "--train",
     "train",
-    default="last",
-    show_default=True,
-    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last).",
+    default=None,
+    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last); "
+    "or delta: keep each factorized layer's weight frozen and train a low-rank update "
+    f"beside it that starts at zero.  [default: {EXPORT_DEFAULTS['train']}]",
 )
 @click.option(
     "--bn",
-    default="fold",
-    show_default=True,
+    default=None,
     type=click.Choice(["fold", "train"]),
     help="Fold BatchNorm into the last factor, or train it (batch statistics) with each "
-    "factorized layer.",
+    f"factorized layer.  [default: {EXPORT_DEFAULTS['bn']}]",
+)
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Choose --rank, --train and --bn: the configuration with the best accuracy in "
+    "the fine-tuning study (docs/accuracy.md) whose training fits --budget.",
+)
+@click.option("--budget", default=None, help="With --auto: the training's peak memory, e.g. 512MB.")
+@click.option(
+    "--batch-size", default=32, show_default=True, help="With --auto: the training's batch size."
+)
+@click.option(
+    "--codec",
+    default="q4",
+    show_default=True,
+    type=click.Choice(["q8", "q4", "q2"]),
+    help="With --auto: the training's codec.",
 )
 @click.option(
     "--mean",
@@ -127,8 +147,8 @@ def format_layers(manifest) -> str:
     help="Load MODEL even if it is a pickled nn.Module, which runs code from the file.",
 )
 def export(
-    model, output, input_shape, rank, energy, min_channels, train, bn, mean, std, onnx_only,
-    no_ort, force, trust_pickle,
+    model, output, input_shape, rank, energy, min_channels, train, bn, auto, budget,
+    batch_size, codec, mean, std, onnx_only, no_ort, force, trust_pickle,
 ) -> None:  # fmt: skip
     """Factorize MODEL (TorchScript archive, or a pickled nn.Module) into a *.facto directory.
 
@@ -139,16 +159,34 @@ def export(
 
     if rank is not None and energy is not None:
         raise FactoEdgeError("give --rank or --energy, not both")
-    rank = 0.25 if rank is None and energy is None else rank
+    common = dict(
+        input_shape=parse_shape(input_shape), min_channels=min_channels,
+        trust_pickle=trust_pickle, mean=parse_norm(mean, "--mean"),
+        std=parse_norm(std, "--std"), runtime_check=not onnx_only,
+        progress=lambda msg: click.echo(f"... {msg}", err=True),
+    )  # fmt: skip
+    if auto:
+        given = [f"--{k}" for k, v in (("rank", rank), ("energy", energy), ("train", train),
+                                       ("bn", bn)) if v is not None]  # fmt: skip
+        if given:
+            raise FactoEdgeError(f"--auto chooses {', '.join(given)} itself: give one or the other")
+        if budget is None:
+            raise FactoEdgeError("--auto needs --budget: the peak memory training may use")
+    elif budget is not None:
+        raise FactoEdgeError("--budget belongs to --auto here; `facto-edge train` takes its own")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        manifest = export_model(
-            model, output, input_shape=parse_shape(input_shape), rank=rank, energy=energy,
-            min_channels=min_channels, train=train, bn=bn, ort=not no_ort, force=force,
-            trust_pickle=trust_pickle, mean=parse_norm(mean, "--mean"),
-            std=parse_norm(std, "--std"), runtime_check=not onnx_only,
-            progress=lambda msg: click.echo(f"... {msg}", err=True),
-        )  # fmt: skip
+        if auto:
+            manifest = _auto_export(model, output, budget, batch_size, codec, not no_ort,
+                                    force, common)  # fmt: skip
+        else:
+            if rank is None and energy is None:
+                rank = EXPORT_DEFAULTS["rank"]
+            manifest = export_model(
+                model, output, rank=rank, energy=energy,
+                train=train or EXPORT_DEFAULTS["train"], bn=bn or EXPORT_DEFAULTS["bn"],
+                ort=not no_ort, force=force, **common,
+            )  # fmt: skip
     for w in caught:
         if issubclass(w.category, UserWarning):
             click.secho(f"warning: {w.message}", fg="yellow", err=True)
@@ -159,8 +197,31 @@ def export(
     click.echo(f"wrote {output} {ort}")
 
 
+def _auto_export(model, output, budget, batch_size, codec, ort, force, common):
+    from facto_edge.auto_export import choose_and_export
+    from facto_edge.runtime.budget import format_size
+
+    def say(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    choice, manifest = choose_and_export(
+        model, output, budget, batch_size=batch_size, codec=codec, ort=ort, force=force,
+        say=say, **common,
+    )  # fmt: skip
+    for line in choice.tried:
+        click.echo(f"--auto: {line}", err=True)
+    c = choice.candidate
+    click.echo(
+        f"--auto chose {c.options()} ({c.study}): training at batch {batch_size} with "
+        f"{codec} is expected to peak at {format_size(choice.peak)} of the "
+        f"{budget} budget, saving {format_size(choice.saved_bytes)} per step",
+        err=True,
+    )
+    return manifest
+
+
 DATA_HELP = "Image folder, CIFAR or IDX folder, .npz, or 'digits:'."
-CODECS = ["fp32", "fp16", "q8", "q4", "q2"]
+CODECS = list(CODEC_NAMES)
 
 
 def _warn(message: str) -> None:
@@ -187,6 +248,12 @@ def _batch_size(value: str) -> int | str:
 @click.option("--batch-size", default="32", show_default=True, help="N, or auto (fit --budget).")
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--lr", default=0.01, show_default=True, help="Base learning rate.")
+@click.option(
+    "--lr-groups",
+    default=None,
+    help="Learning-rate multipliers per parameter group, e.g. bn=10,head=0.5; groups: "
+    "factors, bias, bn (BatchNorm scale and shift), head (the last Linear).",
+)
 @click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option(
@@ -197,6 +264,13 @@ def _batch_size(value: str) -> int | str:
 )
 @click.option("--warmup-steps", default=0, show_default=True)
 @click.option("--codec", default="q4", show_default=True, type=click.Choice(CODECS))
+@click.option(
+    "--rounding",
+    default="nearest",
+    show_default=True,
+    type=click.Choice(["nearest", "stochastic"]),
+    help="How the q8/q4/q2 codec rounds: to nearest, or stochastic (unbiased, seeded).",
+)
 @click.option("--val-split", default=0.1, show_default=True, help="Fraction held out.")
 @click.option("--augment", is_flag=True, help="Random crop (4-pixel padding), horizontal flip.")
 @click.option("--seed", default=0, show_default=True)
@@ -211,7 +285,7 @@ def _batch_size(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
-def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
+def train(model, data, output, budget, epochs, batch_size, resume, lr_groups, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
     from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.progress import TqdmProgress
@@ -232,6 +306,7 @@ def train(model, data, output, budget, epochs, batch_size, resume, **options) ->
             budget=budget,
             resume=resume,
             callbacks=[bar],
+            lr_groups=parse_lr_groups(lr_groups),
             **options,
         )
     except TrainingInterrupted as e:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import click
 
 from facto_edge.cli_errors import FactoCommand
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
-CODECS = ["fp32", "fp16", "q8", "q4", "q2"]
+CODECS = list(CODEC_NAMES)
 
 
 class _Bar:

@@ -31,6 +31,7 @@ from facto_edge.child import next_message
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import allowance, format_size, parse_size
 from facto_edge.runtime.checkpoint import write_text_atomic
+from facto_edge.runtime.preload import release_compiler_pages
 from facto_edge.safe_io import aside_path, clean_leftovers
 from facto_edge.train import Callback, RunInfo
 
@@ -216,6 +217,7 @@ def train_in_fresh_process(
     queue = ctx.Queue()
     args = (queue, str(model_dir), str(data), str(run_dir), options)
     proc = ctx.Process(target=_train_process, args=args)
+    release_compiler_pages()  # the export imported numba: LLVM pages held here stay in the child
     proc.start()
     try:
         while True:

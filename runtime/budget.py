@@ -10,6 +10,7 @@ caches them per set of versions.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import platform
 import re
@@ -106,10 +107,6 @@ def _cache_file() -> Path:
 def _versions() -> str:
     """The cache key: everything the fixed cost depends on, the runtime's source included
     (so that a changed kernel in a development tree is measured again)."""
-    import numba
-    import numpy
-    import onnx
-
     import facto_edge
     import facto_edge.runtime as rt
 
@@ -120,13 +117,22 @@ def _versions() -> str:
     parts = [
         f"python={platform.python_version()}",
         f"machine={platform.machine()}",
-        f"numpy={numpy.__version__}",
-        f"numba={numba.__version__}",
-        f"onnx={onnx.__version__}",
+        *(f"{name}={_version_of(name)}" for name in ("numpy", "numba", "onnx")),
         f"facto_edge={facto_edge.__version__}",
         f"runtime={digest.hexdigest()[:12]}",
     ]
     return ";".join(parts)
+
+
+def _version_of(name: str) -> str:
+    """The installed version of distribution `name`, read from its metadata: importing numba
+    here would initialize LLVM, whose resident pages a child process then cannot hand back
+    (MADV_PAGEOUT spares pages that another process maps): a parent that spawns budgeted
+    children must keep LLVM untouched."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _probe_once() -> tuple[int, int, int]:

@@ -38,6 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .codec_names import CODEC_NAMES
 from .errors import FactoEdgeError, NumericalError
 from .kernels import codec_kernels as K
 
@@ -206,7 +207,7 @@ def _make(name: str, group: int, rounding: str, k) -> Codec:
 
 
 CODECS: dict[str, Codec] = {
-    name: _make(name, DEFAULT_GROUP, "nearest", K) for name in ("fp32", "fp16", "q8", "q4", "q2")
+    name: _make(name, DEFAULT_GROUP, "nearest", K) for name in CODEC_NAMES
 }
 
 

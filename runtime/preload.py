@@ -16,7 +16,10 @@ inflate the process's resident memory. A session therefore
 The process peaks at the larger of its start-up (imports and kernel loading) and its
 steady state (what stays resident plus the arena), not at their sum. The kernel reclaims
 only pages that no other process maps: while other numba processes run on the machine,
-the pages they share stay resident (up to ~40 MiB measured). On systems without
+the pages they share stay resident (up to ~40 MiB measured; importing numba alone makes
+40 MiB of them resident). A process that spawns budgeted children (the bench's driver,
+the demo) therefore releases its own pages before each spawn, and code that only needs
+names (budget's cache key, codec_names) does not import numba. On systems without
 MADV_PAGEOUT (Linux before 5.4, macOS, Windows) the release does nothing.
 """
 

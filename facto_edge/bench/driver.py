@@ -28,6 +28,7 @@ from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
 from facto_edge.bench.systems import WorkerArgs
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import format_size
+from facto_edge.runtime.preload import release_compiler_pages
 
 Progress = Callable[[int, int, str], None]
 POLL_S = 0.05
@@ -131,6 +132,7 @@ def run_worker(args: WorkerArgs, env: dict | None, timeout_s: float, rss_limit: 
     """Run one worker process; its JSON line, or an error record. Adds `first_step_s`."""
     payload = json.dumps(dataclasses.asdict(args))
     cmd = [sys.executable, "-m", "facto_edge.bench.worker", payload]
+    release_compiler_pages()  # LLVM pages this process holds would stay in the worker's RSS
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         launched = time.time()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)

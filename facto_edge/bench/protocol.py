@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facto_edge.errors import FactoEdgeError
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 SYSTEMS: dict[str, str] = {
     "pytorch-dense": "PyTorch dense (BN train)",
@@ -64,11 +65,9 @@ class BenchConfig:
         unknown = [s for s in self.systems if s not in SYSTEMS]
         if unknown or not self.systems:
             raise FactoEdgeError(f"systems must be among {', '.join(SYSTEMS)}, found {unknown}")
-        from facto_edge.runtime.codecs import CODECS
-
-        bad = [c for c in self.codecs if c not in CODECS]
+        bad = [c for c in self.codecs if c not in CODEC_NAMES]
         if bad or not self.codecs:
-            raise FactoEdgeError(f"codecs must be among {', '.join(CODECS)}, found {bad}")
+            raise FactoEdgeError(f"codecs must be among {', '.join(CODEC_NAMES)}, found {bad}")
         if not self.models:
             raise FactoEdgeError("give at least one model")
         counts = {"batch": self.batch, "steps": self.steps, "warmup": self.warmup,

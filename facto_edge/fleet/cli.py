@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from facto_edge.cli_errors import FactoGroup
+from facto_edge.fleet.config import WIRE_NAMES
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 
 def _fleet_options(fn):
@@ -32,9 +34,8 @@ def _fleet_options(fn):
                      help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
         click.option("--codec", default="q4", show_default=True,
-                     type=click.Choice(["fp32", "fp16", "q8", "q4", "q2"])),
-        click.option("--wire", default="fp16", show_default=True,
-                     type=click.Choice(["fp32", "fp16", "q8"]),
+                     type=click.Choice(CODEC_NAMES)),
+        click.option("--wire", default="fp16", show_default=True, type=click.Choice(WIRE_NAMES),
                      help="Encoding of the tensors on the wire, both ways."),
         click.option("--strategy", default="fedavgm", show_default=True,
                      type=click.Choice(["fedavg", "fedavgm", "fedadam", "fedprox"])),

@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, fields
 
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
+from facto_edge.runtime.codec_names import CODEC_NAMES
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
 SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1}  # what server_lr 0 stands for
-CODECS = ("fp32", "fp16", "q8", "q4", "q2")
-WIRES = ("fp32", "fp16", "q8")
+CODECS = CODEC_NAMES
+WIRE_NAMES = ("fp32", "fp16", "q8")  # wire.WIRES, named without importing flwr
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class FleetConfig:
         ok = math.isfinite(self.server_lr) and self.server_lr >= 0
         _require(ok, "--server-lr", "a finite number >= 0 (0: the default)", self.server_lr)
         _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
-        _require(self.wire in WIRES, "--wire", f"one of {WIRES}", self.wire)
+        _require(self.wire in WIRE_NAMES, "--wire", f"one of {WIRE_NAMES}", self.wire)
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
         _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
         _require(self.threads >= 1, "threads", "a positive integer", self.threads)

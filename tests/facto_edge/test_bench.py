@@ -179,3 +179,21 @@ def test_wait_until_idle_gives_up_after_max_wait():
     assert busy is None or 0.0 <= busy <= os.cpu_count()
     assert waited >= 0.9
     assert wait_until_idle(max_busy=float("inf"), max_wait_s=60.0)[1] < 30.0
+
+
+def test_the_driver_process_keeps_numba_out_until_a_child_needs_it():
+    # Importing numba makes ~40 MiB of LLVM resident, and pages a parent maps stay in every
+    # worker's RSS (MADV_PAGEOUT spares shared pages): validating a configuration and the
+    # probe's cache key must not import it (a bench once reported 194 MiB for a 156 MiB run).
+    code = (
+        "import sys\n"
+        "from facto_edge.bench.protocol import BenchConfig\n"
+        "from facto_edge.runtime import budget\n"
+        "BenchConfig(models=('simple_cnn',), codecs=('q4', 'q2')).validate()\n"
+        "budget._versions()\n"
+        "print([m for m in ('numba', 'llvmlite') if m in sys.modules])"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

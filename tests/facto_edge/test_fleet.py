@@ -401,7 +401,10 @@ def test_a_bad_update_on_a_lossy_wire_is_rejected(cfg, tmp_path):
 
 
 def test_the_q8_wire_round_trips_within_half_a_step():
-    from facto_edge.fleet.wire import decode, decode_up, encode_up
+    from facto_edge.fleet.config import WIRE_NAMES
+    from facto_edge.fleet.wire import WIRES, decode, decode_up, encode_up
+
+    assert tuple(WIRES) == WIRE_NAMES
 
     rng = np.random.default_rng(0)
     x = {"w": rng.normal(size=(3, 5)).astype(np.float32), "z": np.zeros(4, np.float32)}
