@@ -30,7 +30,7 @@ def _fleet_options(fn):
         click.option("--local-epochs", default=10, show_default=True),
         click.option("--batch-size", default=8, show_default=True),
         click.option("--lr", default=0.05, show_default=True, help="Clients' learning rate."),
-        click.option("--lr-decay", default=0.85, show_default=True,
+        click.option("--lr-decay", default=0.95, show_default=True,
                      help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
         click.option("--codec", default="q4", show_default=True,

@@ -54,7 +54,7 @@ class FleetConfig:
     local_epochs: int = 10
     batch_size: int = 8
     lr: float = 0.05
-    lr_decay: float = 0.85
+    lr_decay: float = 0.95
     momentum: float = 0.9
     codec: str = "q4"
     wire: str = "fp16"
