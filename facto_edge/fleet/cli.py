@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from facto_edge.cli_errors import FactoGroup
+from facto_edge.fleet.config import WIRE_NAMES
 from facto_edge.runtime.codec_names import CODEC_NAMES
 
 
@@ -29,16 +30,18 @@ def _fleet_options(fn):
         click.option("--local-epochs", default=10, show_default=True),
         click.option("--batch-size", default=8, show_default=True),
         click.option("--lr", default=0.05, show_default=True, help="Clients' learning rate."),
-        click.option("--lr-decay", default=0.9, show_default=True,
+        click.option("--lr-decay", default=0.95, show_default=True,
                      help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
         click.option("--codec", default="q4", show_default=True,
                      type=click.Choice(CODEC_NAMES)),
-        click.option("--strategy", default="fedavg", show_default=True,
+        click.option("--wire", default="fp16", show_default=True, type=click.Choice(WIRE_NAMES),
+                     help="Encoding of the tensors on the wire, both ways."),
+        click.option("--strategy", default="fedavgm", show_default=True,
                      type=click.Choice(["fedavg", "fedavgm", "fedadam", "fedprox"])),
-        click.option("--server-lr", default=0.1, show_default=True,
-                     help="FedAvgM's server learning rate, FedAdam's eta."),
-        click.option("--server-momentum", default=0.0, show_default=True,
+        click.option("--server-lr", default=0.0, show_default=True,
+                     help="FedAvgM's server learning rate, FedAdam's eta (0: 1.0, 0.1)."),
+        click.option("--server-momentum", default=0.5, show_default=True,
                      help="FedAvgM's server momentum."),
         click.option("--proximal-mu", default=0.01, show_default=True, help="FedProx's mu."),
         click.option("--seed", default=0, show_default=True),

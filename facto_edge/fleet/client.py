@@ -6,7 +6,8 @@ a TrainingSession of the shared model under its budget, writes the global tensor
 it, trains its part of the data (`data.client_data`: from the part the server side wrote,
 parts.py) for `local_epochs` at cfg.client_lr(round), and replies with its trained
 tensors (ArrayRecord "arrays", the same names: the trainable tensors, and the running
-statistics of a --bn train export, `travelling`) and "metrics": num-examples
+statistics of a --bn train export, `travelling`; both ways encoded for cfg.wire, and on a
+lossy wire the reply holds their change from what came, wire.py) and "metrics": num-examples
 (FedAvg's weight), train-loss, partition-id and its process's peak-rss. A "query" message
 asks only for the client's partition-id, which the server samples by.
 
@@ -31,7 +32,7 @@ from facto_edge.data import iterate_batches
 from facto_edge.errors import DataError, NumericalError
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.data import client_data
-from facto_edge.fleet.tensors import from_record, to_record
+from facto_edge.fleet.wire import decode, encode_up
 from facto_edge.runtime.checkpoint import write_into
 from facto_edge.runtime.rss import peak_rss_bytes
 
@@ -95,12 +96,15 @@ def local_train(
 
 
 def train_reply(message: Message, cfg: FleetConfig, partition: int) -> RecordDict:
-    """The content of the reply to a "train" message."""
+    """The content of the reply to a "train" message: both ways, the tensors are encoded
+    for cfg.wire (wire.py; a lossy wire sends back the change from what came)."""
     config = message.content["config"]
-    tensors = from_record(message.content["arrays"])
+    record = message.content["arrays"]
+    tensors = decode(record, {k: tuple(a.shape) for k, a in record.items()}, cfg.wire)
     mu = float(config.get("proximal-mu", 0.0))
     trained, metrics = local_train(cfg, partition, tensors, int(config["server-round"]), mu)
-    return RecordDict({"arrays": to_record(trained), "metrics": MetricRecord(metrics)})
+    reply = encode_up(trained, tensors, cfg.wire)
+    return RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)})
 
 
 def client_app(config: FleetConfig | None = None) -> ClientApp:

@@ -15,7 +15,9 @@ from facto_edge.runtime.budget import parse_size
 from facto_edge.runtime.codec_names import CODEC_NAMES
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
+SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1}  # what server_lr 0 stands for
 CODECS = CODEC_NAMES
+WIRE_NAMES = ("fp32", "fp16", "q8")  # wire.WIRES, named without importing flwr
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,11 @@ class FleetConfig:
     `min_clients`); `min_available`: clients that must be connected before a round starts;
     `budget`: each client's peak memory; `local_epochs`, `batch_size`, `lr`, `momentum`,
     `codec`: each client's TrainingSession and loop, its learning rate in round r being
-    `lr * lr_decay ** (r - 1)`; `strategy`: "fedavg", "fedavgm" (server learning rate
-    `server_lr`, server momentum `server_momentum`), "fedadam" (server learning rate
-    `server_lr`) or "fedprox" (proximal weight `proximal_mu`);
+    `lr * lr_decay ** (r - 1)`; `wire`: how the travelling tensors are encoded, both
+    ways (wire.py: "fp32", "fp16" or "q8"); `strategy`: "fedavg", "fedavgm" (server learning
+    rate `server_lr`, server momentum `server_momentum`), "fedadam" (server learning rate
+    `server_lr`) or "fedprox" (proximal weight `proximal_mu`); `server_lr` 0 stands for the
+    strategy's own default (SERVER_LR: FedAvgM 1.0, FedAdam 0.1);
     `seed`: sampling, partitions and batch order; `timeout`: seconds a round waits for
     replies; `threads`: each client session's threads; `parts`: a directory of the
     clients' parts written by the server side (parts.py; empty: each client opens `data`
@@ -50,12 +54,13 @@ class FleetConfig:
     local_epochs: int = 10
     batch_size: int = 8
     lr: float = 0.05
-    lr_decay: float = 0.9
+    lr_decay: float = 0.95
     momentum: float = 0.9
     codec: str = "q4"
-    strategy: str = "fedavg"
-    server_lr: float = 0.1
-    server_momentum: float = 0.0
+    wire: str = "fp16"
+    strategy: str = "fedavgm"
+    server_lr: float = 0.0
+    server_momentum: float = 0.5
     proximal_mu: float = 0.01
     seed: int = 0
     timeout: float = 600.0
@@ -86,9 +91,10 @@ class FleetConfig:
         _require(0 < self.lr_decay <= 1, "--lr-decay", "a factor in (0, 1]", self.lr_decay)
         ok = 0 <= self.server_momentum < 1
         _require(ok, "--server-momentum", "a factor in [0, 1)", self.server_momentum)
-        ok = math.isfinite(self.server_lr) and self.server_lr > 0
-        _require(ok, "--server-lr", "a finite number > 0", self.server_lr)
+        ok = math.isfinite(self.server_lr) and self.server_lr >= 0
+        _require(ok, "--server-lr", "a finite number >= 0 (0: the default)", self.server_lr)
         _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
+        _require(self.wire in WIRE_NAMES, "--wire", f"one of {WIRE_NAMES}", self.wire)
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
         _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
         _require(self.threads >= 1, "threads", "a positive integer", self.threads)
@@ -101,6 +107,12 @@ class FleetConfig:
     def client_lr(self, server_round: int) -> float:
         """The clients' learning rate in `server_round` (1-based)."""
         return self.lr * self.lr_decay ** (server_round - 1)
+
+    @property
+    def server_step(self) -> float:
+        """The server learning rate of FedAvgM or FedAdam: server_lr, or for 0 the
+        strategy's default."""
+        return self.server_lr or SERVER_LR.get(self.strategy, 1.0)
 
     @property
     def sampled(self) -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.state import FleetState
-from facto_edge.fleet.tensors import full_model_bytes, record_bytes, to_record
+from facto_edge.fleet.tensors import full_model_bytes, record_bytes
+from facto_edge.fleet.wire import encode
 from facto_edge.runtime.checkpoint import write_text_atomic
 
 REPORT_FILE, PLOT_FILE = "fleet.json", "fleet.png"
@@ -29,7 +30,7 @@ class FleetReport:
     backend: str
     rounds: list[dict]
     trainable: list[str]
-    trainable_bytes: int  # one way, one client, one round
+    trainable_bytes: int  # one way, one client, one round, as encoded on the wire
     full_model_bytes: dict  # {"factorized": ..., "dense": ...}, one way
     wall_seconds: float  # of this invocation (a resumed run: the rounds it ran)
     server_peak_rss: int  # of the server's process (with Ray: the simulation's driver)
@@ -52,7 +53,8 @@ def build_report(
     peaks = [r["client_peak_rss"] for r in state.history if r.get("client_peak_rss")]
     return FleetReport(
         config=asdict(cfg), backend=backend, rounds=state.history,
-        trainable=sorted(state.tensors), trainable_bytes=record_bytes(to_record(state.tensors)),
+        trainable=sorted(state.tensors),
+        trainable_bytes=record_bytes(encode(state.tensors, cfg.wire)),
         full_model_bytes=full_model_bytes(cfg.model), wall_seconds=seconds,
         server_peak_rss=server_peak, client_peak_rss=max(peaks, default=None),
     )  # fmt: skip
@@ -64,12 +66,13 @@ def write_report(run_dir: Path, report: FleetReport, plot: bool = True) -> Path:
     data["share_of_full_exchange"] = {k: report.share(k) for k in report.full_model_bytes}
     path = write_text_atomic(run_dir / REPORT_FILE, json.dumps(data, indent=2))
     if plot:
-        plot_rounds(run_dir / PLOT_FILE, report.rounds)
+        plot_rounds(run_dir / PLOT_FILE, report.rounds, report.centralized)
     return path
 
 
-def plot_rounds(path: Path, rounds: list[dict]) -> Path:
-    """Global accuracy and loss per round, with the clients that failed or were rejected."""
+def plot_rounds(path: Path, rounds: list[dict], centralized: dict | None = None) -> Path:
+    """Global accuracy and loss per round, with the clients that failed or were rejected,
+    and the centralized baseline's accuracy where there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +80,11 @@ def plot_rounds(path: Path, rounds: list[dict]) -> Path:
 
     x = [r["round"] for r in rounds]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(x, [100 * r["accuracy"] for r in rounds], marker="o")
+    ax1.plot(x, [100 * r["accuracy"] for r in rounds], marker="o", label="fleet")
+    if centralized:
+        label = f"centralized, {centralized['epochs']} epochs"
+        ax1.axhline(100 * centralized["accuracy"], color="gray", linestyle="--", label=label)
+        ax1.legend(loc="lower right")
     ax1.set(xlabel="round", ylabel="held-out accuracy (%)", title="global model")
     ax2.plot(x, [r["loss"] for r in rounds], marker="o", label="held-out loss")
     bad = [r.get("failed", 0) + r.get("rejected", 0) for r in rounds]

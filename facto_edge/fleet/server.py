@@ -7,10 +7,11 @@ One round (`_Rounds.run_round`):
    for its partition-id);
 2. sample cfg.sampled partitions from (seed, round), and send each a "train" message
    with the global trainable tensors (an ArrayRecord keyed by initializer name, built by
-   the strategy: FedAvg, FedAdam or FedProx);
+   the strategy: FedAvg, FedAdam or FedProx; encoded for cfg.wire, wire.py);
 3. sort the replies: an error reply, or no reply within `timeout`, is a failure; an update
-   with the wrong names, shapes or dtypes, or NaN/Inf, is rejected (tensors.check_update);
-   neither stops the round or reaches the aggregate;
+   with the wrong names, shapes or encoding, or NaN/Inf, is rejected (tensors.check_update);
+   neither stops the round or reaches the aggregate. An accepted one is decoded to the
+   fp32 client tensors it stands for (wire.decode_up), which the strategy aggregates;
 4. aggregate the accepted updates in partition order (the same sums in every run) and
    merge them by name into the global tensors; the frozen factors never travel and stay
    as exported on both sides. With no accepted update the global model stays;
@@ -39,6 +40,7 @@ from facto_edge.fleet.grid import SampledGrid
 from facto_edge.fleet.state import FleetState, load_state, save_state
 from facto_edge.fleet.strategy import make_strategy, restore_strategy, start_round, strategy_state
 from facto_edge.fleet.tensors import check_update, from_record, record_bytes, to_record
+from facto_edge.fleet.wire import decode_up, encode
 from facto_edge.rundir import model_fingerprint
 from facto_edge.runtime.checkpoint import write_into
 from facto_edge.runtime.rss import peak_rss_bytes
@@ -197,9 +199,13 @@ class _Rounds:
         arrays = to_record(self.state.tensors)
         sub = SampledGrid(self.grid, [node_of[p] for p in chosen])
         start_round(self.strategy, arrays)
-        msgs = self.strategy.configure_train(r, arrays, ConfigRecord(), sub)
+        wired = encode(self.state.tensors, self.cfg.wire)
+        msgs = []
+        for msg in self.strategy.configure_train(r, arrays, ConfigRecord(), sub):
+            msg.content["arrays"] = wired  # the strategy sees fp32, the clients the wire's
+            msgs.append(msg)
         replies = list(self.grid.send_and_receive(msgs, timeout=self.cfg.timeout))
-        outcome = self._sort(replies, chosen, record_bytes(arrays))
+        outcome = self._sort(replies, chosen, record_bytes(wired))
         accepted = outcome.pop("_accepted")
         if accepted:
             merged, _ = self.strategy.aggregate_train(r, accepted)
@@ -230,10 +236,12 @@ class _Rounds:
                 rejected[str(p)] = "no ArrayRecord 'arrays' in the reply"
                 continue
             bytes_from[str(p)] = record_bytes(record)
-            why = check_update(record, self.state.tensors) or _check_metrics(content)
-            if why:
+            why = check_update(record, self.state.tensors, self.cfg.wire)
+            if why := why or _check_metrics(content):
                 rejected[str(p)] = why
                 continue
+            # the strategy aggregates the fp32 client tensors the update stands for
+            content["arrays"] = to_record(decode_up(record, self.state.tensors, self.cfg.wire))
             good[p] = reply
             losses.append(float(content["metrics"]["train-loss"]))
             peaks.append(int(content["metrics"]["peak-rss"]))

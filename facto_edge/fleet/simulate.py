@@ -7,7 +7,9 @@ backend "ray": Flower's Simulation Engine (flwr.simulation.run_simulation), each
 ClientApp call in a Ray actor (one CPU each); "inprocess": the same apps served one
 message after another in this process (grid.InProcessGrid), without Ray's start-up. Both
 read their parts of the data from RUN/parts/ (parts.py: written here first, so that
-a client process needs neither the data source nor scikit-learn), write
+a client process needs neither the data source nor scikit-learn), prepare the kernels
+the clients' budgeted sessions load (runtime/prepare.py: compiled in child processes,
+once per machine), write
 RUN/fleet-state.npz every round, and at the end RUN/fleet.json (report.py) and
 RUN/fleet.png. An existing run in RUN resumes from its last round.
 """
@@ -57,6 +59,7 @@ def simulate(
     started = time.perf_counter()
     if not cfg.parts:
         cfg = replace(cfg, parts=str(write_parts(cfg, Path(run_dir) / "parts")))
+    _prepare_kernels(cfg)
     if backend == "inprocess":
         from facto_edge.fleet.client import client_app as make_client_app
         from facto_edge.fleet.grid import InProcessGrid
@@ -77,6 +80,16 @@ def simulate(
         report.centralized = centralized(cfg)
     write_report(Path(run_dir), report, plot=plot)
     return report
+
+
+def _prepare_kernels(cfg: FleetConfig) -> None:
+    """Compile what the clients' budgeted sessions need, in child processes, before any
+    client starts: a budgeted session loads its kernels from numba's cache and compiles
+    none (runtime/prepare.py), and every simulated client shares this machine's cache.
+    Nothing to do on a machine already prepared."""
+    from facto_edge.runtime.prepare import prepare_kernels
+
+    prepare_kernels(cfg.model, (cfg.codec,), "sgd")  # the clients' optimizer (client.py)
 
 
 class _Forward(FleetCallback):

@@ -25,9 +25,9 @@ _ALL = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1,
 def make_strategy(cfg: FleetConfig) -> FedAvg:
     """The Flower strategy of `cfg.strategy`."""
     if cfg.strategy == "fedadam":
-        return FedAdam(**_ALL, eta=cfg.server_lr, eta_l=cfg.lr)
+        return FedAdam(**_ALL, eta=cfg.server_step, eta_l=cfg.lr)
     if cfg.strategy == "fedavgm":
-        return FedAvgM(**_ALL, server_learning_rate=cfg.server_lr,
+        return FedAvgM(**_ALL, server_learning_rate=cfg.server_step,
                        server_momentum=cfg.server_momentum)  # fmt: skip
     if cfg.strategy == "fedprox":
         return FedProx(**_ALL, proximal_mu=cfg.proximal_mu)

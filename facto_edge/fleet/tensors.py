@@ -3,8 +3,8 @@ Flower ArrayRecord keyed by initializer name. The frozen factors never leave the
 directory that every node holds.
 
 `check_update` is the gate before aggregation: an update is rejected, never merged,
-unless it carries exactly the expected names, each with the expected shape and dtype, and
-only finite values.
+unless it carries exactly the expected names, each with the expected shape and the wire's
+encoding (wire.py), and only finite values.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import onnx
 from flwr.app import Array, ArrayRecord
 from onnx import numpy_helper
 
+from facto_edge.fleet.wire import decode
 from facto_edge.runtime.checkpoint import host_copy
 from facto_edge.runtime.manifest import Manifest
 
@@ -35,23 +36,22 @@ def record_bytes(record: ArrayRecord) -> int:
     return record.count_bytes()
 
 
-def check_update(record: ArrayRecord, expected: dict[str, np.ndarray]) -> str | None:
-    """Why the update `record` must be rejected (one line), or None if it may merge."""
+def check_update(
+    record: ArrayRecord, expected: dict[str, np.ndarray], wire: str = "fp32"
+) -> str | None:
+    """Why the update `record`, encoded for `wire` (wire.py), must be rejected (one line),
+    or None if it may merge: exactly the expected names, each with the expected shape and
+    the wire's encoding, and only finite values."""
     missing = sorted(expected.keys() - record.keys())
     extra = sorted(record.keys() - expected.keys())
     if missing or extra:
         return f"wrong tensors: missing {missing[:3]}, unexpected {extra[:3]}"
-    for name, want in expected.items():
-        try:
-            got = record[name].numpy()
-        except Exception as e:  # a payload numpy cannot read is a bad update too
-            return f"tensor {name!r} is unreadable ({type(e).__name__})"
-        if got.shape != want.shape or got.dtype != want.dtype:
-            return (
-                f"tensor {name!r} is {got.dtype}{list(got.shape)}, expected "
-                f"{want.dtype}{list(want.shape)}"
-            )
-        if not np.isfinite(got).all():
+    try:
+        got = decode(record, {k: v.shape for k, v in expected.items()}, wire)
+    except ValueError as e:
+        return str(e)
+    for name, a in got.items():
+        if not np.isfinite(a).all():
             return f"tensor {name!r} holds NaN or Inf"
     return None
 

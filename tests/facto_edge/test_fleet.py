@@ -23,6 +23,7 @@ from facto_edge.fleet.server import FleetCallback  # noqa: E402
 from facto_edge.fleet.simulate import simulate  # noqa: E402
 from facto_edge.fleet.state import load_state  # noqa: E402
 from facto_edge.fleet.tensors import check_update  # noqa: E402
+from facto_edge.fleet.wire import encode  # noqa: E402
 from facto_edge.runtime.manifest import Manifest  # noqa: E402
 
 
@@ -84,11 +85,11 @@ def test_only_the_trainable_tensors_travel(straight, cfg):
     trainable = sorted(manifest.trainable)
     assert len(seen) == 2 * 2 * 4  # 2 rounds, 4 clients, to and from
     shapes = {k: v.numpy().shape for k, v in seen[0][2].items()}
-    payload = sum(4 * int(np.prod(s)) for s in shapes.values())
+    payload = sum(v.numpy().nbytes for v in seen[0][2].values())  # at the wire's precision
     for _, _, record in seen:
         assert sorted(record.keys()) == trainable
         assert record.count_bytes() == report.trainable_bytes
-    # npy headers and key names are all that comes on top of the fp32 payload
+    # npy headers and key names are all that comes on top of the payload
     assert payload < report.trainable_bytes < payload + 160 * len(trainable)
     for r in report.rounds[1:]:
         assert r["bytes_to_client"] == report.trainable_bytes
@@ -124,7 +125,8 @@ def test_failing_and_nan_clients_are_rejected_and_counted(cfg, tmp_path):
         def on_warning(self, message: str) -> None:
             warnings.append(message)
 
-    one = dataclasses.replace(cfg, rounds=1)
+    # FedAvg over fp32 updates: an update is the client's tensors, bit for bit
+    one = dataclasses.replace(cfg, rounds=1, wire="fp32", strategy="fedavg")
     report = simulate(one, tmp_path, backend="inprocess", client_app=wrapped(one, faulty),
                       callbacks=[Warnings()], plot=False)  # fmt: skip
     r = report.final
@@ -218,6 +220,12 @@ def test_config_travels_as_a_run_config(cfg):
         FleetConfig.from_run_config({"data": "digits:"})
     with pytest.raises(FactoEdgeError, match="--fraction"):
         dataclasses.replace(cfg, fraction=1.5).check()
+    with pytest.raises(FactoEdgeError, match=r"--wire must be one of \('fp32', 'fp16', 'q8'\)"):
+        dataclasses.replace(cfg, wire="q4").check()
+    # server lr 0: the strategy's own default
+    assert (cfg.strategy, cfg.server_step) == ("fedavgm", 1.0)
+    assert dataclasses.replace(cfg, strategy="fedadam").server_step == 0.1
+    assert dataclasses.replace(cfg, strategy="fedadam", server_lr=0.01).server_step == 0.01
 
 
 def test_cli_simulate_writes_fleet_json(cfg, tmp_path):
@@ -326,3 +334,88 @@ def test_the_deployment_app_is_a_valid_flower_app(cfg, tmp_path):
     assert FleetConfig.from_run_config(run_config) == tuned
     parsed = parse_config_args([node_config(3, 4, str(tmp_path))])
     assert parsed == {"partition-id": 3, "num-partitions": 4, "parts": str(tmp_path)}
+
+
+@pytest.mark.parametrize("wire", ["fp16", "q8"])
+def test_a_lossy_wire_cuts_the_bytes_and_the_fleet_still_learns(cfg, tmp_path, wire):
+    """fp16 halves each tensor's payload (npy headers and names stay), q8 quarters it (plus
+    a 4-byte scale, no header); both ways, every round. The server still holds fp32."""
+    seen: list[tuple[str, ArrayRecord]] = []
+
+    def spy(inner, message, context):
+        seen.append(("to", message.content["arrays"]))
+        reply = inner(message, context)
+        seen.append(("from", reply.content["arrays"]))
+        return reply
+
+    lossy = dataclasses.replace(cfg, wire=wire)
+    report = simulate(lossy, tmp_path, backend="inprocess", client_app=wrapped(lossy, spy),
+                      plot=False)  # fmt: skip
+    state = load_state(tmp_path)
+    assert {a.dtype for a in state.tensors.values()} == {np.dtype(np.float32)}
+    fp32 = encode(state.tensors, "fp32").count_bytes()
+    sizes = {k: int(np.prod(v.shape)) for k, v in seen[0][1].items()}
+    payload = 4 * sum(sizes.values())
+    if wire == "fp16":
+        assert fp32 - report.trainable_bytes == payload // 2
+    else:
+        assert report.trainable_bytes == sum(n + 4 + len(k) for k, n in sizes.items())
+    assert len(seen) == 2 * 2 * 4
+    for _, record in seen:
+        assert record.count_bytes() == report.trainable_bytes
+    for r in report.rounds[1:]:
+        assert r["bytes_to_client"] == report.trainable_bytes
+        assert r["bytes_from_client"] == {str(p): report.trainable_bytes for p in range(4)}
+    accuracy = [r["accuracy"] for r in report.rounds]
+    assert accuracy[2] > accuracy[0] + 0.1
+    assert all(r["finished"] == 4 for r in report.rounds[1:])
+
+
+def test_a_bad_update_on_a_lossy_wire_is_rejected(cfg, tmp_path):
+    """On the fp16 wire, NaN, a float32 payload and a torn payload are each rejected."""
+
+    def faulty(inner, message, context):
+        p = context.node_config["partition-id"]
+        reply = inner(message, context)
+        arrays = dict(reply.content["arrays"].items())
+        name = sorted(arrays)[0]
+        if p == 1:
+            arrays[name] = Array(np.full(arrays[name].shape, np.nan, np.float16))
+        elif p == 2:
+            arrays[name] = Array(arrays[name].numpy().astype(np.float32))
+        elif p == 3:
+            torn = arrays[name]
+            arrays[name] = Array(torn.dtype, tuple(torn.shape), torn.stype, torn.data[:-2])
+        records = {"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}
+        return Message(RecordDict(records), reply_to=message)
+
+    one = dataclasses.replace(cfg, rounds=1, wire="fp16")
+    report = simulate(one, tmp_path, backend="inprocess", client_app=wrapped(one, faulty),
+                      plot=False)  # fmt: skip
+    r = report.final
+    assert (r["finished"], r["rejected"]) == (1, 3)
+    assert "NaN" in r["rejections"]["1"]
+    assert "expected float16" in r["rejections"]["2"]
+    assert "unreadable" in r["rejections"]["3"]
+    assert r["accuracy"] > report.rounds[0]["accuracy"]
+
+
+def test_the_q8_wire_round_trips_within_half_a_step():
+    from facto_edge.fleet.config import WIRE_NAMES
+    from facto_edge.fleet.wire import WIRES, decode, decode_up, encode_up
+
+    assert tuple(WIRES) == WIRE_NAMES
+
+    rng = np.random.default_rng(0)
+    x = {"w": rng.normal(size=(3, 5)).astype(np.float32), "z": np.zeros(4, np.float32)}
+    got = decode(encode(x, "q8"), {k: v.shape for k, v in x.items()}, "q8")
+    step = np.abs(x["w"]).max() / 127
+    assert np.abs(got["w"] - x["w"]).max() <= step / 2 + 1e-7
+    np.testing.assert_array_equal(got["z"], x["z"])
+    # up, the change from what came is sent, and added to the server's own tensors
+    came = decode(encode(x, "fp16"), {k: v.shape for k, v in x.items()}, "fp16")
+    trained = {k: v + 0.01 for k, v in came.items()}
+    merged = decode_up(encode_up(trained, came, "fp16"), x, "fp16")
+    np.testing.assert_allclose(merged["w"], x["w"] + 0.01, atol=1e-5)
+    bad = encode({"w": x["w"]}, "q8")
+    assert check_update(bad, {"w": x["w"][:2]}, "q8").startswith("tensor 'w' is facto-edge.q8")
