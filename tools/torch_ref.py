@@ -103,6 +103,19 @@ def _batchnorm(a: dict, x: list) -> torch.Tensor:
     return F.batch_norm(x[0], mean, var, x[1], x[2], training, eps=a.get("epsilon", 1e-5))
 
 
+def _pad(a: dict, x: list) -> torch.Tensor:
+    """ONNX Pad: pads (all begins, then all ends) over the axes, F.pad's order reversed."""
+    assert a.get("mode", b"constant") == b"constant", "non-constant Pad"
+    pads = [int(v) for v in x[1].tolist()]
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else range(len(pads) // 2)
+    axes = [ax % x[0].dim() for ax in axes]
+    value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
+    begin = dict(zip(axes, pads[: len(axes)], strict=True))
+    end = dict(zip(axes, pads[len(axes) :], strict=True))
+    flat = [v for d in reversed(range(x[0].dim())) for v in (begin.get(d, 0), end.get(d, 0))]
+    return F.pad(x[0], flat, value=value)
+
+
 def _reshape(a: dict, x: list) -> torch.Tensor:
     shape = [x[0].shape[i] if v == 0 else int(v) for i, v in enumerate(x[1].tolist())]
     return x[0].reshape(shape)
@@ -168,6 +181,7 @@ OPS: dict[str, Fn] = {
     "GlobalAveragePool": lambda a, x: x[0].mean(tuple(range(2, x[0].dim())), keepdim=True),
     "Flatten": lambda a, x: x[0].flatten(a.get("axis", 1)) if a.get("axis", 1) else x[0],
     "Reshape": _reshape,
+    "Pad": _pad,
     "Identity": lambda a, x: x[0],
     "Dropout": lambda a, x: x[0],
     "Concat": lambda a, x: torch.cat(x, a["axis"]),

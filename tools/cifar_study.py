@@ -1,0 +1,486 @@
+"""CIFAR accuracy study (issue 16): fine-tuning on real photos, facto-edge against PyTorch.
+
+    nice -n 5 python tools/cifar_study.py --work /tmp/cifar-work --epochs 15 \\
+        -o docs/cifar_tables.md --plot docs/accuracy_cifar.png
+
+Data: a folder of CIFAR-10 photos, one class folder each (--data, default
+../shared/data/cifar10-10k: 1,000 training photos per class). Per seed:
+
+- pretraining (task A): resnet20_cifar with five outputs, trained in PyTorch on classes
+  0-4 (airplane .. deer; crop and flip, SGD momentum 0.9, cosine) from 90 % of their
+  photos, the other 10 % (stratified, from the seed) held back to check it; its head is
+  then zeroed, a fresh classifier for task B. Cached in the work directory per seed.
+- fine-tuning (task B): classes 5-9 (dog .. truck), 500 photos each (a stratified half,
+  from the seed), random 4-pixel-padded crop and horizontal flip, SGD momentum 0.9,
+  cosine schedule per step, batch 32, the same epochs and the same batches in the same
+  order for every method (`iterate_batches`, same seed); test accuracy on the other 500
+  photos of each class, never trained on.
+
+Methods: PyTorch full fine-tuning (every parameter, BatchNorm in training mode); PyTorch
+head only (the body frozen in eval mode); PyTorch biases and BatchNorm only (TinyTL's
+baseline: BN scales and shifts, the biases and the head, BN in training mode); and
+facto-edge through the runtime (`export` + `train` in a fresh process that imports only
+the runtime), for the export configurations of CONFIGS and the codecs of FACTO_RUNS.
+
+Learning rate: tuned per method on a validation split of task B's training photos (20 %,
+stratified, from the seed; the test photos are never seen) on the --tune-seeds, over
+--lrs, with the same epochs; the best mean validation accuracy wins (the smaller rate on
+a tie). PyTorch methods are tuned as they are; each facto-edge configuration through its
+PyTorch reference (tools/torch_ref.py: the same factorized model, trainable set and
+batches), whose rate its facto-edge runs use whatever the codec.
+
+Saved bytes per step (batch 32): facto-edge's `memory_report()["saved_bytes"]`; for the
+PyTorch methods the storages autograd keeps for their own trainable set (saved-tensor
+hooks, parameters not counted). "Below dense" is against PyTorch full fine-tuning.
+
+Every run writes its result as JSON in the work directory, and a later invocation reuses
+it: an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_study import _in_process, _mean_std  # noqa: E402
+
+from facto_edge.demo import train_in_fresh_process  # noqa: E402
+from facto_edge.runtime.budget import format_size  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-10k"
+SHAPE = (3, 32, 32)
+MODEL = "resnet20_cifar"
+CLASSES_A, CLASSES_B = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+HOLDOUT_A = 0.1  # of task A's photos, to check the pretraining
+TEST_B = 0.5  # of task B's photos: 500 per class tested, 500 fine-tuned on
+VAL_FRACTION = 0.2  # of task B's training photos, for the learning-rate tuning
+BATCH = 32
+LRS = (0.01, 0.03, 0.1)
+PRETRAIN = {"epochs": 30, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
+TORCH_METHODS = {
+    "full": "PyTorch full fine-tuning",
+    "head": "PyTorch head only",
+    "bias_bn": "PyTorch biases and BN only (TinyTL)",
+}
+# Export configurations: key -> export options.
+CONFIGS = {
+    f"r{rank}-{'cl' if train == 'core,last' else train}-{bn}": {
+        "rank": rank, "train": train, "bn": bn,
+    }
+    for rank in (0.25, 0.5)
+    for train in ("last", "core,last")
+    for bn in ("fold", "train")
+}  # fmt: skip
+CODECS = ("fp32", "q4", "q2")
+# facto-edge runs (configuration, codec): every configuration with q4; fp32 and q2 where
+# the codec's cost tells something (the configurations that come near full fine-tuning).
+FACTO_RUNS = [(key, "q4") for key in CONFIGS]
+FACTO_RUNS += [(key, c) for key in ("r0.5-cl-train", "r0.25-cl-train") for c in ("fp32", "q2")]
+FACTO_RUNS += [("r0.25-last-fold", c) for c in ("fp32", "q2")]
+
+
+def label(key: str) -> str:
+    o = CONFIGS[key]
+    return f"r{o['rank']} --train {o['train']} --bn {o['bn']}"
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def photos(work: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 NHWC images, labels) of every photo under `root`, cached in `work`."""
+    cache = work / "photos.npz"
+    if not cache.exists():
+        from facto_edge.data import open_dataset
+
+        ds = open_dataset(str(root), SHAPE, split="train", on_corrupt="fail")
+        x, y = ds.get(np.arange(len(ds)))
+        raw = np.round(x.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+        np.savez(cache, x=raw, y=y, classes=np.array(ds.classes))
+    with np.load(cache) as f:
+        return f["x"], f["y"]
+
+
+def _task(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]):
+    keep = np.isin(y, classes)
+    return x[keep], np.searchsorted(classes, y[keep]).astype(np.int64)
+
+
+def write_seed_data(out: Path, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Path]:
+    """Task A's (train, held back) and task B's (fine-tune, test) and (fine-tune minus
+    validation, validation) as .npz archives (x, y, x_test, y_test) under `out`."""
+    from facto_edge.data.split import stratified_split
+
+    paths = {name: out / f"{name}.npz" for name in ("task_a", "task_b", "task_b_val")}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    xa, ya = _task(x, y, CLASSES_A)
+    rest, held = stratified_split(ya, HOLDOUT_A, seed)
+    np.savez(paths["task_a"], x=xa[rest], y=ya[rest], x_test=xa[held], y_test=ya[held])
+    xb, yb = _task(x, y, CLASSES_B)
+    train, test = stratified_split(yb, TEST_B, seed)
+    np.savez(paths["task_b"], x=xb[train], y=yb[train], x_test=xb[test], y_test=yb[test])
+    xt, yt = xb[train], yb[train]
+    fit, val = stratified_split(yt, VAL_FRACTION, seed)
+    np.savez(paths["task_b_val"], x=xt[fit], y=yt[fit], x_test=xt[val], y_test=yt[val])
+    return paths
+
+
+def _open(path: str, split: str):
+    from facto_edge import zoo
+    from facto_edge.data import open_dataset
+
+    norm = zoo.metadata(SHAPE, 5)["normalization"]
+    return open_dataset(path, SHAPE, split=split, num_classes=5, **norm)
+
+
+# --- PyTorch ------------------------------------------------------------------------
+
+
+def _pretrain_process(queue, data: str, out: str, seed: int, epochs: int) -> None:
+    """Pretrain on task A (see the module docstring); writes pretrained.pt and
+    pretrained.pth (state dict, head zeroed) under `out`."""
+    import torch
+
+    from facto_edge import zoo
+    from facto_edge.pretrain import reset_classifier
+
+    torch.set_num_threads(1)
+    train, held = _open(data, "train"), _open(data, "test")
+    model = zoo.build(MODEL, seed=seed, num_classes=5)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=PRETRAIN["lr"], momentum=0.9,
+        weight_decay=PRETRAIN["weight_decay"],
+    )  # fmt: skip
+    _fit(model, opt, train, epochs, PRETRAIN["lr"], PRETRAIN["batch"], seed)
+    accuracy = _accuracy(model, held)
+    reset_classifier(model)
+    torch.save(model.state_dict(), Path(out) / "pretrained.pth")
+    zoo.save_torchscript(model, Path(out) / "pretrained.pt", zoo.metadata(SHAPE, 5))
+    queue.put({"accuracy": accuracy, "epochs": epochs})
+
+
+def _fit(model, opt, train, epochs: int, lr: float, batch: int, seed: int, set_mode=None):
+    """Train with `opt` on the augmented batches of `train`, cosine schedule per step."""
+    import torch
+
+    from facto_edge.data import iterate_batches
+    from facto_edge.runtime.schedules import make_schedule
+
+    schedule = make_schedule("cosine", lr, epochs * -(-len(train) // batch))
+    (set_mode or (lambda: model.train()))()
+    step = 0
+    for epoch in range(epochs):
+        for x, y in iterate_batches(train, batch, shuffle=True, seed=seed, epoch=epoch, augment=True):
+            for group in opt.param_groups:
+                group["lr"] = schedule(step)
+            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+
+
+def _accuracy(model, ds) -> float:
+    import torch
+
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(ds), 500):
+            x, y = ds.get(np.arange(start, min(start + 500, len(ds))))
+            hits += int((model(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
+    return hits / len(ds)
+
+
+def _method(kind: str, prep: dict, config: str | None):
+    """(model, trainable tensors, training-mode setter) of a PyTorch method."""
+    import torch
+
+    from facto_edge import zoo
+
+    if kind == "ref":
+        from torch_ref import TorchReference
+
+        ref = TorchReference.load(prep["out"] / f"{config}.facto")
+        return ref, ref.parameters(), ref.train
+    model = zoo.build(MODEL, num_classes=5)
+    model.load_state_dict(torch.load(prep["out"] / "pretrained.pth"))
+    if kind == "full":
+        params = list(model.parameters())
+    elif kind == "head":
+        params = list(model.linear.parameters())
+    else:  # bias_bn
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        params = [p for m in bn for p in m.parameters()]
+        seen = {id(p) for p in params}
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        params += [p for p in [model.linear.weight, *biases] if id(p) not in seen]
+    chosen = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    set_mode = model.eval if kind == "head" else model.train
+    return model, params, set_mode
+
+
+def saved_bytes(model, params, set_mode) -> int:
+    """Bytes autograd keeps for backward in one step at batch BATCH, each storage once,
+    the parameters not at all."""
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip and not (isinstance(t, torch.nn.Parameter)):
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    set_mode()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(BATCH, *SHAPE)).sum().backward()
+    return sum(kept.values())
+
+
+def _torch_process(queue, kind: str, prep: dict, config, data: str, epochs, lr, seed) -> None:
+    """One PyTorch fine-tuning on `data`'s train split, scored on its test split."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model, params, set_mode = _method(kind, prep, config)
+    saved = saved_bytes(model, params, set_mode) if kind != "ref" else None
+    for p in params:
+        p.grad = None
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    started = time.perf_counter()
+    _fit(model, opt, _open(data, "train"), epochs, lr, BATCH, seed, set_mode)
+    seconds = time.perf_counter() - started
+    queue.put({"accuracy": _accuracy(model, _open(data, "test")), "saved": saved, "lr": lr,
+               "seconds": seconds})  # fmt: skip
+
+
+# --- runs ---------------------------------------------------------------------------
+
+
+def cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """The JSON result at `path`, computed and written first if missing."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def facto_run(prep: dict, config: str, codec: str, lr: float, epochs: int) -> dict:
+    run_dir = prep["out"] / "runs" / f"{config}-{codec}"
+    options = {
+        "epochs": epochs, "batch_size": BATCH, "optimizer": "sgd", "lr": lr,
+        "schedule": "cosine", "codec": codec, "seed": prep["seed"], "val_split": 0.0,
+        "augment": True,
+    }  # fmt: skip
+    started = time.perf_counter()
+    model_dir, data = prep["out"] / f"{config}.facto", prep["data"]["task_b"]
+    _, peak, memory, accuracy, _, _ = train_in_fresh_process(model_dir, data, run_dir, options, [])
+    return {"accuracy": accuracy, "saved": memory["saved_bytes"], "arena": memory["arena_bytes"],
+            "peak_rss": peak, "lr": lr, "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def torch_run(prep: dict, kind: str, config, data: Path, lr: float, epochs: int) -> dict:
+    started = time.perf_counter()
+    args = (kind, prep, config, str(data), epochs, lr, prep["seed"])
+    result = _in_process(_torch_process, args)
+    return result | {"wall": time.perf_counter() - started}
+
+
+def prepare_seed(work: Path, x: np.ndarray, y: np.ndarray, seed: int, args) -> dict:
+    """Data, pretrained model and exports of one seed, each made once and cached."""
+    from facto_edge.exporters.export import export
+
+    out = work / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_seed_data(out, x, y, seed)
+    args_a = (str(data["task_a"]), str(out), seed, args.pretrain_epochs)
+    pre = cached(out / "pretrain.json", lambda: _in_process(_pretrain_process, args_a))
+    print(f"seed {seed}: pretrained on task A, held-back accuracy {pre['accuracy']:.3f}")
+    for key, options in CONFIGS.items():
+        if not (out / f"{key}.facto" / "manifest.json").exists():
+            export(out / "pretrained.pt", out / f"{key}.facto", ort=False, force=True, **options)
+    return {"seed": seed, "out": out, "data": data, "pretrain": pre}
+
+
+def _pool(jobs: int, tasks: list[Callable[[], dict]]) -> list[dict]:
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda task: task(), tasks))
+
+
+def tune(preps: list[dict], args) -> tuple[dict[str, float], dict]:
+    """The learning rate of each method and every validation accuracy {(name, lr): [..]}."""
+    names = list(TORCH_METHODS) + list(CONFIGS)
+    tasks, keys = [], []
+    for prep in preps:
+        data = prep["data"]["task_b_val"]
+        for name in names:
+            kind, config = ("ref", name) if name in CONFIGS else (name, None)
+            for lr in args.lrs:
+                path = prep["out"] / "tune" / f"{name}-lr{lr:g}-e{args.epochs}.json"
+                keys.append((name, lr))
+                tasks.append(_tuning_task(path, prep, kind, config, data, lr, args.epochs))
+    scores: dict = {}
+    for key, result in zip(keys, _pool(args.jobs, tasks), strict=True):
+        scores.setdefault(key, []).append(result["accuracy"])
+    chosen = {}
+    for name in names:
+        means = [(statistics.mean(scores[(name, lr)]), -lr) for lr in args.lrs]
+        chosen[name] = -max(means)[1]
+    return chosen, scores
+
+
+def _tuning_task(path, prep, kind, config, data, lr, epochs):
+    def task() -> dict:
+        result = cached(path, lambda: torch_run(prep, kind, config, data, lr, epochs))
+        print(f"  tune seed {prep['seed']} {config or kind:<18} lr {lr:<5g} "
+              f"validation {result['accuracy']:.4f}", flush=True)  # fmt: skip
+        return result
+
+    return task
+
+
+def study_tasks(prep: dict, lrs: dict[str, float], args) -> dict[str, Callable[[], dict]]:
+    """{method name: task} of one seed's final runs."""
+    tasks = {}
+    res = prep["out"] / "results"
+    for kind, name in TORCH_METHODS.items():
+        path = res / f"{kind}-e{args.epochs}.json"
+        data, lr = prep["data"]["task_b"], lrs[kind]
+        tasks[name] = _final_task(path, lambda k=kind, d=data, r=lr: torch_run(
+            prep, k, None, d, r, args.epochs), prep, name)  # fmt: skip
+    for key, codec in FACTO_RUNS:
+        name = f"facto-edge {label(key)}, {codec}"
+        path = res / f"{key}-{codec}-e{args.epochs}.json"
+        tasks[name] = _final_task(path, lambda k=key, c=codec: facto_run(
+            prep, k, c, lrs[k], args.epochs), prep, name)  # fmt: skip
+    return tasks
+
+
+def _final_task(path: Path, compute, prep: dict, name: str):
+    def task() -> dict:
+        result = cached(path, compute)
+        print(f"  seed {prep['seed']} {name:<58} accuracy {result['accuracy']:.4f}", flush=True)
+        return result
+
+    return task
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def table(runs: list[dict[str, dict]]) -> str:
+    dense = runs[0][TORCH_METHODS["full"]]["saved"]
+    head = ("| method | lr | test accuracy % (mean ± sd) | per seed | saved per step "
+            "| below PyTorch dense | train time per run |")  # fmt: skip
+    lines = [head, "|" + " --- |" * 7]
+    for name in runs[0]:
+        rs = [run[name] for run in runs]
+        acc = [r["accuracy"] for r in rs]
+        saved = rs[0]["saved"]
+        lines.append(
+            f"| {name} | {rs[0]['lr']:g} | {_mean_std(acc)} | "
+            f"{', '.join(f'{100 * a:.1f}' for a in acc)} | {format_size(saved)} | "
+            f"{100 * (1 - saved / dense):.1f} % | "
+            f"{statistics.mean(r['seconds'] for r in rs):.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def tuning_table(scores: dict, chosen: dict[str, float], lrs: list[float]) -> str:
+    """Mean validation accuracy per method and learning rate; the chosen one in bold."""
+    names = dict(TORCH_METHODS) | {k: f"{label(k)} (PyTorch reference)" for k in CONFIGS}
+    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |"]
+    lines.append("|" + " --- |" * (len(lrs) + 1))
+    for key, name in names.items():
+        cells = []
+        for lr in lrs:
+            cell = f"{100 * statistics.mean(scores[(key, lr)]):.1f}"
+            cells.append(f"**{cell}**" if lr == chosen[key] else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, dict]], path: Path) -> None:
+    """Test accuracy (mean, sd as error bars) against saved bytes per step, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    dense = runs[0][TORCH_METHODS["full"]]["saved"]
+    for name in runs[0]:
+        acc = [100 * run[name]["accuracy"] for run in runs]
+        saved = runs[0][name]["saved"]
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        marker = "s" if name.startswith("PyTorch") else "o"
+        ax.errorbar(saved / 2**10, statistics.mean(acc), yerr=sd, fmt=marker, capsize=3,
+                    label=name)  # fmt: skip
+    ax.axvline(0.07 * dense / 2**10, color="grey", linestyle="--", label="93 % below PyTorch dense")
+    ax.set_xscale("log")
+    ax.set_xlabel("saved activations per step, batch 32 (KiB, log scale)")
+    ax.set_ylabel(f"test accuracy % (mean of {len(runs)} seeds, sd bars)")
+    ax.set_title("Fine-tuning resnet20_cifar to CIFAR-10 classes 5-9 (500 photos each)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, required=True, help="Cache of every result.")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
+    parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--jobs", type=int, default=1, help="Runs at once (one thread each).")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="Markdown tables.")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of accuracy vs bytes.")
+    args = parser.parse_args()
+    if args.jobs > 1:  # every child process runs one thread
+        os.environ.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    x, y = photos(args.work, args.data)
+    preps = {s: prepare_seed(args.work, x, y, s, args) for s in args.seeds}
+    lrs, scores = tune([preps[s] for s in args.tune_seeds], args)
+    print(f"learning rates: {lrs}")
+    per_seed = [study_tasks(preps[s], lrs, args) for s in args.seeds]
+    flat = [task for tasks in per_seed for task in tasks.values()]
+    results = iter(_pool(args.jobs, flat))
+    runs = [{name: next(results) for name in tasks} for tasks in per_seed]
+    pre = ", ".join(f"{100 * p['pretrain']['accuracy']:.1f}" for p in preps.values())
+    text = table(runs) + f"\n\nPretrained (task A) held-back accuracy per seed: {pre} %.\n"
+    text += "\nValidation accuracy % per learning rate (seeds "
+    text += f"{', '.join(map(str, args.tune_seeds))}); the chosen rate in bold:\n\n"
+    text += tuning_table(scores, lrs, args.lrs)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()
