@@ -155,7 +155,9 @@ def export(
         (3, 32, 32).
     rank, energy : rank as a fraction of channels, or the share of energy to keep.
     train : which factors of each layer train: "last", "first", "core", "all", or a
-        comma-separated mix such as "core,last" (an SVD layer's "core" is its "last").
+        comma-separated mix such as "core,last" (an SVD layer's "core" is its "last"); or
+        "delta": each factorized layer keeps its weight frozen and trains a low-rank
+        update beside it, whose `last` starts at zero (docs/export.md).
     bn : "fold" BatchNorm into the last factor, or keep it trainable ("train"): the BN of
         each factorized layer trains (batch statistics); a layer that stays dense stays
         frozen, its BN folded.

@@ -30,9 +30,15 @@ class FactorizeConfig:
     rank: float | None = 0.25
     energy: float | None = None
     min_channels: int = 8
-    train: str = "last"  # last, first, core, all, or a comma-separated mix: "core,last"
+    train: str = "last"  # last, first, core, all, a comma-separated mix, or delta
     bn: str = "fold"  # fold or train
     train_classifier: bool = True
+
+    @property
+    def delta(self) -> bool:
+        """Whether each factorized layer keeps its dense weight frozen and trains a
+        low-rank update beside it (`--train delta`)."""
+        return train_parts(self.train) == ["delta"]
 
 
 TRAIN_CHOICES = ("last", "first", "core", "all")
@@ -40,12 +46,14 @@ TRAIN_CHOICES = ("last", "first", "core", "all")
 
 def train_parts(train: str) -> list[str]:
     """The factors `--train` names: one of TRAIN_CHOICES or a comma-separated mix
-    ("core,last"); raises ExportError for anything else."""
+    ("core,last"), or `delta` alone; raises ExportError for anything else."""
     parts = [p.strip() for p in train.split(",")]
+    if parts == ["delta"]:
+        return parts
     if not parts or any(p not in TRAIN_CHOICES for p in parts):
         raise ExportError(
-            f"--train must be last, first, core, all or a comma-separated mix such as "
-            f"core,last; found {train!r}"
+            f"--train must be last, first, core, all, a comma-separated mix such as "
+            f"core,last, or delta (alone); found {train!r}"
         )
     return parts
 
@@ -171,6 +179,7 @@ class Rewriter:
             return []
         choices = {
             "last": ["last", "bias"],
+            "delta": ["last", "bias"],
             "first": ["first"],
             "core": ["core"] if "core" in roles else ["last", "bias"],
             "all": ["first", "core", "last", "bias"],
@@ -249,11 +258,18 @@ class Rewriter:
         )  # fmt: skip
         new = None
         if not note:
+            chain_out = f"{name}.delta_out" if self.cfg.delta else out
             new = (self._svd_conv if set(kernel) == {1} else self._tucker_conv)(
-                info, w, b, x, out, stride, pads, dil, hw_in, hw_out
+                info, w, b, x, chain_out, stride, pads, dil, hw_in, hw_out
             )
             if new is None:
                 note = "no gain at this rank"
+            elif self.cfg.delta:
+                dense = helper.make_node(
+                    "Conv", [x, f"{name}.weight"], [f"{name}.dense_out"], name=f"{name}.dense"
+                )
+                dense.attribute.extend(node.attribute)
+                new = self._residual(info, w, dense, new, out)
         if new is None:
             new = self._dense(info, node, w, b, x, out, note)
         self._replace(node, new)
@@ -304,6 +320,22 @@ class Rewriter:
             self.g.inits[key] = arr
             info.factors[role] = key
         info.params_after = int(sum(a.size for a in tensors.values()))
+
+    def _residual(self, info: LayerInfo, w, dense: onnx.NodeProto, chain, out: str) -> list:
+        """`--train delta`: the dense node (weight `w`, frozen, no bias) beside the factor
+        chain, whose `last` starts at zero and carries the bias: out = dense(x) + chain(x),
+        at export exactly the original layer (its BN folded in under --bn fold)."""
+        last = info.factors["last"]
+        self.g.inits[last] = np.zeros_like(self.g.inits[last])
+        self.g.inits[dense.input[1]] = w
+        info.factors["weight"] = dense.input[1]
+        info.residual, info.rel_error = True, 0.0
+        info.params_after += int(w.size)
+        info.flops_after += info.flops_before
+        add = helper.make_node(
+            "Add", [dense.output[0], chain[-1].output[0]], [out], name=f"{info.name}.delta_add"
+        )
+        return [dense, *chain, add]
 
     def _tucker_conv(self, info, w, b, x, out, stride, pads, dil, hw_in, hw_out):
         c_out, c_in, kernel = w.shape[0], w.shape[1], tuple(w.shape[2:])
@@ -375,8 +407,12 @@ class Rewriter:
         is_classifier = node.name == self.classifier
         note = "classifier" if is_classifier else self._conv_dense_reason(1, c_out, c_in)
         if not note:
-            new = self._svd_gemm(info, w, b, x, node.output[0])
+            delta = self.cfg.delta
+            new = self._svd_gemm(info, w, b, x, f"{name}.delta_out" if delta else node.output[0])
             note = "" if new else "no gain at this rank"
+            if new and delta:
+                dense = _gemm_node(f"{name}.dense", x, f"{name}.weight", "", f"{name}.dense_out")
+                new = self._residual(info, w, dense, new, node.output[0])
         if new is None:
             new = [_gemm_node(name, x, f"{name}.weight", f"{name}.bias" if b is not None else "",
                               node.output[0])]  # fmt: skip
@@ -443,8 +479,14 @@ class Rewriter:
             flops_before=2 * c_out * c_in * rows, flops_after=0,
         )  # fmt: skip
         note = self._conv_dense_reason(1, c_out, c_in)
-        new = None if note else self._svd_matmul(info, w.T, x, out, rows)
-        if new is None:
+        chain_out = f"{name}.delta_out" if self.cfg.delta else out
+        new = None if note else self._svd_matmul(info, w.T, x, chain_out, rows)
+        if new is not None and self.cfg.delta:
+            dense = helper.make_node(
+                "MatMul", [x, f"{name}.weight"], [f"{name}.dense_out"], name=f"{name}.dense"
+            )
+            new = self._residual(info, w, dense, new, out)
+        elif new is None:
             self.g.inits[f"{name}.weight"] = w
             new = [helper.make_node("MatMul", [x, f"{name}.weight"], [out], name=name)]
             info.factors = {"weight": f"{name}.weight"}

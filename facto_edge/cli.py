@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from facto_edge.cli_common import parse_norm, parse_shape
+from facto_edge.cli_common import parse_lr_groups, parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
 
@@ -46,7 +46,7 @@ def zoo(name, output, seed, num_classes, input_shape, list_, force) -> None:
 
 def format_layers(manifest) -> str:
     """The per-layer export table and its totals."""
-    head = (f"{'layer':<24} {'shape':<16} {'method':<8} {'ranks':<9} {'params':>17} "
+    head = (f"{'layer':<24} {'shape':<16} {'method':<9} {'ranks':<9} {'params':>17} "
             f"{'MFLOPs':>15} {'rel.err':>7}  trainable")  # fmt: skip
     lines = [head, "-" * len(head)]
     for layer in manifest.layers:
@@ -56,8 +56,9 @@ def format_layers(manifest) -> str:
         flops = f"{layer.flops_before / 1e6:>7.1f}>{layer.flops_after / 1e6:<7.1f}"
         roles = [r for r, n in layer.factors.items() if n in layer.trainable] or ["-"]
         note = f" ({layer.note})" if layer.note else ""
+        method = f"{layer.method}+W" if layer.residual else layer.method
         lines.append(
-            f"{layer.name:<24.24} {shape:<16} {layer.method:<8} {ranks:<9} {params:>17} "
+            f"{layer.name:<24.24} {shape:<16} {method:<9} {ranks:<9} {params:>17} "
             f"{flops:>15} {layer.rel_error:>7.3f}  {','.join(roles)}{note}"
         )
     t = manifest.totals()
@@ -96,7 +97,9 @@ def format_layers(manifest) -> str:
     "train",
     default="last",
     show_default=True,
-    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last).",
+    help="Which factor trains: last, first, core, all, or a comma-separated mix (core,last); "
+    "or delta: keep each factorized layer's weight frozen and train a low-rank update "
+    "beside it that starts at zero.",
 )
 @click.option(
     "--bn",
@@ -187,6 +190,12 @@ def _batch_size(value: str) -> int | str:
 @click.option("--batch-size", default="32", show_default=True, help="N, or auto (fit --budget).")
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--lr", default=0.01, show_default=True, help="Base learning rate.")
+@click.option(
+    "--lr-groups",
+    default=None,
+    help="Learning-rate multipliers per parameter group, e.g. bn=10,head=0.5; groups: "
+    "factors, bias, bn (BatchNorm scale and shift), head (the last Linear).",
+)
 @click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option(
@@ -197,6 +206,13 @@ def _batch_size(value: str) -> int | str:
 )
 @click.option("--warmup-steps", default=0, show_default=True)
 @click.option("--codec", default="q4", show_default=True, type=click.Choice(CODECS))
+@click.option(
+    "--rounding",
+    default="nearest",
+    show_default=True,
+    type=click.Choice(["nearest", "stochastic"]),
+    help="How the q8/q4/q2 codec rounds: to nearest, or stochastic (unbiased, seeded).",
+)
 @click.option("--val-split", default=0.1, show_default=True, help="Fraction held out.")
 @click.option("--augment", is_flag=True, help="Random crop (4-pixel padding), horizontal flip.")
 @click.option("--seed", default=0, show_default=True)
@@ -211,7 +227,7 @@ def _batch_size(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
-def train(model, data, output, budget, epochs, batch_size, resume, **options) -> None:
+def train(model, data, output, budget, epochs, batch_size, resume, lr_groups, **options) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
     from facto_edge.compile_cli import prepare_before_budget
     from facto_edge.progress import TqdmProgress
@@ -232,6 +248,7 @@ def train(model, data, output, budget, epochs, batch_size, resume, **options) ->
             budget=budget,
             resume=resume,
             callbacks=[bar],
+            lr_groups=parse_lr_groups(lr_groups),
             **options,
         )
     except TrainingInterrupted as e:

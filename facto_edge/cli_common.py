@@ -34,3 +34,37 @@ def parse_norm(value: str | None, option: str) -> str | list[float] | None:
             f"{option} must be comma-separated numbers (0.5,0.5,0.5) or a preset "
             f"(imagenet, cifar, none), found {value!r}"
         ) from None
+
+
+def parse_lr_groups(value: str | None) -> dict[str, float] | None:
+    """--lr-groups: comma-separated GROUP=MULTIPLIER pairs (bn=10,head=0.5), each group
+    once and known (runtime/param_groups.py), each multiplier a number >= 0."""
+    if value is None:
+        return None
+    from facto_edge.runtime.param_groups import GROUPS
+
+    out: dict[str, float] = {}
+    for pair in value.split(","):
+        group, sep, number = (s.strip() for s in pair.partition("="))
+        try:
+            multiplier = float(number) if sep else None
+        except ValueError:
+            multiplier = None
+        if multiplier is None or not group:
+            raise FactoEdgeError(
+                f"--lr-groups must look like bn=10,head=0.5 (GROUP=MULTIPLIER, groups "
+                f"{', '.join(GROUPS)}), found {value!r}"
+            )
+        if group not in GROUPS:
+            raise FactoEdgeError(
+                f"--lr-groups: unknown group {group!r}; the groups are {', '.join(GROUPS)}"
+            )
+        if group in out:
+            raise FactoEdgeError(f"--lr-groups gives {group!r} twice, found {value!r}")
+        if not (multiplier >= 0 and multiplier != float("inf")):
+            raise FactoEdgeError(
+                f"--lr-groups: the multiplier of {group!r} must be a finite number >= 0, "
+                f"found {number!r}"
+            )
+        out[group] = multiplier
+    return out

@@ -39,8 +39,10 @@ from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
 from facto_edge.runtime.budget import format_size, parse_size
 from facto_edge.runtime.checkpoint import Checkpoint, Progress, capture, restore, save_checkpoint
+from facto_edge.runtime.codecs import ROUNDINGS
 from facto_edge.runtime.fitting import Fit, largest_batch
 from facto_edge.runtime.manifest import Manifest
+from facto_edge.runtime.param_groups import check_lr_groups
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 from facto_edge.safe_io import run_lock
 
@@ -211,6 +213,8 @@ class TrainConfig:
     augment: bool
     seed: int
     label_smoothing: float
+    lr_groups: dict = field(default_factory=dict)  # group -> multiplier of lr
+    rounding: str = "nearest"  # of the q8/q4/q2 codecs: nearest or stochastic
 
     def check(self) -> None:
         """Raise FactoEdgeError naming the first option that makes no run."""
@@ -234,9 +238,22 @@ class TrainConfig:
         _require(ok, "weight decay", "a finite number >= 0", self.weight_decay)
         ok = _in(self.label_smoothing, 0, 1)
         _require(ok, "label smoothing", "a number in [0, 1)", self.label_smoothing)
+        check_lr_groups(self.lr_groups)
+        ok = self.rounding in ROUNDINGS and (self.rounding == "nearest" or self.codec[0] == "q")
+        _require(ok, "codec rounding", "nearest, or stochastic with a q8/q4/q2 codec",
+                 f"{self.rounding} with codec {self.codec}")  # fmt: skip
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as run.json records it: the options added since runs first
+        recorded it only where they differ from their default, so older runs resume."""
+        d = asdict(self)
+        for key, default in LATER_OPTIONS.items():
+            if d[key] == default:
+                del d[key]
+        return d
+
+
+LATER_OPTIONS = {"lr_groups": {}, "rounding": "nearest"}
 
 
 def _is_int(x: object) -> bool:
@@ -279,7 +296,8 @@ def _session_factory(
             model_dir, batch_size=batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
             label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device,
-            budget=budget, accumulate=accumulate,
+            budget=budget, accumulate=accumulate, lr_groups=cfg.lr_groups,
+            rounding=cfg.rounding,
         )  # fmt: skip
 
     return make
@@ -463,6 +481,8 @@ def train(
     on_corrupt: str = "skip",
     plot: bool = True,
     device: str = "cpu",
+    lr_groups: dict[str, float] | None = None,
+    rounding: str = "nearest",
 ) -> TrainResult:
     """Train the exported model `model_dir` on `data` into the run directory `out_dir`.
 
@@ -473,7 +493,10 @@ def train(
     "step" (x0.1 every third of the run) over all the run's steps, after `warmup_steps`.
     `val_split` holds out that fraction of the data (stratified, from `seed`) for the
     per-epoch accuracy; 0 turns validation off. `on_corrupt` "skip" leaves unreadable
-    images out (reported through `Callback.on_warning`), "fail" stops.
+    images out (reported through `Callback.on_warning`), "fail" stops. `lr_groups`
+    multiplies the learning rate of parameter groups ({"bn": 10, "head": 0.5}; groups
+    factors, bias, bn, head: runtime/param_groups.py). `rounding` "stochastic" makes the
+    q8/q4/q2 codec round unbiased (runtime/codecs.py), "nearest" is the default.
 
     Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss,
     weight or validation loss: the last finite checkpoint stays) with a message saying
@@ -485,6 +508,7 @@ def train(
     cfg = TrainConfig(
         _data_key(data), epochs, batch_size, optimizer, lr, momentum, weight_decay,
         schedule, warmup_steps, codec, val_split, augment, seed, label_smoothing,
+        dict(lr_groups or {}), rounding,
     )  # fmt: skip
     cfg.check()
     budget_bytes = parse_size(budget) if budget is not None else None

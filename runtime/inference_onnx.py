@@ -11,6 +11,8 @@ its current factors (in float64, rounded once to float32):
                     (kernel, stride, padding and dilation of `core`; bias of `last`)
     SVD 1x1 conv    W = last @ first  (stride and padding of `first`)
     SVD Linear      W = last @ first  (Gemm, transB=1, bias of `last`)
+    residual        W = weight + the chain's W above (`--train delta`: the frozen dense
+                    node, the chain and their Add become one node)
 
 The result passes `onnx.checker.check_model(full_check=True)` and runs in plain
 onnxruntime; it is written atomically, and its metadata_props carry MARKER, by which
@@ -95,13 +97,15 @@ def _dense_weight(layer: LayerInfo, inits: dict[str, np.ndarray]) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _merged_node(layer: LayerInfo, chain: list[onnx.NodeProto], weight: str) -> onnx.NodeProto:
+def _merged_node(
+    layer: LayerInfo, chain: list[onnx.NodeProto], weight: str, output: str
+) -> onnx.NodeProto:
     first, last = chain[0], chain[-1]
     inputs = [first.input[0], weight, *last.input[2:3]]
     if layer.op == "Gemm":
-        return helper.make_node("Gemm", inputs, list(last.output), name=layer.name, transB=1)
+        return helper.make_node("Gemm", inputs, [output], name=layer.name, transB=1)
     shaped = chain[1] if layer.method == "tucker2" else first
-    node = helper.make_node("Conv", inputs, list(last.output), name=layer.name)
+    node = helper.make_node("Conv", inputs, [output], name=layer.name)
     node.attribute.extend(a for a in shaped.attribute if a.name != "group")
     return node
 
@@ -112,18 +116,27 @@ def _merge_layer(graph: onnx.GraphProto, layer: LayerInfo) -> None:
     roles = ("first", "core", "last") if layer.method == "tucker2" else ("first", "last")
     try:
         chain = [by_weight[layer.factors[r]] for r in roles]
+        dense = [by_weight[layer.factors["weight"]]] if layer.residual else []
     except KeyError as e:
         raise ExportError(f"layer {layer.name}: factor {e} is not a Conv/Gemm weight") from e
+    # A residual layer ends in the Add of its dense node and its chain.
+    tail = [n for n in graph.node if n.op_type == "Add" and chain[-1].output[0] in n.input]
+    tail = tail[:1] if layer.residual else []
+    output = (tail or chain)[-1].output[0]
     weight = f"{layer.name}.weight"
-    merged = _merged_node(layer, chain, weight)
-    position = list(graph.node).index(chain[0])
-    for node in chain:
+    nodes = [*dense, *chain, *tail]
+    position = min(list(graph.node).index(n) for n in nodes)
+    for node in nodes:
         graph.node.remove(node)
-    graph.node.insert(position, merged)
-    drop = {layer.factors[r] for r in roles} | {n.output[0] for n in chain[:-1]}
+    graph.node.insert(position, _merged_node(layer, chain, weight, output))
+    drop = {layer.factors[r] for r in (*roles, "weight") if r in layer.factors}
+    drop |= {n.output[0] for n in nodes} - {output}
+    w = _dense_weight(layer, inits)
+    if layer.residual:
+        w = (inits[layer.factors["weight"]].astype(np.float64) + w).astype(np.float32)
     keep = [t for t in graph.initializer if t.name not in drop]
     del graph.initializer[:]
-    graph.initializer.extend([*keep, numpy_helper.from_array(_dense_weight(layer, inits), weight)])
+    graph.initializer.extend([*keep, numpy_helper.from_array(w, weight)])
     keep_info = [v for v in graph.value_info if v.name not in drop]
     del graph.value_info[:]
     graph.value_info.extend(keep_info)

@@ -86,6 +86,9 @@ class LayerInfo:
     attrs: dict = field(default_factory=dict)  # stride, padding, dilation, groups
     bn: str = "none"  # "folded", "train" or "none"
     note: str = ""  # why a layer stayed dense
+    # `--train delta`: factors["weight"] stays frozen and the factor chain, whose `last`
+    # started at zero, adds a low-rank update to its output
+    residual: bool = False
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Optimizers that update parameter arrays in place, with state allocated once.
 
-`make_optimizer(name, params, lr=...)` returns an `Optimizer` for "sgd" or "adamw". Every
+`make_optimizer(name, params, lr=...)` returns an `Optimizer` for "sgd" or "adamw";
+`lr_scales` ({name: multiplier}, default 1) gives tensors a learning rate of their own,
+multiplier * lr, rounded to the parameters' dtype as lr is (runtime/param_groups.py). Every
 state array (momentum buffer, Adam moments) is allocated at construction through
 `alloc(name, shape, dtype)` (default: the backend's own), so that a memory arena can own
 it; `step()` runs kernels that write into the parameters and that state and allocates
@@ -93,8 +95,9 @@ class Optimizer(ABC):
     """Updates `params` in place from gradients with the kernels `kernels`; owns its
     state arrays.
 
-    `lr` may be changed between steps (a schedule sets it). `step_count` counts the
-    steps taken. `state_dict()` / `load_state_dict()` round-trip exactly, so that a run
+    `lr` may be changed between steps (a schedule sets it); parameter `name` steps with
+    `lr * lr_scales.get(name, 1)`. `step_count` counts the steps taken.
+    `state_dict()` / `load_state_dict()` round-trip exactly, so that a run
     resumed from them continues bit for bit.
     """
 
@@ -104,11 +107,18 @@ class Optimizer(ABC):
         lr: float,
         alloc: Alloc | None,
         kernels: ModuleType,
+        lr_scales: Mapping[str, float] | None = None,
     ):
         _check_params(params, kernels)
         _check_nonneg("learning rate", lr)
         self.params = dict(params)
         self.lr = float(lr)
+        self.lr_scales = {name: 1.0 for name in self.params}
+        for name, scale in (lr_scales or {}).items():
+            if name not in self.params:
+                raise _fail("lr_scales", f"names of parameters {sorted(self.params)}", name)
+            _check_nonneg(f"learning-rate multiplier of {name!r}", scale)
+            self.lr_scales[name] = float(scale)
         self.step_count = 0
         self._kernels = kernels
         self._alloc = alloc
@@ -132,6 +142,10 @@ class Optimizer(ABC):
         self._state[key] = a
         self._flat_state[key] = a.reshape(-1)
         return a
+
+    def _lr(self, name: str, dtype: np.dtype) -> np.floating:
+        """The learning rate of parameter `name` in `dtype` (exactly lr at multiplier 1)."""
+        return dtype.type(self.lr * self.lr_scales[name])
 
     def _flat_grads(self, grads: Mapping[str, np.ndarray]):
         """Yields (name, flat param, flat grad); a caller's mismatch is a ValueError."""
@@ -191,8 +205,9 @@ class SGD(Optimizer):
         weight_decay: float,
         alloc: Alloc | None = None,
         kernels: ModuleType = cpu_kernels,
+        lr_scales: Mapping[str, float] | None = None,
     ):
-        super().__init__(params, lr, alloc, kernels)
+        super().__init__(params, lr, alloc, kernels, lr_scales)
         if not (math.isfinite(momentum) and 0 <= momentum < 1):
             raise _fail("momentum", "a number in [0, 1)", momentum)
         _check_nonneg("weight decay", weight_decay)
@@ -207,7 +222,7 @@ class SGD(Optimizer):
         k = self._kernels
         for name, p, g in self._flat_grads(grads):
             f = p.dtype.type
-            lr, wd = f(self.lr), f(self.weight_decay)
+            lr, wd = self._lr(name, p.dtype), f(self.weight_decay)
             if self.momentum == 0:
                 k.sgd(p, g, lr, wd)
             else:
@@ -229,8 +244,9 @@ class AdamW(Optimizer):
         weight_decay: float,
         alloc: Alloc | None = None,
         kernels: ModuleType = cpu_kernels,
+        lr_scales: Mapping[str, float] | None = None,
     ):
-        super().__init__(params, lr, alloc, kernels)
+        super().__init__(params, lr, alloc, kernels, lr_scales)
         b1, b2 = betas
         for what, b in (("beta1", b1), ("beta2", b2)):
             if not 0 <= b < 1:
@@ -242,10 +258,11 @@ class AdamW(Optimizer):
             self._new_state(name, "m")
             self._new_state(name, "v")
 
-    def _scalars(self, dtype: np.dtype) -> tuple:
-        """The kernel's scalars in `dtype`, rounded as ORT's float kernel rounds them."""
+    def _scalars(self, name: str, dtype: np.dtype) -> tuple:
+        """The kernel's scalars for parameter `name` in `dtype`, rounded as ORT's float
+        kernel rounds them."""
         f = dtype.type
-        b1, b2, lr = f(self.betas[0]), f(self.betas[1]), f(self.lr)
+        b1, b2, lr = f(self.betas[0]), f(self.betas[1]), self._lr(name, dtype)
         t = self.step_count + 1
         bc1 = f(1) - f(float(b1) ** t)
         bc2 = f(1) - f(float(b2) ** t)
@@ -256,7 +273,7 @@ class AdamW(Optimizer):
         k = self._kernels
         for name, p, g in self._flat_grads(grads):
             m, v = self._flat_state[f"{name}.m"], self._flat_state[f"{name}.v"]
-            k.adamw(p, g, m, v, *self._scalars(p.dtype))
+            k.adamw(p, g, m, v, *self._scalars(name, p.dtype))
         self.step_count += 1
 
 
@@ -282,6 +299,7 @@ def make_optimizer(
     eps: float = 1e-8,
     alloc: Alloc | None = None,
     kernels: ModuleType = cpu_kernels,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> Optimizer:
     """Builds the optimizer `name` ("sgd" or "adamw") over `params`, updated in place.
 
@@ -289,8 +307,9 @@ def make_optimizer(
     `weight_decay` is L2 (added to the gradient) for "sgd" and decoupled for "adamw".
     State arrays come from `alloc(name, shape, dtype)` (default: the backend's own), once. `kernels`
     is the backend's (default the CPU's, runtime/kernels/optimizer_kernels.py).
+    `lr_scales` multiplies the learning rate of the parameters it names.
     """
-    backend = {"alloc": alloc, "kernels": kernels}
+    backend = {"alloc": alloc, "kernels": kernels, "lr_scales": lr_scales}
     if name == "sgd":
         return SGD(
             params,

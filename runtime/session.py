@@ -39,6 +39,13 @@ batch, as one big batch gives (batch-statistics BatchNormalization excepted: it 
 micro-batch alone, as in PyTorch).
 
 Threads: the batch is cut into lanes, one per thread (runtime/lanes.py).
+
+Codec rounding: `rounding="stochastic"` makes the q8/q4/q2 codecs round unbiased, from a
+stream seeded by the session's seed, step and lane (deterministic); default nearest.
+
+Learning rates per group: `lr_groups={"bn": 10, "head": 0.5}` multiplies the learning
+rate of the tensors of those groups (`param_groups`: factors, bias, bn, head; the
+schedule sets the base `lr` for all), runtime/param_groups.py.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import numpy as np
 
 from . import session_io
 from .binding import LOSS, Binding, Spec, loss_node, running_stat_names
+from .codecs import ROUNDINGS
 from .device import resolve_device
 from .errors import DataError, FactoEdgeError
 from .fitting import Fit, fit_batch, room_for, split
@@ -60,6 +68,7 @@ from .graph import ModelSource, build_schedule, load_graph
 from .kernels.layout import logical
 from .lanes import lane_pool, run_micro
 from .memory import ArenaAllocator, MemoryPlan, Recorder, plan_memory
+from .param_groups import check_lr_groups, lr_scales, param_groups
 from .preload import load_both_builds, release_compiler_pages, releasing_while_loading
 from .prepare import compiled_in_process, ensure_kernels
 from .rss import peak_rss_bytes
@@ -90,6 +99,7 @@ class TrainingSession:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         codec: str = "fp32",
+        rounding: str = "nearest",
         label_smoothing: float = 0.0,
         seed: int = 0,
         threads: int | None = None,
@@ -97,8 +107,11 @@ class TrainingSession:
         budget: int | str | None = None,
         accumulate: int | None = None,
         compile: str | None = None,
+        lr_groups: dict[str, float] | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
+        _check_rounding(codec, rounding)
+        multipliers = check_lr_groups(lr_groups)
         backend = resolve_device(device)
         if accumulate is not None and not (isinstance(accumulate, int) and accumulate >= 1):
             raise FactoEdgeError(f"accumulate must be a positive int, found {accumulate!r}")
@@ -111,13 +124,16 @@ class TrainingSession:
         if budget is not None and backend.name == "cpu":
             self._kernels = ensure_kernels(graph, model_dir, codec, optimizer, compile)
         self._seed, self._step, self._closed = seed, 0, False
+        self._rounding = rounding
+        self._groups = param_groups(graph)
         options = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                   "betas": betas, "eps": eps}  # fmt: skip
+                   "betas": betas, "eps": eps,
+                   "lr_scales": lr_scales(self._groups, multipliers)}  # fmt: skip
         schedule = build_schedule(
             [*graph.nodes, loss_node(graph, label_smoothing)], graph.trainable, LOSS
         )
         self._spec = Spec(
-            graph, schedule, backend, backend.get_codec(codec), threads,
+            graph, schedule, backend, backend.get_codec(codec, rounding=rounding), threads,
             (optimizer, options), running_stat_names(graph),
         )  # fmt: skip
         self._plans: dict[tuple[int, int], MemoryPlan] = {}
@@ -179,6 +195,12 @@ class TrainingSession:
         return self._binding.running()
 
     @property
+    def param_groups(self) -> dict[str, str]:
+        """The learning-rate group (factors, bias, bn, head) of every trainable
+        initializer (runtime/param_groups.py)."""
+        return dict(self._groups)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one sample, e.g. (3, 32, 32)."""
         return self._spec.graph.input_shape
@@ -195,6 +217,12 @@ class TrainingSession:
     @property
     def codec_name(self) -> str:
         return self._spec.codec.name
+
+    @property
+    def rounding(self) -> str:
+        """How the block codecs round: nearest, or stochastic (unbiased, seeded by the
+        session's seed, step and lane: runtime/codecs.py)."""
+        return self._rounding
 
     @property
     def threads(self) -> int:
@@ -480,6 +508,17 @@ class TrainingSession:
 
 def _dims(shape: tuple[int, ...]) -> str:
     return ", ".join(str(d) for d in shape)
+
+
+def _check_rounding(codec: str, rounding: str) -> None:
+    """Stochastic rounding is a choice of the block codecs (q8, q4, q2) only."""
+    if rounding not in ROUNDINGS:
+        raise FactoEdgeError(f"rounding must be one of {', '.join(ROUNDINGS)}, found {rounding!r}")
+    if rounding == "stochastic" and not str(codec).startswith("q"):
+        raise FactoEdgeError(
+            f"stochastic rounding applies to the q8, q4 and q2 codecs, not {codec!r}; "
+            "pick one of them or leave rounding at nearest"
+        )
 
 
 def _check_options(batch_size: int, smoothing: float, threads: int | None) -> None:

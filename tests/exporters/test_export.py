@@ -170,3 +170,29 @@ def test_ort_artifacts_train_and_match_trainable_set(exported, bn):
         optimizer.step()
         module.lazy_reset_grad()
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("bn", ["fold", "train"])
+def test_delta_starts_at_the_original_model(exported, bn):
+    model, out = exported("resnet18_cifar", rank=0.25, train="delta", bn=bn, ort=False)
+    x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_logits(out, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_delta_trains_only_a_zero_last_beside_the_frozen_weight(exported):
+    model, out = exported("simple_cnn", rank=0.25, train="delta", ort=False)
+    manifest, inits = Manifest.load(out), initializers(out)
+    residual = [layer for layer in manifest.layers if layer.residual]
+    assert {layer.method for layer in residual} == {"tucker2", "svd"}
+    for layer in residual:
+        assert layer.trainable == [layer.factors["last"], layer.factors["bias"]]
+        assert not inits[layer.factors["last"]].any()
+        # the frozen weight is the original one, its BatchNorm folded in
+        w = folded_weight(model, layer.name).reshape(layer.shape)
+        np.testing.assert_allclose(inits[layer.factors["weight"]].reshape(layer.shape), w,
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    dense = [layer for layer in manifest.layers if not layer.residual]
+    assert all(layer.method == "dense" for layer in dense)
+    assert set(manifest.trainable) == {n for layer in manifest.layers for n in layer.trainable}

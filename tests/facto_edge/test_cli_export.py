@@ -115,12 +115,17 @@ def test_rank_outside_unit_interval(tmp_path, rank):
     assert_clean_failure(result, out, "--rank must be in (0, 1]")
 
 
-@pytest.mark.parametrize("train", ["middle", "core,", "last,bias"])
+@pytest.mark.parametrize("train", ["middle", "core,", "last,bias", "delta,last"])
 def test_train_names_unknown_factor(tmp_path, train):
     assert run("zoo", "simple_cnn", "-o", str(tmp_path / "m.pt")).exit_code == 0
     out = tmp_path / "o.facto"
     result = run("export", str(tmp_path / "m.pt"), "-o", str(out), "--train", train)
     assert_clean_failure(result, out, "--train must be last, first, core, all")
+
+
+def test_export_help_names_delta():
+    result = run("export", "--help")
+    assert result.exit_code == 0 and "delta" in result.output
 
 
 def test_pickled_module_is_refused_unless_trusted(tmp_path):

@@ -3,6 +3,7 @@ real digits, Ctrl-C and --resume, and every kind of bad input."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -109,6 +110,30 @@ def test_bad_data_is_refused_before_anything_is_written(digits_model, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("bn:10", ["--lr-groups must look like bn=10,head=0.5"]),
+        ("bn=ten", ["--lr-groups must look like"]),
+        ("heads=2", ["unknown group 'heads'", "factors, bias, bn, head"]),
+        ("bn=1,bn=2", ["'bn' twice"]),
+        ("bn=-1", ["multiplier of 'bn'", ">= 0"]),
+    ],
+)
+def test_bad_lr_groups_are_refused(digits_model, small_npz, tmp_path, value, words):
+    out = tmp_path / "run"
+    result = cli(*train_args(digits_model, small_npz, out, "--lr-groups", value))
+    assert_refused(result, *words)
+    assert not out.exists()
+
+
+def test_stochastic_rounding_needs_a_block_codec(digits_model, small_npz, tmp_path):
+    out = tmp_path / "run"
+    args = ("--rounding", "stochastic", "--codec", "fp16")
+    assert_refused(cli(*train_args(digits_model, small_npz, out, *args)), "codec rounding")
+    assert not out.exists()
+
+
 def image_folder(root, corrupt: int):
     from PIL import Image
 
@@ -170,3 +195,28 @@ def test_corrupt_checkpoint_on_resume_is_refused(digits_model, small_npz, finish
 def test_eval_and_export_onnx_of_nothing_are_refused(tmp_path):
     assert_refused(cli("eval", tmp_path, "--data", "digits:"), "neither a run directory")
     assert_refused(cli("export-onnx", tmp_path, "-o", tmp_path / "t.onnx"), "neither a run")
+
+
+def test_delta_export_plans_trains_and_merges(pretrained_pt, small_npz, tmp_path):
+    model, run = tmp_path / "delta.facto", tmp_path / "run"
+    result = cli("export", pretrained_pt, "-o", model, "--no-ort", "--train", "delta")
+    assert result.exit_code == 0 and "tucker2+W" in result.output, result.output
+    planned = cli("plan", model, "--budget", "1GB")
+    assert planned.exit_code == 0 and "saved for backward" in planned.output, planned.output
+    extra = ("--lr", 0.05, "--lr-groups", "head=0.5", "--rounding", "stochastic")
+    trained = cli(*train_args(model, small_npz, run, *extra))
+    assert trained.exit_code == 0, trained.output
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["lr_groups"] == {"head": 0.5} and config["rounding"] == "stochastic"
+    from facto_edge.evaluate import trained_session
+
+    session, _ = trained_session(run, 64)
+    x = np.random.default_rng(1).standard_normal((16, 1, 16, 16)).astype(np.float32)
+    result = cli("export-onnx", run, "-o", tmp_path / "merged.onnx", "--merge")
+    assert result.exit_code == 0, result.output
+    sess = ort.InferenceSession(str(tmp_path / "merged.onnx"))
+    import onnx
+
+    names = [n.name for n in onnx.load(str(tmp_path / "merged.onnx")).graph.node]
+    assert not [n for n in names if n.endswith((".dense", ".delta_add", ".last"))]
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], session.predict(x), atol=1e-4)

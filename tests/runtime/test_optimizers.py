@@ -336,12 +336,33 @@ def test_sgd_without_momentum_keeps_no_state():
         ("sgd", dict(weight_decay=float("nan")), "weight decay"),
         ("adamw", dict(betas=(0.9, 1.0)), "beta2"),
         ("adamw", dict(eps=-1e-8), "eps"),
+        ("sgd", dict(lr_scales={"W": -1.0}), "multiplier of 'W'"),
+        ("adamw", dict(lr_scales={"nope": 1.0}), "lr_scales"),
     ],
 )
 def test_bad_optimizer_arguments(name, kw, message):
     kw = {"lr": 1e-3, **kw}
     with pytest.raises(FactoEdgeError, match=message):
         make_optimizer(name, random_params(), **kw)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_lr_scales_give_a_tensor_its_own_rate(name):
+    params, rng = random_params(4), np.random.default_rng(5)
+    grads = random_grads(rng, params)
+    kw = {"lr": 0.1} | ({"momentum": 0.0} if name == "sgd" else {})
+    plain = make_optimizer(name, copy(params), **kw)
+    plain.step(grads)
+    frozen = make_optimizer(name, copy(params), lr_scales={"b": 0.0, "W": 1.0}, **kw)
+    frozen.step(grads)
+    np.testing.assert_array_equal(frozen.params["b"], params["b"])
+    np.testing.assert_array_equal(frozen.params["W"], plain.params["W"])
+    if name == "sgd":  # one SGD step by hand: p - (2 lr) g
+        double = make_optimizer(name, copy(params), lr_scales={"W": 2.0}, **kw)
+        double.step(grads)
+        np.testing.assert_array_equal(double.params["b"], plain.params["b"])
+        expected = params["W"] - np.float32(0.2) * grads["W"]
+        np.testing.assert_allclose(double.params["W"], expected, rtol=1e-6)
 
 
 def test_bad_params_and_grads():

@@ -61,3 +61,14 @@ def test_loss_trajectory_matches_onnxruntime(exported, bn, optimizer, ort_file):
     assert theirs[-1] < theirs[0]
     rel = np.abs(np.array(ours) - np.array(theirs)) / np.abs(np.array(theirs))
     assert rel.max() < 1e-3, list(zip(ours, theirs, strict=True))
+
+
+def test_delta_trajectory_matches_onnxruntime(exported):
+    """--train delta (frozen dense weights beside a zero-started update), BN trained."""
+    _, model_dir = exported("simple_cnn", rank=0.25, train="delta", bn="train")
+    data = batches()
+    ours = our_losses(model_dir, "sgd", data)
+    theirs = ort_losses(model_dir, "optimizer_sgd.onnx", data)
+    assert theirs[-1] < theirs[0]
+    rel = np.abs(np.array(ours) - np.array(theirs)) / np.abs(np.array(theirs))
+    assert rel.max() < 1e-3, list(zip(ours, theirs, strict=True))

@@ -157,6 +157,29 @@ def test_lossy_codec_trains_close_to_fp32():
         np.testing.assert_allclose(lossy[name], g, atol=0.02 * np.abs(g).max(), err_msg=name)
 
 
+def test_stochastic_rounding_is_seeded_and_unbiased(exported):
+    """q2 with stochastic rounding: a step's gradients repeat, another step's differ, and
+    their mean over steps lands closer to the lossless gradients than nearest rounding."""
+    model_dir = exported("simple_cnn", rank=0.25, ort=False)[1]
+    x, y = batch(4, shape=(3, 32, 32), classes=10, seed=3)
+    exact = TrainingSession(model_dir, batch_size=4).compute_gradients(x, y)[1]
+    nearest = TrainingSession(model_dir, batch_size=4, codec="q2").compute_gradients(x, y)[1]
+    s = TrainingSession(model_dir, batch_size=4, codec="q2", rounding="stochastic")
+    assert s.rounding == "stochastic"
+    draws = []
+    for step in range(48):
+        s.step = step
+        draws.append(s.compute_gradients(x, y)[1])
+    again = s.compute_gradients(x, y)[1]
+    factors = [name for name in exact if name.endswith("last.weight")]
+    assert len(factors) == 3
+    for name in factors:
+        np.testing.assert_array_equal(again[name], draws[-1][name])
+        assert not np.array_equal(draws[0][name], draws[1][name])
+        mean_error = np.abs(np.mean([d[name] for d in draws], 0) - exact[name]).max()
+        assert mean_error < 0.5 * np.abs(nearest[name] - exact[name]).max(), name
+
+
 def test_memory_report_accounts_for_every_buffer():
     s = TrainingSession(tiny_model(), batch_size=4, momentum=0.9)
     r = s.memory_report()
@@ -221,6 +244,10 @@ def test_option_errors():
         TrainingSession(tiny_model(), batch_size=2, threads=0)
     with pytest.raises(FactoEdgeError, match="unknown codec"):
         TrainingSession(tiny_model(), batch_size=2, codec="q3")
+    with pytest.raises(FactoEdgeError, match="stochastic rounding applies to the q8"):
+        TrainingSession(tiny_model(), batch_size=2, codec="fp32", rounding="stochastic")
+    with pytest.raises(FactoEdgeError, match="rounding must be one of"):
+        TrainingSession(tiny_model(), batch_size=2, codec="q4", rounding="up")
 
 
 def test_threads_option_sets_numba_threads():

@@ -16,6 +16,9 @@ from facto_edge.runtime import TrainingSession
 CASES = [
     ("simple_cnn", "last", "fold"),
     ("simple_cnn", "all", "train"),
+    ("simple_cnn", "delta", "fold"),  # frozen dense weight + low-rank update from zero
+    ("simple_cnn", "delta", "train"),
+    ("convnext_atto", "delta", "fold"),  # MatMul's update, its bias Add after the sum
     pytest.param("resnet18_cifar", "last", "fold", marks=pytest.mark.slow),  # ~25 s
     ("mobilenetv2_cifar", "last", "fold"),
     ("vgg11_bn_cifar", "last", "fold"),
