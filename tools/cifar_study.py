@@ -47,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,32 +67,54 @@ TEST_B = 0.5  # of task B's photos: 500 per class tested, 500 fine-tuned on
 VAL_FRACTION = 0.2  # of task B's training photos, for the learning-rate tuning
 BATCH = 32
 LRS = (0.01, 0.03, 0.1)
-PRETRAIN = {"epochs": 30, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
+PRETRAIN = {"epochs": 8, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
 TORCH_METHODS = {
     "full": "PyTorch full fine-tuning",
     "head": "PyTorch head only",
     "bias_bn": "PyTorch biases and BN only (TinyTL)",
 }
-# Export configurations: key -> export options.
+# Export configurations: key -> export options (delta: frozen W plus a low-rank update).
+TRAIN_SETS = {"last": "last", "cl": "core,last", "delta": "delta"}
 CONFIGS = {
-    f"r{rank}-{'cl' if train == 'core,last' else train}-{bn}": {
-        "rank": rank, "train": train, "bn": bn,
-    }
+    f"r{rank}-{key}-{bn}": {"rank": rank, "train": train, "bn": bn}
+    for key, train in TRAIN_SETS.items()
     for rank in (0.25, 0.5)
-    for train in ("last", "core,last")
     for bn in ("fold", "train")
-}  # fmt: skip
+}
 CODECS = ("fp32", "q4", "q2")
-# facto-edge runs (configuration, codec): every configuration with q4; fp32 and q2 where
-# the codec's cost tells something (the configurations that come near full fine-tuning).
-FACTO_RUNS = [(key, "q4") for key in CONFIGS]
-FACTO_RUNS += [(key, c) for key in ("r0.5-cl-train", "r0.25-cl-train") for c in ("fp32", "q2")]
-FACTO_RUNS += [("r0.25-last-fold", c) for c in ("fp32", "q2")]
+# Runs, sized to fit about an hour on two shared cores (docs/accuracy.md says what was
+# left out). Through the runtime (configuration, codec, lr_groups): BN-folded
+# configurations, the export defaults (r0.25 last), core,last at rank 0.5, and the
+# residual update (delta) at both ranks, with q4, and q2 for delta; one per-group learning
+# rate. Two --bn train configurations (batch-statistics BN, which the runtime runs in one
+# lane: several times slower here) train through their PyTorch reference instead
+# (REFERENCE_RUNS: the same math, fp32); their saved bytes are the runtime plan's, at
+# every codec. The plan's saved bytes are reported for every configuration of CONFIGS.
+HEAD_X10 = {"head": 10.0}
+FACTO_RUNS = [(key, "q4", None) for key in ("r0.25-last-fold", "r0.5-cl-fold")]
+FACTO_RUNS += [("r0.25-delta-fold", c, None) for c in ("q4", "q2")]
+FACTO_RUNS += [("r0.5-delta-fold", "q4", None), ("r0.25-delta-fold", "q4", HEAD_X10)]
+REFERENCE_RUNS = ["r0.5-cl-train", "r0.25-delta-train"]
+# Learning rates: tuned for these; a rank 0.5 configuration takes its rank 0.25 sibling's.
+TUNED = ["r0.25-last-fold", "r0.25-cl-fold", "r0.25-cl-train", "r0.25-delta-fold",
+         "r0.25-delta-train"]  # fmt: skip
+GROUP_TUNED = {"r0.25-delta-fold+head10": ("r0.25-delta-fold", HEAD_X10)}
 
 
-def label(key: str) -> str:
+def label(key: str, lr_groups: dict | None = None) -> str:
     o = CONFIGS[key]
-    return f"r{o['rank']} --train {o['train']} --bn {o['bn']}"
+    text = f"r{o['rank']} --train {o['train']} --bn {o['bn']}"
+    if lr_groups:
+        text += " --lr-groups " + ",".join(f"{g}={v:g}" for g, v in lr_groups.items())
+    return text
+
+
+def rate_of(key: str, lr_groups: dict | None, lrs: dict[str, float]) -> float:
+    """The tuned rate of a configuration: its rank 0.25 sibling's."""
+    base = key.replace("r0.5-", "r0.25-")
+    if lr_groups:
+        return lrs[next(k for k, (b, g) in GROUP_TUNED.items() if b == base and g == lr_groups)]
+    return lrs[base]
 
 
 # --- data ---------------------------------------------------------------------------
@@ -159,7 +182,7 @@ def _pretrain_process(queue, data: str, out: str, seed: int, epochs: int) -> Non
     train, held = _open(data, "train"), _open(data, "test")
     model = zoo.build(MODEL, seed=seed, num_classes=5)
     opt = torch.optim.SGD(
-        model.parameters(), lr=PRETRAIN["lr"], momentum=0.9,
+        [{"params": model.parameters(), "scale": 1.0}], lr=PRETRAIN["lr"], momentum=0.9,
         weight_decay=PRETRAIN["weight_decay"],
     )  # fmt: skip
     _fit(model, opt, train, epochs, PRETRAIN["lr"], PRETRAIN["batch"], seed)
@@ -181,10 +204,14 @@ def _fit(model, opt, train, epochs: int, lr: float, batch: int, seed: int, set_m
     (set_mode or (lambda: model.train()))()
     step = 0
     for epoch in range(epochs):
-        for x, y in iterate_batches(train, batch, shuffle=True, seed=seed, epoch=epoch, augment=True):
+        for x, y in iterate_batches(
+            train, batch, shuffle=True, seed=seed, epoch=epoch, augment=True
+        ):
             for group in opt.param_groups:
-                group["lr"] = schedule(step)
-            loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+                group["lr"] = schedule(step) * group["scale"]
+            loss = torch.nn.functional.cross_entropy(
+                model(torch.from_numpy(x)), torch.from_numpy(y)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -253,7 +280,21 @@ def saved_bytes(model, params, set_mode) -> int:
     return sum(kept.values())
 
 
-def _torch_process(queue, kind: str, prep: dict, config, data: str, epochs, lr, seed) -> None:
+def _groups(params: list, names: list[str] | None, model_dir: Path, lr_groups: dict | None):
+    """SGD parameter groups, each with the `scale` of its learning rate: the runtime's
+    groups (runtime/param_groups.py) for a reference with `lr_groups`, else one."""
+    if not lr_groups:
+        return [{"params": params, "scale": 1.0}]
+    from facto_edge.runtime.graph import load_graph
+    from facto_edge.runtime.param_groups import param_groups
+
+    role = param_groups(load_graph(model_dir))
+    scale = [lr_groups.get(role[n], 1.0) for n in names]
+    return [{"params": [p for p, s in zip(params, scale, strict=True) if s == v], "scale": v}
+            for v in sorted(set(scale))]  # fmt: skip
+
+
+def _torch_process(queue, kind, prep, config, lr_groups, data: str, epochs, lr, seed) -> None:
     """One PyTorch fine-tuning on `data`'s train split, scored on its test split."""
     import torch
 
@@ -263,7 +304,9 @@ def _torch_process(queue, kind: str, prep: dict, config, data: str, epochs, lr, 
     saved = saved_bytes(model, params, set_mode) if kind != "ref" else None
     for p in params:
         p.grad = None
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    names = model.trainable if kind == "ref" else None
+    groups = _groups(params, names, prep["out"] / f"{config}.facto", lr_groups)
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
     started = time.perf_counter()
     _fit(model, opt, _open(data, "train"), epochs, lr, BATCH, seed, set_mode)
     seconds = time.perf_counter() - started
@@ -284,12 +327,13 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
     return result
 
 
-def facto_run(prep: dict, config: str, codec: str, lr: float, epochs: int) -> dict:
-    run_dir = prep["out"] / "runs" / f"{config}-{codec}"
+def facto_run(prep: dict, config: str, codec: str, lr_groups, lr: float, epochs: int) -> dict:
+    tag = "-head10" if lr_groups else ""
+    run_dir = prep["out"] / "runs" / f"{config}-{codec}{tag}-e{epochs}"
     options = {
         "epochs": epochs, "batch_size": BATCH, "optimizer": "sgd", "lr": lr,
         "schedule": "cosine", "codec": codec, "seed": prep["seed"], "val_split": 0.0,
-        "augment": True,
+        "augment": True, "lr_groups": lr_groups,
     }  # fmt: skip
     started = time.perf_counter()
     model_dir, data = prep["out"] / f"{config}.facto", prep["data"]["task_b"]
@@ -298,11 +342,33 @@ def facto_run(prep: dict, config: str, codec: str, lr: float, epochs: int) -> di
             "peak_rss": peak, "lr": lr, "seconds": time.perf_counter() - started}  # fmt: skip
 
 
-def torch_run(prep: dict, kind: str, config, data: Path, lr: float, epochs: int) -> dict:
+def torch_run(prep: dict, kind: str, config, lr_groups, data: Path, lr: float, epochs: int):
     started = time.perf_counter()
-    args = (kind, prep, config, str(data), epochs, lr, prep["seed"])
+    args = (kind, prep, config, lr_groups, str(data), epochs, lr, prep["seed"])
     result = _in_process(_torch_process, args)
     return result | {"wall": time.perf_counter() - started}
+
+
+def _plan_process(queue, model_dirs: dict[str, str]) -> None:
+    """The runtime plan's saved bytes per step at batch BATCH, {config: {codec: bytes}}."""
+    from facto_edge.runtime import TrainingSession
+
+    found = {}
+    for key, model_dir in model_dirs.items():
+        found[key] = {}
+        for codec in CODECS:
+            session = TrainingSession(model_dir, batch_size=BATCH, codec=codec)
+            found[key][codec] = session.memory_report()["saved_bytes"]
+            session.close()
+    queue.put(found)
+
+
+def plan_bytes(prep: dict) -> dict[str, dict[str, int]]:
+    """Saved bytes per configuration and codec (the same for every seed)."""
+    dirs = {key: str(prep["out"] / f"{key}.facto") for key in CONFIGS}
+    return cached(
+        prep["out"].parent / "plan_bytes.json", lambda: _in_process(_plan_process, (dirs,))
+    )
 
 
 def prepare_seed(work: Path, x: np.ndarray, y: np.ndarray, seed: int, args) -> dict:
@@ -313,8 +379,11 @@ def prepare_seed(work: Path, x: np.ndarray, y: np.ndarray, seed: int, args) -> d
     out.mkdir(parents=True, exist_ok=True)
     data = write_seed_data(out, x, y, seed)
     args_a = (str(data["task_a"]), str(out), seed, args.pretrain_epochs)
-    pre = cached(out / "pretrain.json", lambda: _in_process(_pretrain_process, args_a))
-    print(f"seed {seed}: pretrained on task A, held-back accuracy {pre['accuracy']:.3f}")
+    name = f"pretrain-e{args.pretrain_epochs}.json"
+    pre = cached(out / name, lambda: _in_process(_pretrain_process, args_a))
+    print(
+        f"seed {seed}: pretrained on task A, held-back accuracy {pre['accuracy']:.3f}", flush=True
+    )
     for key, options in CONFIGS.items():
         if not (out / f"{key}.facto" / "manifest.json").exists():
             export(out / "pretrained.pt", out / f"{key}.facto", ort=False, force=True, **options)
@@ -326,33 +395,40 @@ def _pool(jobs: int, tasks: list[Callable[[], dict]]) -> list[dict]:
         return list(pool.map(lambda task: task(), tasks))
 
 
-def tune(preps: list[dict], args) -> tuple[dict[str, float], dict]:
-    """The learning rate of each method and every validation accuracy {(name, lr): [..]}."""
-    names = list(TORCH_METHODS) + list(CONFIGS)
+def _tuned_methods() -> dict[str, tuple[str, str | None, dict | None]]:
+    """{name: (kind, configuration, lr_groups)} of every method tuned."""
+    methods = {kind: (kind, None, None) for kind in TORCH_METHODS}
+    methods |= {key: ("ref", key, None) for key in TUNED}
+    return methods | {name: ("ref", key, g) for name, (key, g) in GROUP_TUNED.items()}
+
+
+def tune(preps: list[dict], args, also: list) -> tuple[dict[str, float], dict]:
+    """The learning rate of each tuned method and every validation accuracy
+    {(name, lr): [per seed]}; the tasks `also` run in the same pool."""
+    methods = _tuned_methods()
     tasks, keys = [], []
     for prep in preps:
         data = prep["data"]["task_b_val"]
-        for name in names:
-            kind, config = ("ref", name) if name in CONFIGS else (name, None)
+        for name, (kind, config, groups) in methods.items():
             for lr in args.lrs:
                 path = prep["out"] / "tune" / f"{name}-lr{lr:g}-e{args.epochs}.json"
                 keys.append((name, lr))
-                tasks.append(_tuning_task(path, prep, kind, config, data, lr, args.epochs))
+                run = partial(torch_run, prep, kind, config, groups, data, lr, args.epochs)
+                tasks.append(_logged(path, run, f"tune seed {prep['seed']} {name} lr {lr:g}"))
     scores: dict = {}
-    for key, result in zip(keys, _pool(args.jobs, tasks), strict=True):
+    for key, result in zip(keys, _pool(args.jobs, also + tasks)[len(also) :], strict=True):
         scores.setdefault(key, []).append(result["accuracy"])
     chosen = {}
-    for name in names:
+    for name in methods:
         means = [(statistics.mean(scores[(name, lr)]), -lr) for lr in args.lrs]
-        chosen[name] = -max(means)[1]
+        chosen[name] = -max(means)[1]  # the best mean; the smaller rate on a tie
     return chosen, scores
 
 
-def _tuning_task(path, prep, kind, config, data, lr, epochs):
+def _logged(path: Path, compute, what: str):
     def task() -> dict:
-        result = cached(path, lambda: torch_run(prep, kind, config, data, lr, epochs))
-        print(f"  tune seed {prep['seed']} {config or kind:<18} lr {lr:<5g} "
-              f"validation {result['accuracy']:.4f}", flush=True)  # fmt: skip
+        result = cached(path, compute)
+        print(f"  {what:<78} accuracy {result['accuracy']:.4f}", flush=True)
         return result
 
     return task
@@ -360,31 +436,33 @@ def _tuning_task(path, prep, kind, config, data, lr, epochs):
 
 def study_tasks(prep: dict, lrs: dict[str, float], args) -> dict[str, Callable[[], dict]]:
     """{method name: task} of one seed's final runs."""
-    tasks = {}
-    res = prep["out"] / "results"
+    tasks, res, seed, e = {}, prep["out"] / "results", prep["seed"], args.epochs
+    data = prep["data"]["task_b"]
     for kind, name in TORCH_METHODS.items():
-        path = res / f"{kind}-e{args.epochs}.json"
-        data, lr = prep["data"]["task_b"], lrs[kind]
-        tasks[name] = _final_task(path, lambda k=kind, d=data, r=lr: torch_run(
-            prep, k, None, d, r, args.epochs), prep, name)  # fmt: skip
-    for key, codec in FACTO_RUNS:
-        name = f"facto-edge {label(key)}, {codec}"
-        path = res / f"{key}-{codec}-e{args.epochs}.json"
-        tasks[name] = _final_task(path, lambda k=key, c=codec: facto_run(
-            prep, k, c, lrs[k], args.epochs), prep, name)  # fmt: skip
+        run = partial(torch_run, prep, kind, None, None, data, lrs[kind], e)
+        tasks[name] = _logged(res / f"{kind}-e{e}.json", run, f"seed {seed} {name}")
+    for key, codec, groups in FACTO_RUNS:
+        name = f"facto-edge {label(key, groups)}, {codec}"
+        lr, tag = rate_of(key, groups, lrs), "-head10" if groups else ""
+        run = partial(facto_run, prep, key, codec, groups, lr, e)
+        tasks[name] = _logged(res / f"{key}-{codec}{tag}-e{e}.json", run, f"seed {seed} {name}")
+    for key in REFERENCE_RUNS:
+        name = f"PyTorch reference of facto-edge {label(key)} (fp32)"
+        run = partial(torch_run, prep, "ref", key, None, data, rate_of(key, None, lrs), e)
+        tasks[name] = _logged(res / f"ref-{key}-e{e}.json", run, f"seed {seed} {name}")
     return tasks
 
 
-def _final_task(path: Path, compute, prep: dict, name: str):
-    def task() -> dict:
-        result = cached(path, compute)
-        print(f"  seed {prep['seed']} {name:<58} accuracy {result['accuracy']:.4f}", flush=True)
-        return result
-
-    return task
-
-
 # --- report -------------------------------------------------------------------------
+
+
+def _bytes_cells(r: dict, dense: int) -> tuple[str, str]:
+    """(saved per step, share below dense): a reference row gives every codec's."""
+    if "plan" not in r:
+        return format_size(r["saved"]), f"{100 * (1 - r['saved'] / dense):.1f} %"
+    plan = r["plan"]
+    saved = " / ".join(f"{c} {format_size(plan[c])}" for c in CODECS)
+    return saved, " / ".join(f"{100 * (1 - plan[c] / dense):.1f} %" for c in CODECS)
 
 
 def table(runs: list[dict[str, dict]]) -> str:
@@ -395,11 +473,10 @@ def table(runs: list[dict[str, dict]]) -> str:
     for name in runs[0]:
         rs = [run[name] for run in runs]
         acc = [r["accuracy"] for r in rs]
-        saved = rs[0]["saved"]
+        saved, below = _bytes_cells(rs[0], dense)
         lines.append(
             f"| {name} | {rs[0]['lr']:g} | {_mean_std(acc)} | "
-            f"{', '.join(f'{100 * a:.1f}' for a in acc)} | {format_size(saved)} | "
-            f"{100 * (1 - saved / dense):.1f} % | "
+            f"{', '.join(f'{100 * a:.1f}' for a in acc)} | {saved} | {below} | "
             f"{statistics.mean(r['seconds'] for r in rs):.0f} s |"
         )
     return "\n".join(lines)
@@ -407,7 +484,8 @@ def table(runs: list[dict[str, dict]]) -> str:
 
 def tuning_table(scores: dict, chosen: dict[str, float], lrs: list[float]) -> str:
     """Mean validation accuracy per method and learning rate; the chosen one in bold."""
-    names = dict(TORCH_METHODS) | {k: f"{label(k)} (PyTorch reference)" for k in CONFIGS}
+    names = dict(TORCH_METHODS) | {k: f"{label(k)} (PyTorch reference)" for k in TUNED}
+    names |= {n: f"{label(k, g)} (PyTorch reference)" for n, (k, g) in GROUP_TUNED.items()}
     lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |"]
     lines.append("|" + " --- |" * (len(lrs) + 1))
     for key, name in names.items():
@@ -420,28 +498,31 @@ def tuning_table(scores: dict, chosen: dict[str, float], lrs: list[float]) -> st
 
 
 def plot(runs: list[dict[str, dict]], path: Path) -> None:
-    """Test accuracy (mean, sd as error bars) against saved bytes per step, log scale."""
+    """Test accuracy (mean, sd as error bars) against saved bytes per step, log scale;
+    a reference row at its q4 plan."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
     dense = runs[0][TORCH_METHODS["full"]]["saved"]
-    for name in runs[0]:
+    for i, name in enumerate(runs[0]):
         acc = [100 * run[name]["accuracy"] for run in runs]
-        saved = runs[0][name]["saved"]
+        r = runs[0][name]
+        saved = r["plan"]["q4"] if "plan" in r else r["saved"]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        marker = "s" if name.startswith("PyTorch") else "o"
-        ax.errorbar(saved / 2**10, statistics.mean(acc), yerr=sd, fmt=marker, capsize=3,
-                    label=name)  # fmt: skip
+        marker = "s" if name.startswith("PyTorch ") and "plan" not in r else "o^vD<>p*hX"[i % 10]
+        text = f"{name} (at q4 bytes)" if "plan" in r else name
+        ax.errorbar(max(saved, 1) / 2**10, statistics.mean(acc), yerr=sd, fmt=marker, capsize=3,
+                    label=text, mfc="none" if "plan" in r else None)  # fmt: skip
     ax.axvline(0.07 * dense / 2**10, color="grey", linestyle="--", label="93 % below PyTorch dense")
     ax.set_xscale("log")
     ax.set_xlabel("saved activations per step, batch 32 (KiB, log scale)")
     ax.set_ylabel(f"test accuracy % (mean of {len(runs)} seeds, sd bars)")
     ax.set_title("Fine-tuning resnet20_cifar to CIFAR-10 classes 5-9 (500 photos each)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
+    ax.legend(fontsize=5.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -450,7 +531,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, required=True, help="Cache of every result.")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
@@ -463,13 +544,24 @@ def main() -> None:
         os.environ.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     args.work.mkdir(parents=True, exist_ok=True)
     x, y = photos(args.work, args.data)
-    preps = {s: prepare_seed(args.work, x, y, s, args) for s in args.seeds}
-    lrs, scores = tune([preps[s] for s in args.tune_seeds], args)
-    print(f"learning rates: {lrs}")
+    prepared = _pool(args.jobs, [lambda s=s: prepare_seed(args.work, x, y, s, args)
+                                 for s in args.seeds])  # fmt: skip
+    preps = dict(zip(args.seeds, prepared, strict=True))
+    plans: dict = {}
+
+    def plan_task() -> dict:
+        plans.update(plan_bytes(preps[args.seeds[0]]))
+        return {}
+
+    lrs, scores = tune([preps[s] for s in args.tune_seeds], args, [plan_task])
+    print(f"learning rates: {lrs}", flush=True)
     per_seed = [study_tasks(preps[s], lrs, args) for s in args.seeds]
     flat = [task for tasks in per_seed for task in tasks.values()]
     results = iter(_pool(args.jobs, flat))
     runs = [{name: next(results) for name in tasks} for tasks in per_seed]
+    for run in runs:
+        for key in REFERENCE_RUNS:
+            run[f"PyTorch reference of facto-edge {label(key)} (fp32)"]["plan"] = plans[key]
     pre = ", ".join(f"{100 * p['pretrain']['accuracy']:.1f}" for p in preps.values())
     text = table(runs) + f"\n\nPretrained (task A) held-back accuracy per seed: {pre} %.\n"
     text += "\nValidation accuracy % per learning rate (seeds "
@@ -480,6 +572,7 @@ def main() -> None:
         args.output.write_text(text + "\n")
     if args.plot:
         plot(runs, args.plot)
+    (args.work / "runs.json").write_text(json.dumps(runs))
 
 
 if __name__ == "__main__":
