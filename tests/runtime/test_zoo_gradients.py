@@ -29,6 +29,9 @@ CASES = [
     ("mobilenetv3_small", "last", "fold"),  # HardSwish, HardSigmoid, SE's broadcast Mul
     ("efficientnet_b0", "last", "fold"),  # SiLU fused, Sigmoid in SE
     ("convnext_atto", "last", "fold"),  # channels-last LayerNorm, GELU (fused), layer scale
+    # option-A shortcut: strided Slice, Pad. With --bn train at batch 3 PyTorch's fp32
+    # gradients are the inexact side (1.7e-3 from float64, the runtime's 2e-6), so fold.
+    pytest.param("resnet20_cifar", "core,last", "fold", marks=pytest.mark.slow),
 ]
 
 
