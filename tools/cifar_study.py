@@ -66,8 +66,8 @@ HOLDOUT_A = 0.1  # of task A's photos, to check the pretraining
 TEST_B = 0.5  # of task B's photos: 500 per class tested, 500 fine-tuned on
 VAL_FRACTION = 0.2  # of task B's training photos, for the learning-rate tuning
 BATCH = 32
-LRS = (0.01, 0.03, 0.1)
-PRETRAIN = {"epochs": 8, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
+LRS = (0.01, 0.05)
+PRETRAIN = {"epochs": 4, "threads": 2, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
 TORCH_METHODS = {
     "full": "PyTorch full fine-tuning",
     "head": "PyTorch head only",
@@ -91,14 +91,18 @@ CODECS = ("fp32", "q4", "q2")
 # (REFERENCE_RUNS: the same math, fp32); their saved bytes are the runtime plan's, at
 # every codec. The plan's saved bytes are reported for every configuration of CONFIGS.
 HEAD_X10 = {"head": 10.0}
-FACTO_RUNS = [(key, "q4", None) for key in ("r0.25-last-fold", "r0.5-cl-fold")]
-FACTO_RUNS += [("r0.25-delta-fold", c, None) for c in ("q4", "q2")]
-FACTO_RUNS += [("r0.5-delta-fold", "q4", None), ("r0.25-delta-fold", "q4", HEAD_X10)]
-REFERENCE_RUNS = ["r0.5-cl-train", "r0.25-delta-train"]
-# Learning rates: tuned for these; a rank 0.5 configuration takes its rank 0.25 sibling's.
-TUNED = ["r0.25-last-fold", "r0.25-cl-fold", "r0.25-cl-train", "r0.25-delta-fold",
-         "r0.25-delta-train"]  # fmt: skip
-GROUP_TUNED = {"r0.25-delta-fold+head10": ("r0.25-delta-fold", HEAD_X10)}
+FACTO_RUNS = [("r0.25-last-fold", "q4", None), ("r0.25-delta-fold", "q4", None)]
+REFERENCE_RUNS = ["r0.5-cl-train"]
+# Run after the rows above have every seed, as long as time allows.
+LATER_RUNS = [("r0.5-delta-fold", "q4", None), ("r0.25-delta-fold", "q2", None)]
+LATER_RUNS += [("r0.5-cl-fold", "q4", None), ("r0.25-delta-fold", "q4", HEAD_X10)]
+LATER_REFERENCE_RUNS = ["r0.25-delta-train"]
+# Learning rates: tuned for TUNED; a rank 0.5 configuration takes its rank 0.25 sibling's,
+# an untuned one the rate of SHARED's, a per-group rate the base rate of its configuration.
+TUNED = ["r0.25-last-fold", "r0.25-cl-train", "r0.25-delta-fold"]
+SHARED = {"r0.25-cl-fold": "r0.25-last-fold", "r0.25-delta-train": "r0.25-cl-train"}
+GROUP_TUNED: dict[str, tuple[str, dict]] = {}
+REPORT_ONLY = False  # --report: gather the cached results, run nothing
 
 
 def label(key: str, lr_groups: dict | None = None) -> str:
@@ -110,11 +114,12 @@ def label(key: str, lr_groups: dict | None = None) -> str:
 
 
 def rate_of(key: str, lr_groups: dict | None, lrs: dict[str, float]) -> float:
-    """The tuned rate of a configuration: its rank 0.25 sibling's."""
+    """The learning rate of a configuration (see TUNED)."""
     base = key.replace("r0.5-", "r0.25-")
-    if lr_groups:
-        return lrs[next(k for k, (b, g) in GROUP_TUNED.items() if b == base and g == lr_groups)]
-    return lrs[base]
+    for name, (k, g) in GROUP_TUNED.items():
+        if k == base and g == lr_groups:
+            return lrs[name]
+    return lrs[SHARED.get(base, base)]
 
 
 # --- data ---------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def _pretrain_process(queue, data: str, out: str, seed: int, epochs: int) -> Non
     from facto_edge import zoo
     from facto_edge.pretrain import reset_classifier
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(PRETRAIN["threads"])
     train, held = _open(data, "train"), _open(data, "test")
     model = zoo.build(MODEL, seed=seed, num_classes=5)
     opt = torch.optim.SGD(
@@ -242,7 +247,7 @@ def _method(kind: str, prep: dict, config: str | None):
         ref = TorchReference.load(prep["out"] / f"{config}.facto")
         return ref, ref.parameters(), ref.train
     model = zoo.build(MODEL, num_classes=5)
-    model.load_state_dict(torch.load(prep["out"] / "pretrained.pth"))
+    model.load_state_dict(torch.load(prep["pretrained"] / "pretrained.pth"))
     if kind == "full":
         params = list(model.parameters())
     elif kind == "head":
@@ -371,23 +376,30 @@ def plan_bytes(prep: dict) -> dict[str, dict[str, int]]:
     )
 
 
-def prepare_seed(work: Path, x: np.ndarray, y: np.ndarray, seed: int, args) -> dict:
-    """Data, pretrained model and exports of one seed, each made once and cached."""
+def pretrain(work: Path, x: np.ndarray, y: np.ndarray, args) -> dict:
+    """Pretrain on task A once (seed --pretrain-seed), cached; every seed fine-tunes it."""
+    seed, epochs = args.pretrain_seed, args.pretrain_epochs
+    out = work / f"pretrain-seed{seed}-e{epochs}"
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_seed_data(out, x, y, seed)
+    args_a = (str(data["task_a"]), str(out), seed, epochs)
+    pre = cached(out / "pretrain.json", lambda: _in_process(_pretrain_process, args_a))
+    print(f"pretrained on task A, held-back accuracy {pre['accuracy']:.3f}", flush=True)
+    return pre | {"dir": str(out)}
+
+
+def prepare_seed(work: Path, x: np.ndarray, y: np.ndarray, seed: int, pre: dict) -> dict:
+    """Data and exports of one seed, each made once and cached."""
     from facto_edge.exporters.export import export
 
     out = work / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     data = write_seed_data(out, x, y, seed)
-    args_a = (str(data["task_a"]), str(out), seed, args.pretrain_epochs)
-    name = f"pretrain-e{args.pretrain_epochs}.json"
-    pre = cached(out / name, lambda: _in_process(_pretrain_process, args_a))
-    print(
-        f"seed {seed}: pretrained on task A, held-back accuracy {pre['accuracy']:.3f}", flush=True
-    )
+    pretrained = Path(pre["dir"])
     for key, options in CONFIGS.items():
         if not (out / f"{key}.facto" / "manifest.json").exists():
-            export(out / "pretrained.pt", out / f"{key}.facto", ort=False, force=True, **options)
-    return {"seed": seed, "out": out, "data": data, "pretrain": pre}
+            export(pretrained / "pretrained.pt", out / f"{key}.facto", ort=False, **options)
+    return {"seed": seed, "out": out, "data": data, "pretrain": pre, "pretrained": pretrained}
 
 
 def _pool(jobs: int, tasks: list[Callable[[], dict]]) -> list[dict]:
@@ -417,16 +429,20 @@ def tune(preps: list[dict], args, also: list) -> tuple[dict[str, float], dict]:
                 tasks.append(_logged(path, run, f"tune seed {prep['seed']} {name} lr {lr:g}"))
     scores: dict = {}
     for key, result in zip(keys, _pool(args.jobs, also + tasks)[len(also) :], strict=True):
-        scores.setdefault(key, []).append(result["accuracy"])
+        if result is not None:
+            scores.setdefault(key, []).append(result["accuracy"])
     chosen = {}
     for name in methods:
-        means = [(statistics.mean(scores[(name, lr)]), -lr) for lr in args.lrs]
+        means = [(statistics.mean(scores[(name, lr)]), -lr) for lr in args.lrs
+                 if (name, lr) in scores]  # fmt: skip
         chosen[name] = -max(means)[1]  # the best mean; the smaller rate on a tie
     return chosen, scores
 
 
 def _logged(path: Path, compute, what: str):
-    def task() -> dict:
+    def task() -> dict | None:
+        if REPORT_ONLY and not path.exists():
+            return None
         result = cached(path, compute)
         print(f"  {what:<78} accuracy {result['accuracy']:.4f}", flush=True)
         return result
@@ -434,23 +450,27 @@ def _logged(path: Path, compute, what: str):
     return task
 
 
-def study_tasks(prep: dict, lrs: dict[str, float], args) -> dict[str, Callable[[], dict]]:
-    """{method name: task} of one seed's final runs."""
+def study_tasks(prep: dict, lrs: dict[str, float], args, later: bool) -> dict:
+    """{method name: task} of one seed's final runs, the LATER ones with `later`."""
     tasks, res, seed, e = {}, prep["out"] / "results", prep["seed"], args.epochs
     data = prep["data"]["task_b"]
-    for kind, name in TORCH_METHODS.items():
+    for kind, name in TORCH_METHODS.items() if not later else ():
         run = partial(torch_run, prep, kind, None, None, data, lrs[kind], e)
         tasks[name] = _logged(res / f"{kind}-e{e}.json", run, f"seed {seed} {name}")
-    for key, codec, groups in FACTO_RUNS:
+    for key, codec, groups in LATER_RUNS if later else FACTO_RUNS:
         name = f"facto-edge {label(key, groups)}, {codec}"
         lr, tag = rate_of(key, groups, lrs), "-head10" if groups else ""
         run = partial(facto_run, prep, key, codec, groups, lr, e)
         tasks[name] = _logged(res / f"{key}-{codec}{tag}-e{e}.json", run, f"seed {seed} {name}")
-    for key in REFERENCE_RUNS:
-        name = f"PyTorch reference of facto-edge {label(key)} (fp32)"
+    for key in LATER_REFERENCE_RUNS if later else REFERENCE_RUNS:
+        name = reference_name(key)
         run = partial(torch_run, prep, "ref", key, None, data, rate_of(key, None, lrs), e)
         tasks[name] = _logged(res / f"ref-{key}-e{e}.json", run, f"seed {seed} {name}")
     return tasks
+
+
+def reference_name(key: str) -> str:
+    return f"PyTorch reference of facto-edge {label(key)} (fp32)"
 
 
 # --- report -------------------------------------------------------------------------
@@ -471,7 +491,9 @@ def table(runs: list[dict[str, dict]]) -> str:
             "| below PyTorch dense | train time per run |")  # fmt: skip
     lines = [head, "|" + " --- |" * 7]
     for name in runs[0]:
-        rs = [run[name] for run in runs]
+        rs = [run[name] for run in runs if run.get(name)]
+        if not rs:
+            continue
         acc = [r["accuracy"] for r in rs]
         saved, below = _bytes_cells(rs[0], dense)
         lines.append(
@@ -491,6 +513,9 @@ def tuning_table(scores: dict, chosen: dict[str, float], lrs: list[float]) -> st
     for key, name in names.items():
         cells = []
         for lr in lrs:
+            if not scores.get((key, lr)):
+                cells.append("-")
+                continue
             cell = f"{100 * statistics.mean(scores[(key, lr)]):.1f}"
             cells.append(f"**{cell}**" if lr == chosen[key] else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -508,7 +533,9 @@ def plot(runs: list[dict[str, dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 6.5))
     dense = runs[0][TORCH_METHODS["full"]]["saved"]
     for i, name in enumerate(runs[0]):
-        acc = [100 * run[name]["accuracy"] for run in runs]
+        acc = [100 * run[name]["accuracy"] for run in runs if run.get(name)]
+        if not acc:
+            continue
         r = runs[0][name]
         saved = r["plan"]["q4"] if "plan" in r else r["saved"]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
@@ -519,7 +546,7 @@ def plot(runs: list[dict[str, dict]], path: Path) -> None:
     ax.axvline(0.07 * dense / 2**10, color="grey", linestyle="--", label="93 % below PyTorch dense")
     ax.set_xscale("log")
     ax.set_xlabel("saved activations per step, batch 32 (KiB, log scale)")
-    ax.set_ylabel(f"test accuracy % (mean of {len(runs)} seeds, sd bars)")
+    ax.set_ylabel("test accuracy % (mean over the seeds, sd bars)")
     ax.set_title("Fine-tuning resnet20_cifar to CIFAR-10 classes 5-9 (500 photos each)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=5.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -531,7 +558,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, required=True, help="Cache of every result.")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--pretrain-seed", type=int, default=0)
     parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
@@ -539,31 +567,36 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="Runs at once (one thread each).")
     parser.add_argument("-o", "--output", type=Path, default=None, help="Markdown tables.")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of accuracy vs bytes.")
+    parser.add_argument("--report", action="store_true", help="Only gather cached results.")
     args = parser.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report
     if args.jobs > 1:  # every child process runs one thread
         os.environ.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     args.work.mkdir(parents=True, exist_ok=True)
     x, y = photos(args.work, args.data)
-    prepared = _pool(args.jobs, [lambda s=s: prepare_seed(args.work, x, y, s, args)
-                                 for s in args.seeds])  # fmt: skip
-    preps = dict(zip(args.seeds, prepared, strict=True))
+    pre = pretrain(args.work, x, y, args)
+    preps = {s: prepare_seed(args.work, x, y, s, pre) for s in args.seeds}
     plans: dict = {}
 
     def plan_task() -> dict:
         plans.update(plan_bytes(preps[args.seeds[0]]))
         return {}
 
-    lrs, scores = tune([preps[s] for s in args.tune_seeds], args, [plan_task])
+    lrs, scores = tune([preps[s] for s in args.tune_seeds], args, [])
     print(f"learning rates: {lrs}", flush=True)
-    per_seed = [study_tasks(preps[s], lrs, args) for s in args.seeds]
-    flat = [task for tasks in per_seed for task in tasks.values()]
-    results = iter(_pool(args.jobs, flat))
+    per_seed = [study_tasks(preps[s], lrs, args, later=False) for s in args.seeds]
+    later = [study_tasks(preps[s], lrs, args, later=True) for s in args.seeds]
+    flat = [task for tasks in per_seed + later for task in tasks.values()]
+    results = iter(_pool(args.jobs, [*flat, plan_task]))
     runs = [{name: next(results) for name in tasks} for tasks in per_seed]
-    for run in runs:
-        for key in REFERENCE_RUNS:
-            run[f"PyTorch reference of facto-edge {label(key)} (fp32)"]["plan"] = plans[key]
-    pre = ", ".join(f"{100 * p['pretrain']['accuracy']:.1f}" for p in preps.values())
-    text = table(runs) + f"\n\nPretrained (task A) held-back accuracy per seed: {pre} %.\n"
+    for run, tasks in zip(runs, later, strict=True):
+        run.update({name: next(results) for name in tasks})
+        for key in REFERENCE_RUNS + LATER_REFERENCE_RUNS:
+            if run.get(reference_name(key)):
+                run[reference_name(key)]["plan"] = plans[key]
+    text = table(runs) + f"\n\nPretrained on task A (seed {args.pretrain_seed}, "
+    text += f"{args.pretrain_epochs} epochs): held-back accuracy {100 * pre['accuracy']:.1f} %.\n"
     text += "\nValidation accuracy % per learning rate (seeds "
     text += f"{', '.join(map(str, args.tune_seeds))}); the chosen rate in bold:\n\n"
     text += tuning_table(scores, lrs, args.lrs)
