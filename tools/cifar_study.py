@@ -67,7 +67,7 @@ TEST_B = 0.5  # of task B's photos: 500 per class tested, 500 fine-tuned on
 VAL_FRACTION = 0.2  # of task B's training photos, for the learning-rate tuning
 BATCH = 32
 LRS = (0.01, 0.05)
-PRETRAIN = {"epochs": 4, "threads": 2, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
+PRETRAIN = {"epochs": 6, "threads": 1, "lr": 0.1, "batch": 64, "weight_decay": 5e-4}
 TORCH_METHODS = {
     "full": "PyTorch full fine-tuning",
     "head": "PyTorch head only",
@@ -522,6 +522,18 @@ def tuning_table(scores: dict, chosen: dict[str, float], lrs: list[float]) -> st
     return "\n".join(lines)
 
 
+def plan_table(plans: dict[str, dict[str, int]], dense: int) -> str:
+    """Saved bytes per step of every configuration at every codec, and the share below
+    PyTorch dense."""
+    lines = ["| configuration | " + " | ".join(CODECS) + " |", "|" + " --- |" * (len(CODECS) + 1)]
+    for key, by_codec in plans.items():
+        cells = [
+            f"{format_size(b)} ({100 * (1 - b / dense):.1f} % below)" for b in by_codec.values()
+        ]
+        lines.append(f"| {label(key)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(runs: list[dict[str, dict]], path: Path) -> None:
     """Test accuracy (mean, sd as error bars) against saved bytes per step, log scale;
     a reference row at its q4 plan."""
@@ -600,6 +612,8 @@ def main() -> None:
     text += "\nValidation accuracy % per learning rate (seeds "
     text += f"{', '.join(map(str, args.tune_seeds))}); the chosen rate in bold:\n\n"
     text += tuning_table(scores, lrs, args.lrs)
+    dense = runs[0][TORCH_METHODS["full"]]["saved"]
+    text += "\n\nSaved bytes per step (runtime plan, batch 32):\n\n" + plan_table(plans, dense)
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
