@@ -1,31 +1,34 @@
 """CIFAR accuracy study (issue 16): fine-tuning on real photos, facto-edge against PyTorch.
 
-    nice -n 5 python tools/cifar_study.py --work /tmp/cifar-work --epochs 15 \\
-        -o docs/cifar_tables.md --plot docs/accuracy_cifar.png
+    nice -n 5 python tools/cifar_study.py --work /tmp/acc-study/w2 --jobs 3 \\
+        --lrs 0.003 0.01 0.05 0.2 -o tables.md --plot docs/accuracy_cifar.png  # docs/accuracy.md
 
 Data: a folder of CIFAR-10 photos, one class folder each (--data, default
-../shared/data/cifar10-10k: 1,000 training photos per class). Per seed:
+../shared/data/cifar10-10k: 1,000 training photos per class).
 
-- pretraining (task A): resnet20_cifar with five outputs, trained in PyTorch on classes
-  0-4 (airplane .. deer; crop and flip, SGD momentum 0.9, cosine) from 90 % of their
-  photos, the other 10 % (stratified, from the seed) held back to check it; its head is
-  then zeroed, a fresh classifier for task B. Cached in the work directory per seed.
-- fine-tuning (task B): classes 5-9 (dog .. truck), 500 photos each (a stratified half,
-  from the seed), random 4-pixel-padded crop and horizontal flip, SGD momentum 0.9,
-  cosine schedule per step, batch 32, the same epochs and the same batches in the same
-  order for every method (`iterate_batches`, same seed); test accuracy on the other 500
-  photos of each class, never trained on.
+- pretraining (task A), once, from --pretrain-seed: resnet20_cifar with five outputs,
+  trained in PyTorch on classes 0-4 (airplane .. deer; crop and flip, SGD momentum 0.9,
+  cosine) from 90 % of their photos, the other 10 % (stratified) held back to check it;
+  its head is then zeroed, a fresh classifier for task B. Cached in the work directory;
+  every seed fine-tunes it (one pretraining per seed did not fit the machine's time).
+- fine-tuning (task B), per seed: classes 5-9 (dog .. truck), 500 photos each (a
+  stratified half, from the seed), random 4-pixel-padded crop and horizontal flip, SGD
+  momentum 0.9, cosine schedule per step, batch 32, the same epochs and the same batches
+  in the same order for every method (`iterate_batches`, same seed); test accuracy on the
+  other 500 photos of each class, never trained on.
 
 Methods: PyTorch full fine-tuning (every parameter, BatchNorm in training mode); PyTorch
 head only (the body frozen in eval mode); PyTorch biases and BatchNorm only (TinyTL's
 baseline: BN scales and shifts, the biases and the head, BN in training mode); and
 facto-edge through the runtime (`export` + `train` in a fresh process that imports only
-the runtime), for the export configurations of CONFIGS and the codecs of FACTO_RUNS.
+the runtime) for FACTO_RUNS and LATER_RUNS, and the PyTorch reference of the --bn train
+configurations of REFERENCE_RUNS (see there why).
 
 Learning rate: tuned per method on a validation split of task B's training photos (20 %,
 stratified, from the seed; the test photos are never seen) on the --tune-seeds, over
---lrs, with the same epochs; the best mean validation accuracy wins (the smaller rate on
-a tie). PyTorch methods are tuned as they are; each facto-edge configuration through its
+--lrs, with the same epochs, for the methods of TORCH_METHODS and TUNED (the others share
+a rate, see TUNED); the best mean validation accuracy wins (the smaller rate on a tie).
+PyTorch methods are tuned as they are; each facto-edge configuration through its
 PyTorch reference (tools/torch_ref.py: the same factorized model, trainable set and
 batches), whose rate its facto-edge runs use whatever the codec.
 
