@@ -99,6 +99,7 @@ REFERENCE_RUNS = ["r0.5-cl-train"]
 # Run after the rows above have every seed, as long as time allows.
 LATER_RUNS = [("r0.5-delta-fold", "q4", None), ("r0.25-delta-fold", "q2", None)]
 LATER_RUNS += [("r0.5-cl-fold", "q4", None), ("r0.25-delta-fold", "q4", HEAD_X10)]
+LATER_RUNS += [("r0.25-delta-train", "q2", None), ("r0.25-delta-train", "q2", HEAD_X10)]
 LATER_REFERENCE_RUNS = ["r0.25-delta-train"]
 # Learning rates: tuned for TUNED; a rank 0.5 configuration takes its rank 0.25 sibling's,
 # an untuned one the rate of SHARED's, a per-group rate the base rate of its configuration.
