@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facto_edge.child import next_message
 from facto_edge.demo import (
     INPUT_SHAPE,
     dense_saved_bytes,
@@ -179,9 +180,10 @@ def _in_process(target, args: tuple):
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(queue, *args))
     proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    try:
+        return next_message(queue, proc, f"child process of {target.__name__}")
+    finally:
+        proc.join()
 
 
 def torch_run(kind: str, path: Path, data: Path, lr: float, args, seed: int, saved: int):

@@ -111,6 +111,19 @@ def _batchnorm(a: dict, x: list) -> torch.Tensor:
     return F.batch_norm(x[0], mean, var, x[1], x[2], training, eps=a.get("epsilon", 1e-5))
 
 
+def _pad(a: dict, x: list) -> torch.Tensor:
+    """ONNX Pad: pads (all begins, then all ends) over the axes, F.pad's order reversed."""
+    assert a.get("mode", b"constant") == b"constant", "non-constant Pad"
+    pads = [int(v) for v in x[1].tolist()]
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else range(len(pads) // 2)
+    axes = [ax % x[0].dim() for ax in axes]
+    value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
+    begin = dict(zip(axes, pads[: len(axes)], strict=True))
+    end = dict(zip(axes, pads[len(axes) :], strict=True))
+    flat = [v for d in reversed(range(x[0].dim())) for v in (begin.get(d, 0), end.get(d, 0))]
+    return F.pad(x[0], flat, value=value)
+
+
 def _reshape(a: dict, x: list) -> torch.Tensor:
     shape = [x[0].shape[i] if v == 0 else int(v) for i, v in enumerate(x[1].tolist())]
     return x[0].reshape(shape)
@@ -126,19 +139,6 @@ def _slice(a: dict, x: list) -> torch.Tensor:
         index[ax] = slice(s, e, st)
         out = out[tuple(index)]
     return out
-
-
-def _pad(a: dict, x: list) -> torch.Tensor:
-    """A constant-mode ONNX Pad (begins of each axis, then ends; negative ones crop)."""
-    assert a.get("mode", b"constant") in (b"constant", "constant"), "Pad modes"
-    pads, rank = x[1].tolist(), x[0].dim()
-    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(rank))
-    before, after = [0] * rank, [0] * rank
-    for i, axis in enumerate(axes):
-        before[axis], after[axis] = pads[i], pads[i + len(axes)]
-    pairs = [v for axis in reversed(range(rank)) for v in (before[axis], after[axis])]
-    value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
-    return F.pad(x[0], pairs, value=value)
 
 
 def _axes(a: dict, x: list) -> list[int] | None:
@@ -201,12 +201,12 @@ OPS: dict[str, Fn] = {
     "GlobalAveragePool": lambda a, x: x[0].mean(tuple(range(2, x[0].dim())), keepdim=True),
     "Flatten": lambda a, x: x[0].flatten(a.get("axis", 1)) if a.get("axis", 1) else x[0],
     "Reshape": _reshape,
+    "Pad": _pad,
     "Identity": lambda a, x: x[0],
     "Dropout": lambda a, x: x[0],
     "Concat": lambda a, x: torch.cat(x, a["axis"]),
     "BatchNormalization": _batchnorm,
     "Slice": _slice,
-    "Pad": _pad,
     "Transpose": lambda a, x: x[0].permute(*a.get("perm", range(x[0].dim() - 1, -1, -1))),
     "ReduceMean": _reduce_mean,
     "Squeeze": lambda a, x: x[0].squeeze(_axes(a, x)) if _axes(a, x) else x[0].squeeze(),
