@@ -100,14 +100,16 @@ def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
         for _ in range(steps):
             for k, st in enumerate(ex._forward):
                 op = st.b.site.node.op_type
-                timed(f"forward {op}", st.op.forward, st.b, True)
+                st.b.ws = st.ws_fwd
+                timed(f"forward {op}", st.op.forward, ex._k, st.b, True)
                 for xa, buf in st.encode:
                     timed(f"encode {op}", codec.encode, xa, buf, k)
             for st in ex._backward:
                 op = st.b.site.node.op_type
+                st.b.ws = st.ws_bwd
                 for buf, out in st.decode:
                     timed(f"decode {op}", codec.decode, buf, out)
-                timed(f"backward {op}", st.op.backward, st.b)
+                timed(f"backward {op}", st.op.backward, ex._k, st.b)
                 for scratch, g in st.accumulate:
                     timed(f"grad sum {op}", ex._accumulate, g, scratch)
             timed("optimizer", session.optimizer.step, session.binding.grads)

@@ -30,6 +30,49 @@ def _bwd(x, gy, gx, kind, a, b):  # pragma: no cover - compiled
         gx[i] = gy[i] * _slope(x[i], kind, a, b)
 
 
+# Swish and Sigmoid in float32, branch-free: the generic path above runs their exp in
+# float64 behind a sign branch, 4x slower on CPU (EfficientNet's Swish was 3/4 of its
+# step). exp(-u) overflowing to inf gives s = 0, the limit, so no clamp is needed; the
+# fastmath flags leave inf and nan alone.
+_F32_MATH = {"nsz", "arcp", "contract", "afn"}
+
+
+@kernel(fastmath=_F32_MATH)
+def _swish_fwd(x, y, a):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v / (one + np.exp(-a * v))
+
+
+@kernel(fastmath=_F32_MATH)
+def _swish_bwd(x, gy, gx, a):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(x.size):
+        v = x[i]
+        s = one / (one + np.exp(-a * v))
+        gx[i] = gy[i] * (s + a * v * s * (one - s))
+
+
+@kernel(fastmath=_F32_MATH)
+def _sigmoid_fwd(x, y):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(x.size):
+        y[i] = one / (one + np.exp(-x[i]))
+
+
+@kernel(fastmath=_F32_MATH)
+def _sigmoid_bwd(x, gy, gx):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(x.size):
+        s = one / (one + np.exp(-x[i]))
+        gx[i] = gy[i] * s * (one - s)
+
+
+def _f32(*arrays) -> bool:
+    return all(a.dtype == np.float32 for a in arrays)
+
+
 @kernel
 def _mask_fwd(x, y, bits, kind, a, b):  # pragma: no cover - compiled
     n = x.size
@@ -88,13 +131,23 @@ def _check(*arrays) -> None:
 def activation_fwd(x, y, kind: int, a: float, b: float) -> None:
     """y = f(x) for activation `kind` (activation_math) with attributes a, b; 1-D."""
     _check(x, y)
-    _fwd(x, y, kind, float(a), float(b))
+    if kind == M.SWISH and _f32(x, y):
+        _swish_fwd(x, y, np.float32(a))
+    elif kind == M.SIGMOID and _f32(x, y):
+        _sigmoid_fwd(x, y)
+    else:
+        _fwd(x, y, kind, float(a), float(b))
 
 
 def activation_bwd(x, gy, gx, kind: int, a: float, b: float) -> None:
     """gx = gy * f'(x), 1-D (gx may be gy)."""
     _check(x, gy, gx)
-    _bwd(x, gy, gx, kind, float(a), float(b))
+    if kind == M.SWISH and _f32(x, gy, gx):
+        _swish_bwd(x, gy, gx, np.float32(a))
+    elif kind == M.SIGMOID and _f32(x, gy, gx):
+        _sigmoid_bwd(x, gy, gx)
+    else:
+        _bwd(x, gy, gx, kind, float(a), float(b))
 
 
 def activation_mask_fwd(x, y, bits, kind: int, a: float, b: float) -> None:
