@@ -393,6 +393,30 @@ def test_swish_alpha():
 def test_erf():
     check_op("Erf", {}, [X4], torch.erf)
 
+
+@pytest.mark.parametrize("kind", ["swish", "swish alpha", "sigmoid"])
+def test_swish_sigmoid_kernels_over_blocks_and_extremes(kind):
+    """The float32 Swish and Sigmoid kernels work in blocks: several blocks and a ragged
+    tail, with saturating inputs, match torch forward and backward (gx may be gy)."""
+    from facto_edge.runtime.kernels import activation as A
+    from facto_edge.runtime.kernels import activation_math as M
+
+    code, alpha = {"swish": (M.SWISH, 1.0), "swish alpha": (M.SWISH, 1.702),
+                   "sigmoid": (M.SIGMOID, 0.0)}[kind]  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(3 * 2048 + 77) * 8).astype(np.float32)
+    x[:8] = [-200.0, -90.0, -87.5, -20.0, 0.0, 20.0, 90.0, 200.0]
+    gy = rng.standard_normal(x.size).astype(np.float32)
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    ty = torch.sigmoid(tx) if code == M.SIGMOID else tx * torch.sigmoid(alpha * tx)
+    ty.backward(torch.from_numpy(gy))
+    y = np.full_like(x, np.nan)
+    A.activation_fwd(x, y, code, alpha, 0.0)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    g = gy.copy()
+    A.activation_bwd(x, g, g, code, alpha, 0.0)
+    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
 def test_prelu_per_channel():
     check_op("PRelu", {}, [X4, W((3, 1, 1))], lambda x, s: F.prelu(x, s.reshape(-1)))
 
