@@ -140,7 +140,8 @@ def test_zoo_trajectory_matches_onnxruntime(zoo_export, name, train, bn):
     if bn == "train":
         rows = np.array(lockstep(model_dir, data))
         assert rows[-2, 0] < rows[0, 0]  # batch 0 again, after 18 steps: it trains
-        np.testing.assert_allclose(rows[:, 0], rows[:, 1], rtol=1e-5)
+        # atol: a batch of four is learnt by heart, and losses of 0.005 differ by 7e-8
+        np.testing.assert_allclose(rows[:, 0], rows[:, 1], rtol=1e-5, atol=1e-6)
         # most steps agree to fp32 rounding; one where a ReLU mask element falls on the
         # other side moves a few weight gradients by percents (test_zoo_gradients.py). It
         # happens at nearly every step of mobilenetv2_cifar, and at many of resnet18_cifar,

@@ -26,7 +26,10 @@ from zoo_cases import cases, input_shape
 
 from facto_edge.runtime import TrainingSession
 
-KINKED = {("mobilenetv2_cifar", "train")}  # see the module docstring
+# see the module docstring; resnet18_imagenet (FACTO_EDGE_BIG_ZOO=1) the same way: its
+# 3x3 cores' gradients sum over 16x16 maps of two samples under batch statistics, and one
+# element of 9216 came out 1.4e-5 (7.6e-4 relative) from PyTorch's
+KINKED = {("mobilenetv2_cifar", "train"), ("resnet18_imagenet", "train")}
 CASES = cases(
     [("last", "fold"), ("last", "train"), ("core,last", "fold"), ("core,last", "train")]
 ) + [

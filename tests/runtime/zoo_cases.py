@@ -22,9 +22,13 @@ _big = pytest.mark.skipif(
 
 
 def input_shape(name: str) -> tuple[int, ...]:
-    """CIFAR-size input for the image models (ResNet-18 for ImageNet too), the model's
-    own otherwise (MFCC frames)."""
+    """CIFAR-size input for the image models, the model's own otherwise (MFCC frames).
+    ResNet-18 for ImageNet gets 64x64: its stem and max-pool leave 1x1 maps of a 32x32
+    input by the last stage, where batch statistics of two samples are degenerate (every
+    normalized value is +-1) and no two fp32 implementations agree."""
     shape = tuple(zoo.entry(name).input_shape)
+    if name == "resnet18_imagenet":
+        return (3, 64, 64)
     return (3, 32, 32) if shape[0] == 3 else shape
 
 
