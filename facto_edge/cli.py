@@ -221,7 +221,6 @@ def _auto_export(model, output, budget, batch_size, codec, ort, force, common):
 
 
 DATA_HELP = "Image folder, CIFAR or IDX folder, .npz, or 'digits:'."
-CODECS = list(CODEC_NAMES)
 
 
 def _warn(message: str) -> None:
@@ -263,7 +262,7 @@ def _batch_size(value: str) -> int | str:
     type=click.Choice(["constant", "cosine", "step"]),
 )
 @click.option("--warmup-steps", default=0, show_default=True)
-@click.option("--codec", default="q4", show_default=True, type=click.Choice(CODECS))
+@click.option("--codec", default="q4", show_default=True, type=click.Choice(CODEC_NAMES))
 @click.option(
     "--rounding",
     default="nearest",

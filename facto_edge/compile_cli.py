@@ -13,8 +13,6 @@ import click
 from facto_edge.cli_errors import FactoCommand
 from facto_edge.runtime.codec_names import CODEC_NAMES
 
-CODECS = list(CODEC_NAMES)
-
 
 class _Bar:
     """on_progress for prepare_kernels: says what it compiles, then a tqdm bar on stderr."""
@@ -68,7 +66,7 @@ def _summary(report) -> str:
 
 @click.command(name="compile", cls=FactoCommand)
 @click.argument("model", type=click.Path(exists=True, file_okay=False), required=False)
-@click.option("--codec", "codecs", multiple=True, type=click.Choice(CODECS),
+@click.option("--codec", "codecs", multiple=True, type=click.Choice(CODEC_NAMES),
               help="Codec(s) training will use (default q4; repeat for several).")  # fmt: skip
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--parallel", is_flag=True,

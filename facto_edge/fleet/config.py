@@ -16,7 +16,6 @@ from facto_edge.runtime.codec_names import CODEC_NAMES
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")
 SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.1}  # what server_lr 0 stands for
-CODECS = CODEC_NAMES
 WIRE_NAMES = ("fp32", "fp16", "q8")  # wire.WIRES, named without importing flwr
 
 
@@ -93,7 +92,7 @@ class FleetConfig:
         _require(ok, "--server-momentum", "a factor in [0, 1)", self.server_momentum)
         ok = math.isfinite(self.server_lr) and self.server_lr >= 0
         _require(ok, "--server-lr", "a finite number >= 0 (0: the default)", self.server_lr)
-        _require(self.codec in CODECS, "--codec", f"one of {CODECS}", self.codec)
+        _require(self.codec in CODEC_NAMES, "--codec", f"one of {CODEC_NAMES}", self.codec)
         _require(self.wire in WIRE_NAMES, "--wire", f"one of {WIRE_NAMES}", self.wire)
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {STRATEGIES}", self.strategy)
         _require(self.seed >= 0, "--seed", "an integer >= 0", self.seed)
