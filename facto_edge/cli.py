@@ -253,6 +253,14 @@ def _batch_size(value: str) -> int | str:
     help="Learning-rate multipliers per parameter group, e.g. bn=10,head=0.5; groups: "
     "factors, bias, bn (BatchNorm scale and shift), head (the last Linear).",
 )
+@click.option(
+    "--train-layers",
+    default=None,
+    help="Which layers train: all (default), comma-separated layer names (the layers of "
+    "MODEL's manifest.json, as `facto-edge export` listed them), or auto:SIZE, the layers "
+    "whose gradients matter most per saved byte, within SIZE of saved activations per step "
+    "(e.g. auto:3MB).",
+)
 @click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option(
@@ -284,9 +292,12 @@ def _batch_size(value: str) -> int | str:
 @click.option("--resume", is_flag=True, help="Continue the run in --output up to --epochs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Train on the CPU or a CUDA GPU (needs facto-edge[cuda]).")  # fmt: skip
-def train(model, data, output, budget, epochs, batch_size, resume, lr_groups, **options) -> None:
+def train(
+    model, data, output, budget, epochs, batch_size, resume, lr_groups, train_layers, **options
+) -> None:
     """Fine-tune the exported MODEL (*.facto) on --data, checkpointing into --output."""
     from facto_edge.compile_cli import prepare_before_budget
+    from facto_edge.layer_select import parse_train_layers
     from facto_edge.progress import TqdmProgress
     from facto_edge.report import format_history, format_memory
     from facto_edge.train import TrainingInterrupted
@@ -306,6 +317,7 @@ def train(model, data, output, budget, epochs, batch_size, resume, lr_groups, **
             resume=resume,
             callbacks=[bar],
             lr_groups=parse_lr_groups(lr_groups),
+            train_layers=parse_train_layers(train_layers),
             **options,
         )
     except TrainingInterrupted as e:

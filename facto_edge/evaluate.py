@@ -82,9 +82,11 @@ def trained_session(path: str | Path, batch_size: int):
 
     model_dir, ckpt_path = resolve_trained(path)
     manifest = Manifest.load(model_dir)
-    session = TrainingSession(model_dir, batch_size=batch_size, momentum=0.0)
-    if ckpt_path is not None:
-        load_weights(session, load_checkpoint(ckpt_path), ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    layers = (ckpt.config.get("train_layers") or None) if ckpt is not None else None
+    session = TrainingSession(model_dir, batch_size=batch_size, momentum=0.0, train_layers=layers)
+    if ckpt is not None:
+        load_weights(session, ckpt, ckpt_path)
     return session, manifest
 
 

@@ -49,6 +49,15 @@ class TqdmProgress(Callback):
                 f"{format_size(f.estimated_peak)} expected{micro}"
             )
 
+    def on_selection(self, selection) -> None:
+        self.echo(
+            f"training {len(selection.layers)} of {len(selection.scores) + len(selection.head)} "
+            f"layers, chosen by gradient importance per saved byte: saved "
+            f"{format_size(selection.saved_bytes)} per step (every layer: "
+            f"{format_size(selection.all_saved_bytes)})"
+        )
+        self.echo(selection.table())
+
     def on_epoch_start(self, epoch: int, batches: int) -> None:
         self.bar = tqdm(
             total=batches, initial=self.start_batch, desc=f"epoch {epoch + 1}/{self.epochs}",

@@ -35,6 +35,7 @@ from facto_edge.data.dataset import Dataset
 from facto_edge.data.digits import NAMES as DIGITS_NAMES
 from facto_edge.errors import FactoEdgeError, NumericalError
 from facto_edge.evaluate import evaluate_session
+from facto_edge.layer_select import AutoLayers, choose_layers
 from facto_edge.report import plot_metrics, write_metrics_csv
 from facto_edge.rundir import RunDir, model_fingerprint, prepare_run
 from facto_edge.runtime.budget import format_size, parse_size
@@ -136,6 +137,10 @@ class Callback:
     def on_warning(self, message: str) -> None:
         """Something the user should know that does not stop the run."""
 
+    def on_selection(self, selection) -> None:
+        """`train_layers` auto: the layers chosen (runtime/importance.Selection), before
+        the session is built."""
+
 
 class _Callbacks(Callback):
     def __init__(self, callbacks: Sequence[Callback]) -> None:
@@ -160,6 +165,10 @@ class _Callbacks(Callback):
     def on_warning(self, message: str) -> None:
         for cb in self.callbacks:
             cb.on_warning(message)
+
+    def on_selection(self, selection) -> None:
+        for cb in self.callbacks:
+            getattr(cb, "on_selection", lambda s: None)(selection)
 
 
 class _Interrupts:
@@ -215,6 +224,7 @@ class TrainConfig:
     label_smoothing: float
     lr_groups: dict = field(default_factory=dict)  # group -> multiplier of lr
     rounding: str = "nearest"  # of the q8/q4/q2 codecs: nearest or stochastic
+    train_layers: list = field(default_factory=list)  # layer names; empty: every layer
 
     def check(self) -> None:
         """Raise FactoEdgeError naming the first option that makes no run."""
@@ -253,7 +263,7 @@ class TrainConfig:
         return d
 
 
-LATER_OPTIONS = {"lr_groups": {}, "rounding": "nearest"}
+LATER_OPTIONS = {"lr_groups": {}, "rounding": "nearest", "train_layers": []}
 
 
 def _is_int(x: object) -> bool:
@@ -297,7 +307,7 @@ def _session_factory(
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
             label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device,
             budget=budget, accumulate=accumulate, lr_groups=cfg.lr_groups,
-            rounding=cfg.rounding,
+            rounding=cfg.rounding, train_layers=cfg.train_layers or None,
         )  # fmt: skip
 
     return make
@@ -314,6 +324,20 @@ def _make_session(cfg: TrainConfig, make, budget: int | None, n_train: int, save
     if budget is None:
         return make(min(DEFAULT_BATCH, n_train))
     return largest_batch(lambda b: make(b, accumulate=1), n_train) or make(1)  # make(1) says why
+
+
+def _auto_layers(model_dir, train_ds, auto: AutoLayers, cfg: TrainConfig, saved: dict | None,
+                 in_child: bool, cbs: _Callbacks) -> list[str]:  # fmt: skip
+    """The layers `auto` chooses; a resumed run's own choice."""
+    if saved is not None and saved.get("train_layers"):
+        return list(saved["train_layers"])
+    batch = cfg.batch_size if cfg.batch_size != "auto" else DEFAULT_BATCH
+    selection = choose_layers(
+        model_dir, train_ds, auto, min(batch, len(train_ds)), cfg.codec, cfg.seed,
+        in_child=in_child,
+    )  # fmt: skip
+    cbs.on_selection(selection)
+    return selection.layers
 
 
 def _saved_config(out_dir: str | Path, resume: bool) -> dict | None:
@@ -483,6 +507,7 @@ def train(
     device: str = "cpu",
     lr_groups: dict[str, float] | None = None,
     rounding: str = "nearest",
+    train_layers: Sequence[str] | AutoLayers | None = None,
 ) -> TrainResult:
     """Train the exported model `model_dir` on `data` into the run directory `out_dir`.
 
@@ -497,6 +522,10 @@ def train(
     multiplies the learning rate of parameter groups ({"bn": 10, "head": 0.5}; groups
     factors, bias, bn, head: runtime/param_groups.py). `rounding` "stochastic" makes the
     q8/q4/q2 codec round unbiased (runtime/codecs.py), "nearest" is the default.
+    `train_layers` names the layers that train (the others stay frozen), or
+    `AutoLayers(saved_limit)` chooses them by gradient importance per saved byte
+    (facto_edge/layer_select.py, reported through `Callback.on_selection`); None trains
+    every layer.
 
     Raises DataError, CheckpointError, BudgetError or NumericalError (a NaN/Inf loss,
     weight or validation loss: the last finite checkpoint stays) with a message saying
@@ -509,6 +538,7 @@ def train(
         _data_key(data), epochs, batch_size, optimizer, lr, momentum, weight_decay,
         schedule, warmup_steps, codec, val_split, augment, seed, label_smoothing,
         dict(lr_groups or {}), rounding,
+        [] if isinstance(train_layers, AutoLayers) else list(train_layers or []),
     )  # fmt: skip
     cfg.check()
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -519,8 +549,12 @@ def train(
             f"skipped {len(train_ds.skipped)} unreadable image(s) in {data} "
             f"(first: {train_ds.skipped[0]})"
         )
-    make = _session_factory(model_dir, cfg, budget_bytes, device)
     saved = _saved_config(out_dir, resume)
+    if isinstance(train_layers, AutoLayers):
+        cfg = replace(cfg, train_layers=_auto_layers(
+            model_dir, train_ds, train_layers, cfg, saved, budget_bytes is not None, cbs
+        ))  # fmt: skip
+    make = _session_factory(model_dir, cfg, budget_bytes, device)
     if cfg.batch_size != "auto" and cfg.batch_size > len(train_ds):
         cbs.on_warning(
             f"batch size {cfg.batch_size} is larger than the {len(train_ds)} training samples "

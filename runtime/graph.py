@@ -10,6 +10,7 @@ trainable tensor runs forward only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .errors import ExportError
+from .errors import ExportError, FactoEdgeError
 from .manifest import Manifest
 from .onnx_read import (
     AttributeProto,
@@ -69,12 +70,35 @@ class Schedule:
     need: dict[str, tuple[bool, ...]]
 
 
-def load_graph(source: ModelSource) -> Graph:
-    """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair."""
+def load_graph(source: ModelSource, train_layers: Sequence[str] | None = None) -> Graph:
+    """Load a `*.facto` directory, or an (onnx.ModelProto, manifest dict) pair. With
+    `train_layers` (names of the manifest's layers) only those layers' tensors train
+    (`restrict_trainable`)."""
     if isinstance(source, tuple):
         proto, manifest = source
-        return _build_graph(proto, Manifest.in_memory(manifest))
-    return _build_graph(*_read_dir(Path(source)))
+        return _build_graph(proto, Manifest.in_memory(manifest), train_layers)
+    return _build_graph(*_read_dir(Path(source)), train_layers)
+
+
+def restrict_trainable(manifest: Manifest, train_layers: Sequence[str] | None) -> tuple[str, ...]:
+    """The manifest's trainable tensors, or with `train_layers` those of the named layers
+    only (in the manifest's order); FactoEdgeError names a layer the manifest lacks or one
+    with nothing to train. A frozen layer's batch-statistics BatchNormalization keeps
+    normalizing with batch statistics (as in PyTorch's train mode with frozen parameters)."""
+    if train_layers is None:
+        return tuple(manifest.trainable)
+    layers = {layer.name: layer for layer in manifest.layers}
+    names = list(dict.fromkeys(train_layers))
+    for name in names:
+        if name not in layers:
+            known = ", ".join(layer.name for layer in manifest.layers if layer.trainable)
+            raise FactoEdgeError(f"the model has no layer {name!r}; its trainable layers: {known}")
+        if not layers[name].trainable:
+            raise FactoEdgeError(f"layer {name!r} has nothing to train (it was exported frozen)")
+    if not names:
+        raise FactoEdgeError("train_layers names no layer: at least one layer must train")
+    chosen = {t for name in names for t in layers[name].trainable}
+    return tuple(t for t in manifest.trainable if t in chosen)
 
 
 def _read_dir(path: Path) -> tuple[ModelProto, Manifest]:
@@ -91,7 +115,9 @@ def _read_dir(path: Path) -> tuple[ModelProto, Manifest]:
         raise ExportError(f"{path} is corrupt ({e}); re-export the model") from e
 
 
-def _build_graph(proto: ModelProto, manifest: Manifest) -> Graph:
+def _build_graph(
+    proto: ModelProto, manifest: Manifest, train_layers: Sequence[str] | None = None
+) -> Graph:
     from .fusion import fuse  # fusion builds Nodes
 
     g = proto.graph
@@ -107,10 +133,10 @@ def _build_graph(proto: ModelProto, manifest: Manifest) -> Graph:
     inputs = [v.name for v in g.input if v.name not in inits]
     if len(inputs) != 1 or len(g.output) < 1:
         raise ExportError(f"expected one graph input and an output, found inputs {inputs}")
-    trainable = tuple(manifest.trainable)
-    missing = [t for t in trainable if t not in inits]
+    missing = [t for t in manifest.trainable if t not in inits]
     if missing:
         raise ExportError(f"trainable tensors {missing} are not initializers of model.onnx")
+    trainable = restrict_trainable(manifest, train_layers)
     outputs = {v.name for v in g.output}
     return Graph(
         nodes=_unique_names(fuse(nodes, inits, outputs)),

@@ -75,8 +75,10 @@ class KernelSet:
 
 def model_key(graph, codec: str, optimizer: str) -> str:
     """A digest of what decides the kernels a step calls: the graph's structure (ops,
-    attributes, value names, initializer shapes and dtypes, trainable set, input shape),
-    the codec, the optimizer and the runtime's source; not the weights' values."""
+    attributes, value names, initializer shapes and dtypes, the export's trainable set,
+    input shape), the codec, the optimizer and the runtime's source; not the weights'
+    values. A session training some layers only (`train_layers`) calls a subset of the
+    export's kernels, so it shares the export's key."""
     digest = hashlib.sha1()
     for node in graph.nodes:
         attrs = sorted((k, repr(v)) for k, v in node.attrs.items())
@@ -84,7 +86,7 @@ def model_key(graph, codec: str, optimizer: str) -> str:
     for name in sorted(graph.initializers):
         value = graph.initializers[name]
         digest.update(repr((name, value.shape, value.dtype.str)).encode())
-    extra = (graph.input_shape, graph.trainable, codec, optimizer, runtime_digest())
+    extra = (graph.input_shape, tuple(graph.manifest.trainable), codec, optimizer, runtime_digest())
     digest.update(repr(extra).encode())
     return digest.hexdigest()[:20]
 

@@ -46,6 +46,11 @@ stream seeded by the session's seed, step and lane (deterministic); default near
 Learning rates per group: `lr_groups={"bn": 10, "head": 0.5}` multiplies the learning
 rate of the tensors of those groups (`param_groups`: factors, bias, bn, head; the
 schedule sets the base `lr` for all), runtime/param_groups.py.
+
+Some layers only: `train_layers=["layers.2.conv1", ...]` (names of the manifest's layers)
+trains only those layers' tensors; the rest stay frozen and keep no saved tensors for
+themselves (runtime/graph.restrict_trainable). `runtime/importance.select_layers` chooses
+them by gradient importance per saved byte.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numba
 import numpy as np
@@ -110,6 +115,7 @@ class TrainingSession:
         accumulate: int | None = None,
         compile: str | None = None,
         lr_groups: dict[str, float] | None = None,
+        train_layers: Sequence[str] | None = None,
     ) -> None:
         _check_options(batch_size, label_smoothing, threads)
         _check_rounding(codec, rounding)
@@ -120,7 +126,7 @@ class TrainingSession:
         threads = threads or numba.config.NUMBA_NUM_THREADS
         numba.set_num_threads(threads)
         self.batch_size = batch_size
-        graph = load_graph(model_dir)
+        graph = load_graph(model_dir, train_layers)
         self._source, self._callbacks = model_dir, []
         self._kernels = None  # with a budget: load kernels only (runtime/prepare.py)
         if budget is not None and backend.name == "cpu":

@@ -220,3 +220,38 @@ def test_delta_export_plans_trains_and_merges(pretrained_pt, small_npz, tmp_path
     names = [n.name for n in onnx.load(str(tmp_path / "merged.onnx")).graph.node]
     assert not [n for n in names if n.endswith((".dense", ".delta_add", ".last"))]
     np.testing.assert_allclose(sess.run(None, {"input": x})[0], session.predict(x), atol=1e-4)
+
+
+def test_train_layers_auto_chooses_within_its_limit_and_resumes_with_its_choice(
+    pretrained_pt, small_npz, tmp_path
+):
+    model, run = tmp_path / "delta.facto", tmp_path / "run"
+    result = cli("export", pretrained_pt, "-o", model, "--no-ort", "--train", "delta")
+    assert result.exit_code == 0, result.output
+    trained = cli(*train_args(model, small_npz, run, "--train-layers", "auto:4KB"))
+    assert trained.exit_code == 0, trained.output
+    assert "chosen by gradient importance per saved byte" in trained.output
+    chosen = json.loads((run / "run.json").read_text())["config"]["train_layers"]
+    assert "classifier" in chosen and len(chosen) < 4
+    again = cli(*train_args(model, small_npz, run, "--train-layers", "auto:4KB",
+                            "--epochs", 2, "--resume"))  # fmt: skip
+    assert again.exit_code == 0 and "chosen by" not in again.output, again.output
+    from facto_edge.evaluate import trained_session
+
+    session, _ = trained_session(run, 16)
+    assert set(session.parameters()) < set(json.loads((model / "manifest.json").read_text())
+                                           ["trainable"])  # fmt: skip
+    named = cli(*train_args(model, small_npz, tmp_path / "named", "--train-layers", chosen[-1]))
+    assert named.exit_code == 0, named.output
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [("auto:lots", ["auto:3MB"]), ("features.9", ["no layer 'features.9'"]),
+     ("auto:1B", ["head alone saves"])],
+)  # fmt: skip
+def test_bad_train_layers_are_refused(digits_model, small_npz, tmp_path, value, words):
+    out = tmp_path / "run"
+    result = cli(*train_args(digits_model, small_npz, out, "--train-layers", value))
+    assert_refused(result, *words)
+    assert not out.exists()
