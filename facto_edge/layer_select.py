@@ -43,7 +43,9 @@ def parse_train_layers(value: str | None) -> list[str] | AutoLayers | None:
             ) from None
     names = [n.strip() for n in value.split(",")]
     if not all(names):
-        raise FactoEdgeError(f"--train-layers must be all, auto:SIZE or layer names; found {value!r}")
+        raise FactoEdgeError(
+            f"--train-layers must be all, auto:SIZE or layer names; found {value!r}"
+        )
     return names
 
 

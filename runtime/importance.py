@@ -56,9 +56,7 @@ class Selection:
         lines = [f"{'layer':<28} {'train':<5} {'importance':>11} {'saved':>10}"]
         for s in self.scores:
             mark = "yes" if s.name in self.layers else "-"
-            lines.append(
-                f"{s.name:<28} {mark:<5} {s.importance:>11.3e} {format_size(s.cost):>10}"
-            )
+            lines.append(f"{s.name:<28} {mark:<5} {s.importance:>11.3e} {format_size(s.cost):>10}")
         return "\n".join(lines)
 
 
@@ -136,9 +134,7 @@ def select_layers(
     module's docstring); FactoEdgeError when even the head alone saves more."""
     from .budget import format_size
 
-    importance = layer_importance(
-        source, x, y, batch_size, codec=codec, seed=seed, threads=threads
-    )
+    importance = layer_importance(source, x, y, batch_size, codec=codec, seed=seed, threads=threads)
     order = list(importance)
     head = head_layers(source)
     base = saved_bytes(source, head or None, batch_size, codec) if head else 0
