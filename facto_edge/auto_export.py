@@ -19,6 +19,7 @@ from pathlib import Path
 
 from facto_edge.errors import BudgetError, FactoEdgeError
 from facto_edge.runtime.budget import format_size, parse_size
+from facto_edge.runtime.codec_names import BLOCK_CODECS
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,10 @@ def choose_and_export(
 
     say = say or (lambda msg: None)
     budget_bytes = parse_size(budget)
-    if codec not in ("q8", "q4", "q2"):
-        raise FactoEdgeError(f"--auto plans a block codec (q8, q4 or q2), found {codec!r}")
+    if codec not in BLOCK_CODECS:
+        raise FactoEdgeError(
+            f"--auto plans a block codec ({', '.join(BLOCK_CODECS)}), found {codec!r}"
+        )
     bits = int(codec[1:])
     output = Path(output).absolute()
     check_output(output, force)  # before minutes of trials, not after

@@ -13,7 +13,7 @@ from facto_edge.auto_export import EXPORT_DEFAULTS
 from facto_edge.cli_common import parse_lr_groups, parse_norm, parse_shape
 from facto_edge.cli_errors import INTERRUPTED, FactoGroup
 from facto_edge.errors import FactoEdgeError
-from facto_edge.runtime.codec_names import CODEC_NAMES
+from facto_edge.runtime.codec_names import BLOCK_CODECS, CODEC_NAMES
 
 
 @click.group(cls=FactoGroup)
@@ -123,7 +123,7 @@ def format_layers(manifest) -> str:
     "--codec",
     default="q4",
     show_default=True,
-    type=click.Choice(["q8", "q4", "q2"]),
+    type=click.Choice(BLOCK_CODECS),
     help="With --auto: the training's codec.",
 )
 @click.option(

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from facto_edge.errors import BudgetError, FactoEdgeError
 from facto_edge.runtime.budget import parse_size
+from facto_edge.runtime.codec_names import BLOCK_CODECS
 from facto_edge.runtime.fitting import MAX_AUTO_BATCH, Fit, largest_batch
 
-BITS = (8, 4, 2)
+BITS = tuple(int(name[1:]) for name in BLOCK_CODECS)  # (8, 4, 2)
 
 
 @dataclass(frozen=True)
