@@ -89,19 +89,21 @@ def format_size(n: int) -> str:
 # warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses one), and
 # print the peak resident set size in bytes; then release the compiler's pages as a
 # session does and print the resident set size that stays.
-# It prints the number of runtime kernels it had to compile too: figures measured while
-# compiling are a compiling process's, not those of a session that loads its kernels.
+# It prints the number of runtime kernels it had to compile too (numba's runtime library
+# counts as one where it was not stored as object code: runtime/nrt_object.py): figures
+# measured while compiling are a compiling process's, not those of a session that loads
+# its kernels.
 _PROBE = """
 import sys
 import numpy, numba, onnx
-from facto_edge.runtime import TrainingSession, kernelset, preload
+from facto_edge.runtime import TrainingSession, kernelset, nrt_object, preload
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 compiled = kernelset.count_compilations()
 with preload.releasing_while_loading():  # as a session loads its kernels
     preload.warm_up_modules(sys.argv[1])
 peak = peak_rss_bytes()
 preload.release_compiler_pages()
-print(peak, current_rss_bytes() or peak, compiled.count)
+print(peak, current_rss_bytes() or peak, compiled.count + nrt_object.compiled_here())
 """
 
 

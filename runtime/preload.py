@@ -114,9 +114,14 @@ def set_up_cpu_target() -> None:
     took 0.5 s and 16 MiB of a budgeted process, and no runtime kernel calls BLAS from
     compiled code (matmuls run in numpy and kernels/blas.py). Numba then picks its own
     loops for np.convolve and np.correlate; np.dot in a kernel compiled later still finds
-    scipy. Where scipy's BLAS is imported already, nothing changes."""
+    scipy. Where scipy's BLAS is imported already, nothing changes. Numba's runtime
+    library then loads from object code rather than compiling (runtime/nrt_object.py)."""
     from numba.core.registry import cpu_target
 
+    from . import nrt_object
+
+    if nrt_object.ensure():  # before the registries, so that its LLVM pages go first
+        release_compiler_pages()
     blas = "scipy.linalg.cython_blas"
     if "numba.np.arraymath" in sys.modules or blas in sys.modules:
         return
