@@ -83,7 +83,8 @@ def format_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-# Runs in a fresh interpreter: import what a device application imports (onnx too: the
+# Runs in a fresh interpreter: import what a device application imports, in its order
+# (the runtime first, which imports numba: runtime/preload.py, import_numba; onnx too: the
 # runtime reads model.onnx without it, runtime/onnx_read.py, but exporting a trained model
 # imports it; counted, the figure stays an upper bound), run every kernel module's
 # warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses one), and
@@ -95,8 +96,9 @@ def format_size(n: int) -> str:
 # its kernels.
 _PROBE = """
 import sys
-import numpy, numba, onnx
+import numpy
 from facto_edge.runtime import TrainingSession, kernelset, nrt_object, preload
+import numba, onnx
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 compiled = kernelset.count_compilations()
 with preload.releasing_while_loading():  # as a session loads its kernels

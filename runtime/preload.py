@@ -39,6 +39,20 @@ MADV_PAGEOUT = 21  # Linux 5.4+
 COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use
 
 
+def import_numba() -> None:
+    """Import numba with LLVM's pages handed back in between: mapping libllvmlite (its
+    relocations and static constructors) makes 36 MiB of it resident, and numba's own
+    modules add 25 MiB of Python objects; released before them, the two never add up
+    (an import peak of 68 MiB instead of 92 MiB beside numpy). Where numba is imported
+    already, nothing changes."""
+    if "numba" in sys.modules:
+        return
+    import llvmlite.binding  # noqa: F401
+
+    release_compiler_pages()
+    import numba  # noqa: F401
+
+
 def load_both_builds() -> int:
     """Load (from numba's cache, or compile) the serial and the parallel build of every
     two-build kernel for each signature either build was called with; returns how many
@@ -109,27 +123,57 @@ def releasing_while_loading(growth: int = 24 << 20):
 
 
 def set_up_cpu_target() -> None:
-    """Load numba's CPU implementations (it does so before the first kernel loads) without
-    letting it import scipy.linalg to see whether compiled code may call BLAS: that
-    took 0.5 s and 16 MiB of a budgeted process, and no runtime kernel calls BLAS from
-    compiled code (matmuls run in numpy and kernels/blas.py). Numba then picks its own
-    loops for np.convolve and np.correlate; np.dot in a kernel compiled later still finds
-    scipy. Where scipy's BLAS is imported already, nothing changes. Numba's runtime
-    library then loads from object code rather than compiling (runtime/nrt_object.py)."""
+    """Set numba up to load cached kernels with the least memory (idempotent):
+
+    - its runtime library (NRT), which a loaded kernel links against, is initialized
+      from stored object code rather than compiled (runtime/nrt_object.py; 39 MiB of
+      LLVM), and LLVM's pages released after it;
+    - a cached kernel loads without numba's full refresh of its CPU target (numba does
+      one before every cache lookup): the refresh imports and registers the
+      implementations the compiler lowers with (numba.np.arraymath, linalg, random,
+      typed containers, jitclass, ...), 15 MiB of Python objects that loading machine
+      code does not use. Compiling still refreshes first, as numba does;
+    - that refresh, when a process compiles, does not import scipy.linalg to see
+      whether compiled code may call BLAS (0.5 s and 16 MiB; no runtime kernel calls BLAS
+      from compiled code: matmuls run in numpy and kernels/blas.py). Numba then picks
+      its own loops for np.convolve and np.correlate; np.dot in a kernel compiled later
+      still finds scipy. Where scipy's BLAS is imported already, nothing changes."""
+    from numba.core import caching
     from numba.core.registry import cpu_target
 
     from . import nrt_object
 
-    if nrt_object.ensure():  # before the registries, so that its LLVM pages go first
+    if nrt_object.ensure():
         release_compiler_pages()
-    blas = "scipy.linalg.cython_blas"
-    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
-        return
-    sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
-    try:
-        cpu_target.target_context.refresh()
-    finally:
-        del sys.modules[blas]
+    if caching.Cache.load_overload is not _load_overload:
+        caching.Cache.load_overload = _load_overload
+    ctx = cpu_target.target_context
+    if "refresh" not in vars(ctx):
+        ctx.refresh = _refresh_without_scipy_blas(ctx.refresh)
+
+
+def _load_overload(self, sig, target_context):
+    """numba's Cache.load_overload without the target's refresh: only the runtime
+    library a loaded kernel links against is initialized first."""
+    from numba.core.runtime.nrt import rtsys
+
+    rtsys.initialize(target_context)
+    with self._guard_against_spurious_io_errors():
+        return self._load_overload(sig, target_context)
+
+
+def _refresh_without_scipy_blas(refresh):
+    def run() -> None:
+        blas = "scipy.linalg.cython_blas"
+        if "numba.np.arraymath" in sys.modules or blas in sys.modules:
+            return refresh()
+        sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
+        try:
+            return refresh()
+        finally:
+            del sys.modules[blas]
+
+    return run
 
 
 @lru_cache(maxsize=1)

@@ -76,7 +76,9 @@ import numpy as np
 from numba import njit
 from facto_edge.runtime import preload
 preload.set_up_cpu_target()
-print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)
+print("numba.np.arraymath" in sys.modules)  # loading kernels refreshes nothing
+njit(lambda a: a + 1.0)(1.0)  # compiling refreshes numba's CPU target ...
+print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)  # ... without BLAS
 print(njit(lambda a, b: np.dot(a, b))(np.ones(3), np.arange(3.0)))  # BLAS found later
 """
 
@@ -85,4 +87,34 @@ def test_numba_is_set_up_without_scipy_linalg_which_a_later_kernel_still_finds()
     out = subprocess.run(
         [sys.executable, "-c", SET_UP], capture_output=True, text=True, check=True, timeout=300
     ).stdout.split()
-    assert out == ["False", "True", "3.0"]
+    assert out == ["False", "False", "True", "3.0"]
+
+
+# Trains a tiny model in a fresh interpreter, then lists which of numba's compiler-side
+# modules it imported: the registries a refresh of numba's CPU target loads.
+_LEAN = """
+import sys
+import numpy as np
+from facto_edge.runtime import TrainingSession
+s = TrainingSession(sys.argv[1], batch_size=4, codec="q4")
+x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+s.train_step(x, np.arange(4) % 5)
+print(sorted(m for m in ("numba.np.arraymath", "numba.np.linalg", "numba.typed.typedlist",
+                         "numba.experimental.jitclass.base", "scipy.linalg") if m in sys.modules))
+"""
+
+
+def test_a_session_loads_its_kernels_without_numbas_compiler_registries(tmp_path):
+    import onnx
+
+    from facto_edge.runtime.manifest import Manifest
+
+    model, manifest = tiny_model()
+    onnx.save(model, tmp_path / "model.onnx")
+    (tmp_path / "manifest.json").write_text(Manifest.in_memory(manifest).to_json())
+    TrainingSession(str(tmp_path), batch_size=4, codec="q4").close()  # compiles what is not cached
+    run = subprocess.run(
+        [sys.executable, "-c", _LEAN, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["[]"]
