@@ -146,17 +146,25 @@ def set_up_cpu_target() -> None:
     if nrt_object.ensure():
         release_compiler_pages()
     if caching.Cache.load_overload is not _load_overload:
+        _numba_load_overload.append(caching.Cache.load_overload)
         caching.Cache.load_overload = _load_overload
     ctx = cpu_target.target_context
     if "refresh" not in vars(ctx):
         ctx.refresh = _refresh_without_scipy_blas(ctx.refresh)
 
 
+_numba_load_overload: list = []  # numba's own Cache.load_overload, once replaced
+
+
 def _load_overload(self, sig, target_context):
-    """numba's Cache.load_overload without the target's refresh: only the runtime
-    library a loaded kernel links against is initialized first."""
+    """numba's Cache.load_overload without the CPU target's refresh: only the runtime
+    library a loaded kernel links against is initialized first. Other targets (CUDA)
+    load as numba loads them."""
+    from numba.core.registry import cpu_target
     from numba.core.runtime.nrt import rtsys
 
+    if target_context is not cpu_target.target_context:
+        return _numba_load_overload[0](self, sig, target_context)
     rtsys.initialize(target_context)
     with self._guard_against_spurious_io_errors():
         return self._load_overload(sig, target_context)
