@@ -6,12 +6,19 @@ Once every kernel is loaded a training step never runs LLVM again, so those page
 inflate the process's resident memory. A session therefore
 
 1. runs one step on throwaway buffers before its arena exists (TrainingSession
-   `_load_kernels`), and loads the other build of every two-build kernel it called
-   (`load_both_builds`; runtime/kernels/dispatch.py picks serial or parallel per call);
+   `_load_kernels`), and, with more than one thread, loads the other build of every
+   two-build kernel it called (`load_both_builds`; runtime/kernels/dispatch.py picks
+   serial or parallel per call, and one thread always runs the serial build);
 2. hands libllvmlite's resident pages back to the kernel (`release_compiler_pages`,
    madvise MADV_PAGEOUT): clean file pages are dropped and re-read from disk only if a
    new kernel must be compiled later;
 3. then touches its arena.
+
+Before that, the start-up itself is kept small: `import_numba` (which the runtime's
+lazy names call) releases LLVM's pages between mapping libllvmlite and importing numba's
+modules, and `set_up_cpu_target` has numba load its runtime library from object code
+and cached kernels without its compiler's registries. A budgeted training process then
+peaks at about 87 MiB (mobilenetv3_small at batch 32; 139 MiB before: docs/memory.md).
 
 The process peaks at the larger of its start-up (imports and kernel loading) and its
 steady state (what stays resident plus the arena), not at their sum. The kernel reclaims
