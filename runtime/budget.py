@@ -215,8 +215,9 @@ def measure_runtime_startup_peak(refresh: bool = False, codec: str = "fp32") -> 
 # facto_edge.train its data and evaluation. Measured with tools/bench_memory.py
 # (docs/memory.md, "Safety margin") on the zoo models at batch 1 and 32: at most 12.1 MiB
 # for a process driving a TrainingSession and 19.7 MiB for facto_edge.train (19.9 and 26.5
-# before cached kernels loaded without numba's compiler registries: runtime/preload.py). The `facto-edge train` command holds about 3.5 MiB more (click, tqdm);
-# it draws its metrics plot only where matplotlib fits the budget (train.PLOT_COST).
+# before cached kernels loaded without numba's compiler registries: runtime/preload.py).
+# The `facto-edge train` command holds about 3.5 MiB more (click, tqdm); it draws its
+# metrics plot only where matplotlib fits the budget (train.PLOT_COST).
 SAFETY_MARGIN = 32 << 20
 
 
