@@ -18,7 +18,7 @@ Before that, the start-up itself is kept small: `import_numba` (which the runtim
 lazy names call) releases LLVM's pages between mapping libllvmlite and importing numba's
 modules, and `set_up_cpu_target` has numba load its runtime library from object code
 and cached kernels without its compiler's registries. A budgeted training process then
-peaks at about 87 MiB (mobilenetv3_small at batch 32; 139 MiB before: docs/memory.md).
+peaks at about 87 MiB (mobilenetv3_small at batch 32; 139 MiB before: docs/export.md).
 
 The process peaks at the larger of its start-up (imports and kernel loading) and its
 steady state (what stays resident plus the arena), not at their sum. The kernel reclaims
@@ -178,6 +178,8 @@ def _load_overload(self, sig, target_context):
 
 
 def _refresh_without_scipy_blas(refresh):
+    """The target's `refresh`, run with scipy's BLAS unimportable the first time."""
+
     def run() -> None:
         blas = "scipy.linalg.cython_blas"
         if "numba.np.arraymath" in sys.modules or blas in sys.modules:

@@ -446,8 +446,8 @@ class TrainingSession:
         """Before the arena exists, run a step (training, evaluation, optimizer) of one
         zero sample in a throwaway arena so that every kernel a step calls is loaded
         (the parallel builds too, with more than one thread), then give the compiler's
-        pages back (runtime/preload.py): the process then peaks
-        at its start-up or at its steady state with the arena, not at their sum.
+        pages back (runtime/preload.py): the process then peaks at its start-up or at
+        its steady state with the arena, not at their sum.
         BLAS runs on one thread here: a sample's matmuls are tiny, and handing them to
         threads another process keeps off the cores cost 100x their time."""
         if self._spec.backend.name != "cpu":

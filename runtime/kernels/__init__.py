@@ -18,7 +18,7 @@ import numba
 
 from ..preload import release_compiler_pages
 
-release_compiler_pages()  # importing numba touched 36 MiB of LLVM; the kernels add more
+release_compiler_pages()  # what importing numba touched of LLVM (preload.import_numba)
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
