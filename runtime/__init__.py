@@ -27,5 +27,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
+        from .preload import import_numba
+
+        import_numba()  # with LLVM's pages released half-way (runtime/preload.py)
         return getattr(import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -83,25 +83,29 @@ def format_size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-# Runs in a fresh interpreter: import what a device application imports (onnx too: the
+# Runs in a fresh interpreter: import what a device application imports, in its order
+# (the runtime first, which imports numba: runtime/preload.py, import_numba; onnx too: the
 # runtime reads model.onnx without it, runtime/onnx_read.py, but exporting a trained model
 # imports it; counted, the figure stays an upper bound), run every kernel module's
 # warm_up() once for the codec in argv[1] (only that codec's kernels: a run uses one), and
 # print the peak resident set size in bytes; then release the compiler's pages as a
 # session does and print the resident set size that stays.
-# It prints the number of runtime kernels it had to compile too: figures measured while
-# compiling are a compiling process's, not those of a session that loads its kernels.
+# It prints the number of runtime kernels it had to compile too (numba's runtime library
+# counts as one where it was not stored as object code: runtime/nrt_object.py): figures
+# measured while compiling are a compiling process's, not those of a session that loads
+# its kernels.
 _PROBE = """
 import sys
-import numpy, numba, onnx
-from facto_edge.runtime import TrainingSession, kernelset, preload
+import numpy
+from facto_edge.runtime import TrainingSession, kernelset, nrt_object, preload
+import numba, onnx
 from facto_edge.runtime.rss import current_rss_bytes, peak_rss_bytes
 compiled = kernelset.count_compilations()
 with preload.releasing_while_loading():  # as a session loads its kernels
     preload.warm_up_modules(sys.argv[1])
 peak = peak_rss_bytes()
 preload.release_compiler_pages()
-print(peak, current_rss_bytes() or peak, compiled.count)
+print(peak, current_rss_bytes() or peak, compiled.count + nrt_object.compiled_here())
 """
 
 
@@ -209,10 +213,11 @@ def measure_runtime_startup_peak(refresh: bool = False, codec: str = "fp32") -> 
 # machine code of the kernels a model needs beyond the probe's (the probe loads its
 # codec's), the session's Python objects, the loaded graph's leftovers, and for
 # facto_edge.train its data and evaluation. Measured with tools/bench_memory.py
-# (docs/memory.md, "Safety margin") on the zoo models at batch 1 and 32 on a quiet machine:
-# at most 19.9 MiB for a process driving a TrainingSession and 26.5 MiB for
-# facto_edge.train. The `facto-edge train` command holds about 3.5 MiB more (click, tqdm);
-# it draws its metrics plot only where matplotlib fits the budget (train.PLOT_COST).
+# (docs/memory.md, "Safety margin") on the zoo models at batch 1 and 32: at most 12.1 MiB
+# for a process driving a TrainingSession and 19.7 MiB for facto_edge.train (19.9 and 26.5
+# before cached kernels loaded without numba's compiler registries: runtime/preload.py).
+# The `facto-edge train` command holds about 3.5 MiB more (click, tqdm); it draws its
+# metrics plot only where matplotlib fits the budget (train.PLOT_COST).
 SAFETY_MARGIN = 32 << 20
 
 

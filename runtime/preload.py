@@ -6,12 +6,19 @@ Once every kernel is loaded a training step never runs LLVM again, so those page
 inflate the process's resident memory. A session therefore
 
 1. runs one step on throwaway buffers before its arena exists (TrainingSession
-   `_load_kernels`), and loads the other build of every two-build kernel it called
-   (`load_both_builds`; runtime/kernels/dispatch.py picks serial or parallel per call);
+   `_load_kernels`), and, with more than one thread, loads the other build of every
+   two-build kernel it called (`load_both_builds`; runtime/kernels/dispatch.py picks
+   serial or parallel per call, and one thread always runs the serial build);
 2. hands libllvmlite's resident pages back to the kernel (`release_compiler_pages`,
    madvise MADV_PAGEOUT): clean file pages are dropped and re-read from disk only if a
    new kernel must be compiled later;
 3. then touches its arena.
+
+Before that, the start-up itself is kept small: `import_numba` (which the runtime's
+lazy names call) releases LLVM's pages between mapping libllvmlite and importing numba's
+modules, and `set_up_cpu_target` has numba load its runtime library from object code
+and cached kernels without its compiler's registries. A budgeted training process then
+peaks at about 87 MiB (mobilenetv3_small at batch 32; 139 MiB before: docs/export.md).
 
 The process peaks at the larger of its start-up (imports and kernel loading) and its
 steady state (what stays resident plus the arena), not at their sum. The kernel reclaims
@@ -37,6 +44,20 @@ from .rss import current_rss_bytes
 
 MADV_PAGEOUT = 21  # Linux 5.4+
 COMPILER_LIBRARIES = ("libllvmlite",)  # mapped files whose pages a step does not use
+
+
+def import_numba() -> None:
+    """Import numba with LLVM's pages handed back in between: mapping libllvmlite (its
+    relocations and static constructors) makes 36 MiB of it resident, and numba's own
+    modules add 25 MiB of Python objects; released before them, the two never add up
+    (an import peak of 68 MiB instead of 92 MiB beside numpy). Where numba is imported
+    already, nothing changes."""
+    if "numba" in sys.modules:
+        return
+    import llvmlite.binding  # noqa: F401
+
+    release_compiler_pages()
+    import numba  # noqa: F401
 
 
 def load_both_builds() -> int:
@@ -109,22 +130,67 @@ def releasing_while_loading(growth: int = 24 << 20):
 
 
 def set_up_cpu_target() -> None:
-    """Load numba's CPU implementations (it does so before the first kernel loads) without
-    letting it import scipy.linalg to see whether compiled code may call BLAS: that
-    took 0.5 s and 16 MiB of a budgeted process, and no runtime kernel calls BLAS from
-    compiled code (matmuls run in numpy and kernels/blas.py). Numba then picks its own
-    loops for np.convolve and np.correlate; np.dot in a kernel compiled later still finds
-    scipy. Where scipy's BLAS is imported already, nothing changes."""
+    """Set numba up to load cached kernels with the least memory (idempotent):
+
+    - its runtime library (NRT), which a loaded kernel links against, is initialized
+      from stored object code rather than compiled (runtime/nrt_object.py; 39 MiB of
+      LLVM), and LLVM's pages released after it;
+    - a cached kernel loads without numba's full refresh of its CPU target (numba does
+      one before every cache lookup): the refresh imports and registers the
+      implementations the compiler lowers with (numba.np.arraymath, linalg, random,
+      typed containers, jitclass, ...), 15 MiB of Python objects that loading machine
+      code does not use. Compiling still refreshes first, as numba does;
+    - that refresh, when a process compiles, does not import scipy.linalg to see
+      whether compiled code may call BLAS (0.5 s and 16 MiB; no runtime kernel calls BLAS
+      from compiled code: matmuls run in numpy and kernels/blas.py). Numba then picks
+      its own loops for np.convolve and np.correlate; np.dot in a kernel compiled later
+      still finds scipy. Where scipy's BLAS is imported already, nothing changes."""
+    from numba.core import caching
     from numba.core.registry import cpu_target
 
-    blas = "scipy.linalg.cython_blas"
-    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
-        return
-    sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
-    try:
-        cpu_target.target_context.refresh()
-    finally:
-        del sys.modules[blas]
+    from . import nrt_object
+
+    if nrt_object.ensure():
+        release_compiler_pages()
+    if caching.Cache.load_overload is not _load_overload:
+        _numba_load_overload.append(caching.Cache.load_overload)
+        caching.Cache.load_overload = _load_overload
+    ctx = cpu_target.target_context
+    if "refresh" not in vars(ctx):
+        ctx.refresh = _refresh_without_scipy_blas(ctx.refresh)
+
+
+_numba_load_overload: list = []  # numba's own Cache.load_overload, once replaced
+
+
+def _load_overload(self, sig, target_context):
+    """numba's Cache.load_overload without the CPU target's refresh: only the runtime
+    library a loaded kernel links against is initialized first. Other targets (CUDA)
+    load as numba loads them."""
+    from numba.core.registry import cpu_target
+    from numba.core.runtime.nrt import rtsys
+
+    if target_context is not cpu_target.target_context:
+        return _numba_load_overload[0](self, sig, target_context)
+    rtsys.initialize(target_context)
+    with self._guard_against_spurious_io_errors():
+        return self._load_overload(sig, target_context)
+
+
+def _refresh_without_scipy_blas(refresh):
+    """The target's `refresh`, run with scipy's BLAS unimportable the first time."""
+
+    def run() -> None:
+        blas = "scipy.linalg.cython_blas"
+        if "numba.np.arraymath" in sys.modules or blas in sys.modules:
+            return refresh()
+        sys.modules[blas] = None  # makes `import scipy.linalg.cython_blas` fail at once
+        try:
+            return refresh()
+        finally:
+            del sys.modules[blas]
+
+    return run
 
 
 @lru_cache(maxsize=1)

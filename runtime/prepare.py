@@ -8,7 +8,8 @@ compiling one holds tens of MiB of LLVM, which the budget does not plan. Prepari
 only child processes (this process imports numba only at step 4, for the probe's key):
 
 1. a check child discovers the model's kernel set (runtime/kernelset.py: no compilation,
-   about a second) and lists the entries numba's cache lacks;
+   about a second) and lists the entries numba's cache lacks; it also stores numba's
+   runtime library as object code where it is not stored yet (runtime/nrt_object.py);
 2. compile children, up to `jobs` at a time, each compile a share of them into numba's
    cache (all signatures of one kernel in one child: they share an index file), then
    read the cache's index again: what it still lacks (a kernel that would not cache) is
@@ -217,11 +218,16 @@ def compiled_in_process(readiness: Readiness) -> int:
 
 
 def _lacking(kernelset, record) -> list | None:
-    """The required entries (serial builds, plain kernels) missing from the cache; None
-    when the model's set was never discovered."""
+    """The required entries (serial builds, plain kernels) missing from the cache, and
+    numba's runtime library where it is not stored as object code (runtime/nrt_object.py:
+    compiling it costs as much as compiling a kernel); None when the model's set was
+    never discovered."""
+    from . import nrt_object
+
     if record is None:
         return None
-    return kernelset.missing([e for e in record.entries if e.build != "parallel"]) or []
+    lacking = kernelset.missing([e for e in record.entries if e.build != "parallel"])
+    return lacking + ([] if nrt_object.cached() else ["numba's runtime library"])
 
 
 @contextmanager
@@ -378,7 +384,7 @@ def _child_check(source: str, optimizer: str, out: str, *codecs: str) -> None:
 
     import numpy as np
 
-    from . import kernelset
+    from . import kernelset, nrt_object
 
     entries: dict = {}
     for codec in codecs:
@@ -391,6 +397,7 @@ def _child_check(source: str, optimizer: str, out: str, *codecs: str) -> None:
         Missing(e.function, e.build, str(e), pickle.dumps(e))
         for e in kernelset.missing(list(entries))
     ]
+    nrt_object.ensure()  # numba's runtime library, stored for the budgeted processes
     Path(out).write_bytes(pickle.dumps((len(entries), missing)))
 
 

@@ -450,9 +450,10 @@ class TrainingSession:
 
     def _load_kernels(self) -> None:
         """Before the arena exists, run a step (training, evaluation, optimizer) of one
-        zero sample in a throwaway arena so that every kernel a step calls is loaded,
-        then give the compiler's pages back (runtime/preload.py): the process then peaks
-        at its start-up or at its steady state with the arena, not at their sum.
+        zero sample in a throwaway arena so that every kernel a step calls is loaded
+        (the parallel builds too, with more than one thread), then give the compiler's
+        pages back (runtime/preload.py): the process then peaks at its start-up or at
+        its steady state with the arena, not at their sum.
         BLAS runs on one thread here: a sample's matmuls are tiny, and handing them to
         threads another process keeps off the cores cost 100x their time."""
         if self._spec.backend.name != "cpu":
@@ -465,7 +466,8 @@ class TrainingSession:
         with blas.threads(1):
             b.first[0].forward(training=False, until=spec.graph.output_name)
         b.optimizer.step(b.lane_grads)
-        load_both_builds()
+        if self._spec.threads > 1:  # one thread runs serial builds only (kernels/dispatch.py)
+            load_both_builds()
         del b
         release_compiler_pages()
 

@@ -16,6 +16,9 @@ from types import ModuleType
 
 import numba
 
+from ..preload import release_compiler_pages
+
+release_compiler_pages()  # what importing numba touched of LLVM (preload.import_numba)
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 

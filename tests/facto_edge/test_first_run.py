@@ -69,6 +69,42 @@ def test_a_budgeted_session_refuses_to_compile_and_names_the_command(
     assert "compile='prepare'" in str(e.value) and "never prepared" in str(e.value)
 
 
+# A budgeted session in a fresh interpreter: "ok", or the BudgetError's message.
+_BUDGETED = """
+import sys
+from facto_edge.errors import BudgetError
+from facto_edge.runtime import TrainingSession
+try:
+    TrainingSession(sys.argv[1], batch_size=8, codec="q4", budget="1GiB").close()
+    print("ok")
+except BudgetError as e:
+    print(e)
+"""
+
+
+def test_a_budgeted_session_refuses_where_numbas_runtime_library_is_not_stored(
+    digits_model, tmp_path
+):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))  # the in-tree kernel cache stays
+    env.pop("FACTO_EDGE_COMPILE", None)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    compile_cli = ("-m", "facto_edge.cli", "compile", str(digits_model), "--codec", "q4")
+    run(*compile_cli)
+    assert run("-c", _BUDGETED, str(digits_model)) == "ok"
+    shutil.rmtree(tmp_path / "facto-edge" / "nrt")
+    refused = run("-c", _BUDGETED, str(digits_model))
+    assert "not wholly (1 kernels missing)" in refused and "facto-edge compile" in refused
+    run(*compile_cli)  # prepares the library again, though every kernel is cached
+    assert run("-c", _BUDGETED, str(digits_model)) == "ok"
+
+
 DISCOVER = """
 import sys
 from facto_edge.runtime import kernelset

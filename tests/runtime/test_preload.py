@@ -76,7 +76,9 @@ import numpy as np
 from numba import njit
 from facto_edge.runtime import preload
 preload.set_up_cpu_target()
-print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)
+print("numba.np.arraymath" in sys.modules)  # loading kernels refreshes nothing
+njit(lambda a: a + 1.0)(1.0)  # compiling refreshes numba's CPU target ...
+print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)  # ... without BLAS
 print(njit(lambda a, b: np.dot(a, b))(np.ones(3), np.arange(3.0)))  # BLAS found later
 """
 
@@ -85,4 +87,66 @@ def test_numba_is_set_up_without_scipy_linalg_which_a_later_kernel_still_finds()
     out = subprocess.run(
         [sys.executable, "-c", SET_UP], capture_output=True, text=True, check=True, timeout=300
     ).stdout.split()
-    assert out == ["False", "True", "3.0"]
+    assert out == ["False", "False", "True", "3.0"]
+
+
+def _save_tiny_model(directory) -> None:
+    """tiny_model() as a *.facto directory, for sessions in fresh interpreters."""
+    import onnx
+
+    from facto_edge.runtime.manifest import Manifest
+
+    model, manifest = tiny_model()
+    onnx.save(model, directory / "model.onnx")
+    (directory / "manifest.json").write_text(Manifest.in_memory(manifest).to_json())
+
+
+# Trains a tiny model in a fresh interpreter, then lists which of numba's compiler-side
+# modules it imported: the registries a refresh of numba's CPU target loads.
+_LEAN = """
+import sys
+import numpy as np
+from facto_edge.runtime import TrainingSession
+s = TrainingSession(sys.argv[1], batch_size=4, codec="q4")
+x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+s.train_step(x, np.arange(4) % 5)
+print(sorted(m for m in ("numba.np.arraymath", "numba.np.linalg", "numba.typed.typedlist",
+                         "numba.experimental.jitclass.base", "scipy.linalg") if m in sys.modules))
+"""
+
+
+def test_a_session_loads_its_kernels_without_numbas_compiler_registries(tmp_path):
+    _save_tiny_model(tmp_path)
+    TrainingSession(str(tmp_path), batch_size=4, codec="q4").close()  # compiles what is not cached
+    run = subprocess.run(
+        [sys.executable, "-c", _LEAN, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["[]"]
+
+
+# In a fresh interpreter: how many two-build kernels hold a loaded serial and parallel
+# build after a session with argv[2] threads is made.
+_BUILDS = """
+import sys
+from facto_edge.runtime import TrainingSession, preload
+from facto_edge.runtime.kernels import dispatch
+TrainingSession(sys.argv[1], batch_size=4, codec="q4", threads=int(sys.argv[2])).close()
+kernels = preload._kernels(dispatch.Kernel)
+print(*(sum(bool(getattr(k, b).overloads) for k in kernels) for b in ("serial", "parallel")))
+"""
+
+
+def test_one_thread_loads_no_parallel_build_and_two_threads_load_both(tmp_path):
+    _save_tiny_model(tmp_path)
+    TrainingSession(str(tmp_path), batch_size=4, codec="q4", threads=2).close()  # compiles
+    loaded = {}
+    for threads in (1, 2):
+        run = subprocess.run(
+            [sys.executable, "-c", _BUILDS, str(tmp_path), str(threads)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        loaded[threads] = [int(v) for v in run.stdout.split()]
+    assert loaded[1][0] > 0 and loaded[1][1] == 0
+    assert loaded[2][1] == loaded[2][0]

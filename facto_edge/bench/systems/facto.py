@@ -10,9 +10,7 @@ from facto_edge.bench.systems import Trainer, WorkerArgs
 
 def build(args: WorkerArgs) -> Trainer:
     """A TrainingSession at `args.batch`; the budget is passed when the session takes one."""
-    import numba
-
-    from facto_edge.runtime import TrainingSession
+    from facto_edge.runtime import TrainingSession  # before numba: runtime/preload.py
 
     options = dict(batch_size=args.batch, optimizer="sgd", lr=args.lr,
                    momentum=args.momentum, codec=args.codec, seed=args.seed,
@@ -27,7 +25,7 @@ def build(args: WorkerArgs) -> Trainer:
 
     def info() -> dict:
         return {
-            "threads": numba.get_num_threads(),
+            "threads": session.threads,
             "optimizer": f"SGD momentum {args.momentum}",
             "budget_applied": "budget" in options,
             "memory_report": session.memory_report(),
