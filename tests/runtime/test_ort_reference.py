@@ -1,12 +1,14 @@
 """20 training steps of the runtime against ONNX Runtime training on the export's ort/
 artifacts: the same loss trajectory, SGD and AdamW (DESIGN.md, correctness references),
-on simple_cnn and on every zoo model. mobilenetv3_small's export has no ort/ (ORT 1.19
-has no gradient for HardSigmoid or HardSwish): its reference is built here from model.onnx
-with those two rewritten into ops ORT differentiates."""
+on simple_cnn and on every zoo model. Where ORT 1.19 cannot train an op of a zoo model
+(mobilenetv3_small's HardSigmoid and HardSwish, densenet's AveragePool and frozen
+BatchNormalization) the reference is built here from model.onnx with those ops rewritten
+into equivalent ones it trains."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -90,89 +92,175 @@ def test_delta_trajectory_matches_onnxruntime(exported):
 # trajectories are chaotic: resnet20_cifar's and mcunet_like's moved apart by 1e-2
 # within 20 steps between two runs of the runtime itself whose inputs differed by 1e-7
 # (a ReLU mask element flips, and the rest follows).
-NO_ORT_GRADIENT = ("HardSigmoid", "HardSwish")  # in ORT 1.19: mobilenetv3_small's export warns
-ORT_CRASHES = {"densenet"}  # its first training step dies of SIGFPE inside ORT 1.19
+# ORT 1.19 has no gradient for HardSigmoid or HardSwish (mobilenetv3_small's export warns
+# and writes no ort/); its AveragePool gradient dies of SIGFPE (densenet's first training
+# step; any AveragePool, a depthwise Conv in its place trains); and its training graph
+# turns a frozen BatchNormalization in inference mode into BatchNormInternal, which
+# normalizes with the batch's statistics (densenet's pre-activation BNs, which no conv
+# before them can fold). The reference of a model with any of them is built from its
+# model.onnx with them rewritten.
+REWRITTEN_FOR_ORT = ("HardSigmoid", "HardSwish", "AveragePool", "BatchNormalization")
 KINKED = {"mobilenetv2_cifar"}  # see test_zoo_gradients.py
-ZOO_CASES = cases([("last", "fold"), ("core,last", "train")], skip=ORT_CRASHES)
+ZOO_CASES = cases([("last", "fold"), ("core,last", "train")])
 
 
-def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
-    return next((a.f for a in node.attribute if a.name == name), default)
+def _attr(node: onnx.NodeProto, name: str, default):
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else helper.get_attribute_value(found)
 
 
-def differentiable_for_ort(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` computing the same function in ops ORT 1.19 has gradients for:
-    HardSigmoid(x; alpha, beta) = Clip(x * alpha + beta, 0, 1), HardSwish(x) =
+def _hard(node: onnx.NodeProto, constant, graph) -> list[onnx.NodeProto]:
+    """HardSigmoid(x; alpha, beta) as Clip(x * alpha + beta, 0, 1); HardSwish(x) as
     x * HardSigmoid(x; 1/6, 1/2)."""
-    model = copy.deepcopy(proto)
-    constants: dict[float, str] = {}
+    hard_sigmoid = node.op_type == "HardSigmoid"
+    alpha, beta = (
+        (_attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)) if hard_sigmoid else (1 / 6, 0.5)
+    )
+    x, y = node.input[0], node.output[0]
+    gate = y if hard_sigmoid else f"{y}.gate"
+    nodes = [
+        helper.make_node("Mul", [x, constant(np.float32(alpha))], [f"{y}.scaled"]),
+        helper.make_node("Add", [f"{y}.scaled", constant(np.float32(beta))], [f"{y}.shifted"]),
+        helper.make_node(
+            "Clip", [f"{y}.shifted", constant(np.float32(0)), constant(np.float32(1))], [gate]
+        ),
+    ]
+    return nodes + ([] if hard_sigmoid else [helper.make_node("Mul", [x, gate], [y])])
 
-    def constant(value: float) -> str:
-        if value not in constants:
-            constants[value] = f"ort_rewrite.const{len(constants)}"
-            array = np.array(value, np.float32)
-            model.graph.initializer.append(numpy_helper.from_array(array, constants[value]))
-        return constants[value]
+
+def _average_pool(node: onnx.NodeProto, constant, graph) -> list[onnx.NodeProto]:
+    """AveragePool as a depthwise Conv whose weights are 1 / (kernel size): the same
+    average where no window reaches into padding, or where padding counts."""
+    kernel = _attr(node, "kernel_shape", None)
+    pads = _attr(node, "pads", [0] * 2 * len(kernel))
+    assert _attr(node, "ceil_mode", 0) == 0 and _attr(node, "auto_pad", b"NOTSET") == b"NOTSET"
+    assert not any(pads) or _attr(node, "count_include_pad", 0), "padding left out of the mean"
+    c = graph.dims[node.input[0]][1]
+    weight = np.full((c, 1, *kernel), 1 / np.prod(kernel), np.float32)
+    strides = _attr(node, "strides", [1] * len(kernel))
+    return [
+        helper.make_node("Conv", [node.input[0], constant(weight)], [node.output[0]],
+                         kernel_shape=kernel, strides=strides, pads=pads, group=c)
+    ]  # fmt: skip
+
+
+def _frozen_batchnorm(node: onnx.NodeProto, constant, graph) -> list[onnx.NodeProto]:
+    """A frozen BatchNormalization in inference mode as x * k + (bias - mean * k), k =
+    scale / sqrt(var + eps) per channel (computed in float64); one that trains stays."""
+    params = node.input[1:5]
+    if _attr(node, "training_mode", 0) or any(p in graph.trainable for p in params):
+        return [node]
+    scale, bias, mean, var = (graph.values[p].astype(np.float64) for p in params)
+    k = scale / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    per_channel = (-1,) + (1,) * (len(graph.dims[node.input[0]]) - 2)
+    k32, shift = (v.astype(np.float32).reshape(per_channel) for v in (k, bias - mean * k))
+    y = node.output[0]
+    return [
+        helper.make_node("Mul", [node.input[0], constant(k32)], [f"{y}.scaled"]),
+        helper.make_node("Add", [f"{y}.scaled", constant(shift)], [y]),
+    ]
+
+
+REWRITES = {"HardSigmoid": _hard, "HardSwish": _hard, "AveragePool": _average_pool,
+            "BatchNormalization": _frozen_batchnorm}  # fmt: skip
+assert tuple(REWRITES) == REWRITTEN_FOR_ORT
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What a rewrite may need of the graph: static dims, initializer values, trainables."""
+
+    dims: dict[str, list[int]]
+    values: dict[str, np.ndarray]
+    trainable: frozenset[str]
+
+
+def rewritten_for_ort(proto: onnx.ModelProto, trainable=frozenset()) -> onnx.ModelProto:
+    """A copy of `proto` computing the same function without the ops of REWRITES (each
+    node replaced by what its entry makes of it) when the `trainable` tensors train."""
+    model = copy.deepcopy(proto)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    values = [*inferred.input, *inferred.value_info]
+    graph = GraphFacts(
+        {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in values},
+        {t.name: numpy_helper.to_array(t) for t in model.graph.initializer},
+        frozenset(trainable),
+    )
+    made: list[onnx.TensorProto] = []
+
+    def constant(value: np.ndarray) -> str:
+        made.append(numpy_helper.from_array(value, f"ort_rewrite.const{len(made)}"))
+        return made[-1].name
 
     nodes = []
     for node in model.graph.node:
-        if node.op_type not in NO_ORT_GRADIENT:
-            nodes.append(node)
-            continue
-        hard_sigmoid = node.op_type == "HardSigmoid"
-        alpha, beta = (
-            (_attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)) if hard_sigmoid else (1 / 6, 0.5)
-        )
-        x, y, at = node.input[0], node.output[0], node.output[0]
-        gate = y if hard_sigmoid else f"{at}.gate"
-        nodes += [
-            helper.make_node("Mul", [x, constant(alpha)], [f"{at}.scaled"]),
-            helper.make_node("Add", [f"{at}.scaled", constant(beta)], [f"{at}.shifted"]),
-            helper.make_node("Clip", [f"{at}.shifted", constant(0.0), constant(1.0)], [gate]),
-        ]
-        if not hard_sigmoid:
-            nodes.append(helper.make_node("Mul", [x, gate], [y]))
+        rewrite = REWRITES.get(node.op_type)
+        nodes += rewrite(node, constant, graph) if rewrite else [node]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    model.graph.initializer.extend(made)
     return model
 
 
 def reference_ort_dir(model_dir, tmp_path):
-    """The export's ort/, or, where the export has none because ORT cannot differentiate
-    HardSigmoid or HardSwish, artifacts written into `tmp_path` from its model.onnx with
-    those rewritten (`differentiable_for_ort`)."""
+    """The export's ort/ where `rewritten_for_ort` leaves its model.onnx as it is; else
+    artifacts written into `tmp_path` from the rewritten graph."""
     manifest = Manifest.load(model_dir)
-    if manifest.ort:
+    proto = onnx.load(str(model_dir / "model.onnx"))
+    rewritten = rewritten_for_ort(proto, manifest.trainable)
+    if list(rewritten.graph.node) == list(proto.graph.node):
         return model_dir / "ort"
     from facto_edge.exporters.ort_artifacts import write_ort_artifacts
 
-    proto = onnx.load(str(model_dir / "model.onnx"))
-    assert {n.op_type for n in proto.graph.node} & set(NO_ORT_GRADIENT)  # why it has none
-    rewritten = differentiable_for_ort(proto)
-    assert not {n.op_type for n in rewritten.graph.node} & set(NO_ORT_GRADIENT)
     assert write_ort_artifacts(rewritten, manifest, tmp_path / "ort")
     return tmp_path / "ort"
 
 
-def test_the_rewrite_for_ort_computes_the_same_function():
+def _ort_outputs(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     import onnxruntime
 
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [64])
-    ys = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [64]) for n in "abc"]
-    nodes = [
+    return onnxruntime.InferenceSession(model.SerializeToString()).run(None, feed)
+
+
+def _graph(nodes, x_shape, outputs) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)
+    ys = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], ys), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 10
+    return model
+
+
+BN = ("bn.scale", "bn.bias", "bn.mean", "bn.var")
+
+
+def test_the_rewrite_for_ort_computes_the_same_function():
+    hard = _graph([
         helper.make_node("HardSigmoid", ["x"], ["a"], alpha=1 / 6, beta=0.5),
         helper.make_node("HardSigmoid", ["x"], ["b"]),  # ONNX's defaults 0.2, 0.5
         helper.make_node("HardSwish", ["x"], ["c"]),
-    ]
-    graph = helper.make_graph(nodes, "hard", [x], ys)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    rewritten = differentiable_for_ort(model)
-    assert [n.op_type for n in rewritten.graph.node].count("Clip") == 3
-    feed = {"x": np.linspace(-5, 5, 64, dtype=np.float32)}
-    run = lambda m: onnxruntime.InferenceSession(m.SerializeToString()).run(None, feed)  # noqa: E731
-    for theirs, ours in zip(run(model), run(rewritten), strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+    ], [64], "abc")  # fmt: skip
+    pools = _graph([
+        helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("AveragePool", ["x"], ["b"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("AveragePool", ["x"], ["c"], kernel_shape=[3, 2], strides=[2, 1]),
+        helper.make_node("BatchNormalization", ["x", *BN], ["d"], epsilon=1e-3),
+    ], [2, 3, 6, 7], "abcd")  # fmt: skip
+    rng = np.random.default_rng(1)
+    pools.graph.initializer.extend(
+        numpy_helper.from_array(rng.uniform(0.5, 2, 3).astype(np.float32), name) for name in BN
+    )
+    images = np.random.default_rng(0).standard_normal((2, 3, 6, 7), np.float32)
+    for model, x in [(hard, np.linspace(-5, 5, 64, dtype=np.float32)), (pools, images)]:
+        rewritten = rewritten_for_ort(model)
+        assert not {n.op_type for n in rewritten.graph.node} & set(REWRITTEN_FOR_ORT)
+        theirs, ours = _ort_outputs(model, {"x": x}), _ort_outputs(rewritten, {"x": x})
+        for want, got in zip(theirs, ours, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    trained = rewritten_for_ort(pools, trainable={"bn.scale"})  # a BN that trains stays
+    assert [n.op_type for n in trained.graph.node].count("BatchNormalization") == 1
 
 
 def ort_session(ort_dir):
