@@ -245,14 +245,17 @@ def test_wait_until_idle_gives_up_after_max_wait():
 
 def test_the_driver_process_keeps_numba_out_until_a_child_needs_it():
     # Importing numba makes ~40 MiB of LLVM resident, and pages a parent maps stay in every
-    # worker's RSS (MADV_PAGEOUT spares shared pages): validating a configuration and the
-    # probe's cache key must not import it (a bench once reported 194 MiB for a 156 MiB run).
+    # worker's RSS (MADV_PAGEOUT spares shared pages): validating a configuration, the
+    # probe's cache key, the FLOP counter's module and the sgemm probe must not import it
+    # (a bench once reported 194 MiB for a 156 MiB run).
     code = (
         "import sys\n"
         "from facto_edge.bench.protocol import BenchConfig\n"
         "from facto_edge.runtime import budget\n"
+        "from facto_edge.bench import driver, flops\n"
         "BenchConfig(models=('simple_cnn',), codecs=('q4', 'q2')).validate()\n"
         "budget._versions()\n"
+        "assert driver.measure_sgemm(BenchConfig(threads=1))['gflops'] > 0\n"
         "print([m for m in ('numba', 'llvmlite') if m in sys.modules])"
     )
     import subprocess
