@@ -5,6 +5,10 @@ A watchdog reads the worker's peak RSS (VmHWM in /proc) while it runs: in the ba
 sweep a worker that passes the budget is stopped there, as a device would run out of
 memory, and the larger batch sizes of that system are skipped. facto-edge runs whose
 session raises BudgetError count as running out too.
+
+Per model the driver also counts each system's FLOPs of a training step from its graph
+(facto_edge/bench/flops.py), and once per benchmark it measures the machine's sgemm rate
+in a child process with the workers' thread settings (facto_edge/bench/sgemm.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from facto_edge.bench.flops import StepFlops, all_trainable, count_flops
 from facto_edge.bench.machine import load_average, machine_info, peak_rss_of, wait_until_idle
 from facto_edge.bench.protocol import BenchConfig, RunSpec, plan_runs
 from facto_edge.bench.systems import WorkerArgs
@@ -62,13 +67,16 @@ class Run:
 
 @dataclass
 class BenchResult:
-    """A whole benchmark: its configuration, the machine, and every run in order."""
+    """A whole benchmark: its configuration, the machine (its sgemm rate under
+    "sgemm"), every run in order, and `flops[model][system]`: the StepFlops of one
+    training step per image, as a dict."""
 
     config: BenchConfig
     machine: dict
     runs: list[Run]
     started: str
     finished: str = ""
+    flops: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -79,7 +87,7 @@ class BenchResult:
         cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v
                              for k, v in d["config"].items()})  # fmt: skip
         runs = [Run(**(r | {"spec": RunSpec(**r["spec"])})) for r in d["runs"]]
-        return cls(cfg, d["machine"], runs, d["started"], d["finished"])
+        return cls(cfg, d["machine"], runs, d["started"], d["finished"], d.get("flops", {}))
 
     @classmethod
     def read(cls, path: Path) -> BenchResult:
@@ -106,6 +114,52 @@ def export_model(cfg: BenchConfig, model: str, work_dir: Path) -> Path:
     net = zoo.build(model, seed=cfg.seed, in_channels=cfg.input_shape[0])
     export(net, out, input_shape=cfg.input_shape, rank=cfg.rank, ort=ort, force=True)
     return out
+
+
+def system_flops(cfg: BenchConfig, model: str, model_dir: Path) -> dict[str, StepFlops]:
+    """Each system's FLOPs of a training step per image: the factorized systems train
+    model.onnx with the manifest's trainable tensors; PyTorch dense trains the zoo model
+    before factorization (its ONNX export, unnormalized), every parameter trainable."""
+    import onnx
+
+    from facto_edge.runtime.manifest import Manifest
+
+    factorized = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    counted = count_flops(factorized, Manifest.load(model_dir).trainable)
+    out = {s: counted for s in cfg.systems if s != "pytorch-dense"}
+    if "pytorch-dense" in cfg.systems:
+        from facto_edge import zoo
+        from facto_edge.exporters.to_onnx import to_onnx
+
+        net = zoo.build(model, seed=cfg.seed, in_channels=cfg.input_shape[0])
+        dense = to_onnx(net, cfg.input_shape)
+        out["pytorch-dense"] = count_flops(dense, all_trainable(dense))
+    return out
+
+
+def worker_env(cfg: BenchConfig) -> dict:
+    """The environment of a worker: this one, with the thread count when one is set."""
+    env = dict(os.environ)
+    if cfg.threads:
+        env.update({var: str(cfg.threads) for var in THREAD_VARIABLES})
+    return env
+
+
+def measure_sgemm(cfg: BenchConfig) -> dict:
+    """The machine's sgemm rate (facto_edge/bench/sgemm.py) in a child process with the
+    workers' thread settings, after the same wait for a quiet machine; an "error" entry
+    instead when the child fails."""
+    if cfg.max_busy is not None:
+        wait_until_idle(cfg.max_busy, cfg.max_wait_s)
+    cmd = [sys.executable, "-m", "facto_edge.bench.sgemm"]
+    done = subprocess.run(cmd, env=worker_env(cfg), capture_output=True, text=True,
+                          timeout=cfg.timeout_s)  # fmt: skip
+    try:
+        rate = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"sgemm probe exited with code {done.returncode}: {tail[0]}"}
+    return rate | {"threads": cfg.threads or "default"}
 
 
 def _watch(proc: subprocess.Popen, timeout_s: float, rss_limit: int | None) -> dict | None:
@@ -174,6 +228,7 @@ class Driver:
         self.total = sum(len(p) + 1 for p in self.plans.values())
         self.done = 0
         self.runs: list[Run] = []
+        self.flops: dict[str, dict[str, dict]] = {}
 
     def tick(self, text: str) -> None:
         self.done += 1
@@ -183,6 +238,8 @@ class Driver:
         self.progress(self.done, self.total, f"{model}: exporting at rank {self.cfg.rank}")
         model_dir = export_model(self.cfg, model, self.work_dir)
         self.tick(f"{model}: exported")
+        counted = system_flops(self.cfg, model, model_dir)
+        self.flops[model] = {system: dataclasses.asdict(f) for system, f in counted.items()}
         if "facto-edge" in self.cfg.systems:  # its budgeted workers load kernels, compile none
             from facto_edge.runtime.prepare import prepare_kernels
 
@@ -203,9 +260,7 @@ class Driver:
             return Run(spec, False, why, over_budget=True, skipped=True)
         self.progress(self.done, self.total, f"{describe(spec)} ...")
         limit = self.cfg.budget if spec.kind == "sweep" else None
-        env = dict(os.environ)
-        if self.cfg.threads:
-            env.update({var: str(self.cfg.threads) for var in THREAD_VARIABLES})
+        env = worker_env(self.cfg)
         quiet = {}
         if self.cfg.max_busy is not None:
             busy, waited = wait_until_idle(self.cfg.max_busy, self.cfg.max_wait_s)
@@ -258,10 +313,12 @@ def run_bench(
         root = Path(work_dir) if work_dir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         driver = Driver(cfg, root, say)
+        say(0, driver.total, "measuring the machine's sgemm rate")
+        machine["sgemm"] = measure_sgemm(cfg)
         for model in cfg.models:
             driver.run_model(model)
     machine["load_end"] = load_average()
-    return BenchResult(cfg, machine, driver.runs, started, _now())
+    return BenchResult(cfg, machine, driver.runs, started, _now(), driver.flops)
 
 
 def _now() -> str:

@@ -77,6 +77,7 @@ def header(result: BenchResult) -> list[str]:
         f"{m['platform']}",
         f"- Load average (1 / 5 / 15 min): {load('load_start')} at the start, "
         f"{load('load_end')} at the end; {_run_loads(result)}",
+        f"- sgemm: {_sgemm(m)}",
         f"- Versions: {versions}",
         f"- Settings: batch {cfg.batch}, rank {cfg.rank}, codec {', '.join(cfg.codecs)}, "
         f"input {'x'.join(map(str, cfg.input_shape))}, {cfg.warmup} warm-up + {cfg.steps} "
@@ -84,6 +85,16 @@ def header(result: BenchResult) -> list[str]:
         f"threads {cfg.threads or 'each system default'}, budget {budget}, seed {cfg.seed}",
         "",
     ]  # fmt: skip
+
+
+def _sgemm(machine: dict) -> str:
+    """The machine's sgemm rate, the sizes it was measured at and the threads."""
+    rate = machine.get("sgemm") or {}
+    if "gflops" not in rate:
+        return rate.get("error", "not measured")
+    sizes = ", ".join(f"{n}: {v:.1f}" for n, v in rate["by_size"].items())
+    return (f"{rate['gflops']:.1f} GFLOP/s (numpy float32 matmul, n x n, best of "
+            f"{rate['tries']} per size; by size {sizes}), threads {rate['threads']}")  # fmt: skip
 
 
 def targets_section(result: BenchResult) -> list[str]:
@@ -109,13 +120,18 @@ def main_section(result: BenchResult) -> list[str]:
     cfg, rows = result.config, []
     for (model, system), s in S.summaries(result).items():
         saved = _size(s.saved_bytes) if system != "ort-training" else "n/a (not exposed)"
+        gflop = s.flops_per_image / 1e9 if s.flops_per_image is not None else None
+        share = S.share_of_sgemm(result, s)
         rows.append([model, _label(result, system), saved, _size(s.peak_rss),
                      _within(s.peak_rss, cfg.budget), _num(s.images_per_s),
+                     _num(gflop, ".4g"), _num(s.gflops_per_s),
+                     f"{share:.1%}" if share is not None else NA,
                      _num(s.first_step_s, ".2f"), str(s.info.get("threads", NA)),
                      f"{s.rounds}/{cfg.repeats}"])  # fmt: skip
     budget = f"{cfg.budget / 1e6:g} MB" if cfg.budget else "budget"
     head = ["model", "system", "saved activations / step", "peak RSS", f"within {budget}",
-            "img/s", "first step (s)", "threads", "rounds ok"]  # fmt: skip
+            "img/s", "GFLOP / img", "GFLOP/s", "% of sgemm", "first step (s)", "threads",
+            "rounds ok"]  # fmt: skip
     return [f"## Results at batch {cfg.batch}", "", *_table(head, rows), "", *_budget_note(result)]
 
 
@@ -246,6 +262,17 @@ DEFINITIONS = [
     "- Peak RSS: the measuring process's own peak resident memory, imports included (VmHWM",
     "  of /proc/self/status; getrusage's ru_maxrss would carry the parent's peak over exec).",
     "- img/s: batch size over the median timed step after warm-up; median over rounds.",
+    "- GFLOP / img: the floating-point work of one training step per image, counted from",
+    "  each system's graph (facto_edge/bench/flops.py): 2 FLOPs per multiply-accumulate of",
+    "  every Conv, Gemm and MatMul in forward; the same again for its input gradient where",
+    "  a gradient reaches its data input (nothing in front of the first trainable tensor),",
+    "  and again for its weight gradient only where the weight trains. Elementwise work",
+    "  (BatchNorm, activations, pooling, additions, loss, optimizer) and bias gradients are",
+    "  left out. PyTorch dense counts the model before factorization, every weight",
+    "  trainable; the factorized systems count model.onnx with the manifest's trainables.",
+    "- GFLOP/s: GFLOP / img times img/s; % of sgemm: that over the machine's sgemm rate",
+    "  (numpy float32 n x n matmul, best over the sizes, in a child process with the",
+    "  benchmark's thread settings; facto_edge/bench/sgemm.py).",
     "- First step: launch of the process to the end of its first training step.",
     "- Every system trains on the same seeded random batch; ONNX Runtime's SGD has no",
     "  momentum, the others use momentum as in the settings above.", "",

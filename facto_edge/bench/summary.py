@@ -26,6 +26,14 @@ class Summary:
     errors: list[str] = field(default_factory=list)
     memory_report: dict | None = None
     info: dict = field(default_factory=dict)
+    flops_per_image: int | None = None
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        """Achieved GFLOP/s: the FLOPs of a step per image times images/s."""
+        if self.flops_per_image is None or self.images_per_s is None:
+            return None
+        return self.flops_per_image * self.images_per_s / 1e9
 
 
 def _median(values: list) -> float | None:
@@ -47,6 +55,8 @@ def summarize(result: BenchResult, model: str, system: str) -> Summary:
     runs = select(result, model, "main", system)
     ok = [r for r in runs if r.ok]
     s = Summary(model, system, rounds=len(ok), errors=[r.error for r in runs if not r.ok])
+    counted = result.flops.get(model, {}).get(system)
+    s.flops_per_image = sum(counted.values()) if counted else None
     if not ok:
         return s
     s.images_per_s = _median([r.images_per_s for r in ok])
@@ -63,6 +73,16 @@ def summaries(result: BenchResult) -> dict[tuple[str, str], Summary]:
     """Summary per (model, system), in configuration order."""
     cfg = result.config
     return {(m, s): summarize(result, m, s) for m in cfg.models for s in cfg.systems}
+
+
+def sgemm_gflops(result: BenchResult) -> float | None:
+    """The machine's measured sgemm rate in GFLOP/s, None where it was not measured."""
+    return (result.machine.get("sgemm") or {}).get("gflops")
+
+
+def share_of_sgemm(result: BenchResult, s: Summary) -> float | None:
+    """The achieved GFLOP/s of `s` as a fraction of the machine's sgemm rate."""
+    return ratio(s.gflops_per_s, sgemm_gflops(result))
 
 
 def cold_start(result: BenchResult, model: str) -> Run | None:

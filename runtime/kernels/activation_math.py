@@ -5,16 +5,43 @@ below), `a` and `b` are its attributes (alpha, beta; ignored where unused). Each
 function calls no other Python function, so both compilers take it as it is.
 
 `value` is f(v) and `slope` f'(v), computed from the input alone, so backward needs only
-the input kept (or, for the piecewise-linear ones, a 1-bit mask of `inside`)."""
+the input kept (or, for the piecewise-linear ones, a 1-bit mask of `inside`).
+
+`exp_split` is the float32 exp of the Swish and Sigmoid fast paths, shared the same way:
+the CPU kernels assemble its 2^t from exponent bits (a loop LLVM vectorizes), the CUDA
+ones with ldexp."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 SIGMOID, TANH, HARD_SIGMOID, HARD_SWISH, LEAKY_RELU, ELU, GELU, GELU_TANH, SWISH, ERF = range(10)
 SQRT_2_OVER_PI = 0.7978845608028654
 TWO_OVER_SQRT_PI = 1.1283791670955126
 INV_SQRT2 = 0.7071067811865476
+
+
+EXP_MIN, EXP_MAX = -87.0, 88.0  # where exp(u) is a normal float32
+ROUNDER = np.float32(12582912.0)  # 1.5 * 2^23: x + it - it is x rounded to a whole number
+
+
+def exp_split(u):
+    """(t, p) with exp(u) = 2^t * p, for a float32 u in [EXP_MIN, EXP_MAX], all in
+    float32: Cephes' expf (about 1 ulp), t = round(u / ln 2) as a float32 whole number,
+    r = u - t ln 2 with ln 2 in two parts (exact), p = 1 + r + r^2 q(r). The rounding
+    adds and takes away 1.5 * 2^23, which leaves a whole number (the CUDA target has no
+    float32 floor; the kernels allow no reassociation, which would fold it away)."""
+    t = (u * np.float32(1.44269504088896341) + ROUNDER) - ROUNDER
+    r = u - t * np.float32(0.693359375) + t * np.float32(2.12194440e-4)
+    q = np.float32(1.9875691500e-4)
+    q = q * r + np.float32(1.3981999507e-3)
+    q = q * r + np.float32(8.3334519073e-3)
+    q = q * r + np.float32(4.1665795894e-2)
+    q = q * r + np.float32(1.6666665459e-1)
+    q = q * r + np.float32(5.0000001201e-1)
+    return t, q * r * r + r + np.float32(1.0)
 
 
 def value(v, kind, a, b):

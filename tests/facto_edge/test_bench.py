@@ -23,8 +23,10 @@ from facto_edge.bench import (  # noqa: E402  # noqa: E402
 )
 from facto_edge.bench import report as report_lib  # noqa: E402
 from facto_edge.bench.driver import run_worker  # noqa: E402
+from facto_edge.bench.flops import StepFlops, all_trainable, count_flops  # noqa: E402
 from facto_edge.bench.machine import wait_until_idle  # noqa: E402
 from facto_edge.bench.saved import SavedTensorCounter  # noqa: E402
+from facto_edge.bench.sgemm import sgemm_rate  # noqa: E402
 from facto_edge.bench.summary import evaluate_targets  # noqa: E402
 from facto_edge.bench.systems import WorkerArgs  # noqa: E402
 
@@ -47,6 +49,52 @@ def test_saved_counter_matches_hand_count_on_two_layers():
     assert counted.nbytes == 5 * 8 * 4 + 5 * 16 * 4
     assert counted.count == 2
     assert everything.nbytes == counted.nbytes + 16 * 4 * 4
+
+
+def _small_conv_net():
+    """x [N, 3, 8, 8] -> Conv a (4x3x3x3, pad 1) -> Relu -> Conv b (8x4x1x1) -> Conv c
+    (depthwise 8x1x3x3, pad 1, stride 2) -> GlobalAveragePool -> Flatten -> Gemm d (10x8,
+    transB)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = {"wa": (4, 3, 3, 3), "wb": (8, 4, 1, 1), "wc": (8, 1, 3, 3), "wd": (10, 8)}
+    inits = [numpy_helper.from_array(np.zeros(s, np.float32), n) for n, s in weights.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ra"]),
+        helper.make_node("Conv", ["ra", "wb"], ["b"]),
+        helper.make_node("Conv", ["b", "wc"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], group=8),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "wd"], ["y"], transB=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
+    graph = helper.make_graph(nodes, "small", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_flop_count_matches_hand_count_on_a_small_conv_net():
+    # MACs per image: a 4*8*8 outputs x 3*3*3 = 6912; b 8*8*8 x 4 = 2048; c 8*4*4 x 1*3*3
+    # = 1152 (one input channel per group); d 10 x 8 = 80. Forward: 2 x 10192.
+    model = _small_conv_net()
+    forward = 2 * (6912 + 2048 + 1152 + 80)
+    # Only wb trains: backward starts at b, whose input carries no gradient (b needs only
+    # its weight gradient); c and d pass the gradient on to their inputs only.
+    assert count_flops(model, ["wb"]) == StepFlops(forward, 2 * (1152 + 80), 2 * 2048)
+    # Everything trains: every weight gradient, every input gradient except a's (x).
+    everything = count_flops(model, all_trainable(model))
+    assert everything == StepFlops(forward, 2 * (2048 + 1152 + 80), forward)
+    assert everything.total == 3 * forward - 2 * 6912
+    # Nothing trains: forward only.
+    assert count_flops(model, []) == StepFlops(forward, 0, 0)
+
+
+def test_sgemm_rate_is_the_best_over_its_sizes():
+    rate = sgemm_rate((64, 128), tries=2)
+    assert set(rate["by_size"]) == {"64", "128"} and rate["tries"] == 2
+    assert rate["gflops"] == max(rate["by_size"].values()) > 0
 
 
 def test_plan_interleaves_systems_and_measures_cold_once():
@@ -152,6 +200,20 @@ def test_harness_on_a_tiny_model_writes_report_and_plots(tmp_path):
         "ONNX Runtime training",
         "facto-edge",
     ]
+    # Achieved GFLOP/s beside the machine's sgemm rate, for every system.
+    assert result.machine["sgemm"]["gflops"] > 0 and result.machine["sgemm"]["threads"] == 1
+    assert f"- sgemm: {result.machine['sgemm']['gflops']:.1f} GFLOP/s" in text
+    head = results_table[0]
+    for row in results_table[2:]:
+        cells = dict(zip(head, row, strict=True))
+        img_s, gflop = float(cells["img/s"]), float(cells["GFLOP / img"])
+        assert float(cells["GFLOP/s"]) == pytest.approx(img_s * gflop, rel=0.01, abs=0.051)
+        share = float(cells["GFLOP/s"]) / result.machine["sgemm"]["gflops"]
+        assert float(cells["% of sgemm"].rstrip("%")) == pytest.approx(100 * share, abs=0.1)
+    flops = result.flops["simple_cnn"]
+    assert flops["pytorch-factorized"] == flops["facto-edge"] == flops["ort-training"]
+    dense, factorized = (StepFlops(**flops[s]) for s in ("pytorch-dense", "pytorch-factorized"))
+    assert dense.weight_grad == dense.forward > factorized.forward > factorized.weight_grad
     for name in ("memory_vs_batch", "throughput_vs_batch", "saved_bytes", "memory_breakdown"):
         png = tmp_path / "docs" / "bench" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,14 +245,17 @@ def test_wait_until_idle_gives_up_after_max_wait():
 
 def test_the_driver_process_keeps_numba_out_until_a_child_needs_it():
     # Importing numba makes ~40 MiB of LLVM resident, and pages a parent maps stay in every
-    # worker's RSS (MADV_PAGEOUT spares shared pages): validating a configuration and the
-    # probe's cache key must not import it (a bench once reported 194 MiB for a 156 MiB run).
+    # worker's RSS (MADV_PAGEOUT spares shared pages): validating a configuration, the
+    # probe's cache key, the FLOP counter's module and the sgemm probe must not import it
+    # (a bench once reported 194 MiB for a 156 MiB run).
     code = (
         "import sys\n"
         "from facto_edge.bench.protocol import BenchConfig\n"
         "from facto_edge.runtime import budget\n"
+        "from facto_edge.bench import driver, flops\n"
         "BenchConfig(models=('simple_cnn',), codecs=('q4', 'q2')).validate()\n"
         "budget._versions()\n"
+        "assert driver.measure_sgemm(BenchConfig(threads=1))['gflops'] > 0\n"
         "print([m for m in ('numba', 'llvmlite') if m in sys.modules])"
     )
     import subprocess

@@ -581,6 +581,44 @@ def test_codec_errors(name, bad):
 
 
 @needs_cuda
+@pytest.mark.parametrize("kind", ["swish", "swish alpha", "sigmoid"])
+def test_float32_swish_and_sigmoid_match_the_cpu_fast_path(kind):
+    """On float32, Swish and Sigmoid run the CPU fast path's float32 math (its exp,
+    activation_math.exp_split): forward and backward (gx may be gy) agree with the CPU
+    kernels to a few ulp, and with float64 math to the CPU test's tolerance, saturating
+    inputs included."""
+    from numba import cuda
+
+    from facto_edge.runtime.kernels import activation as host
+    from facto_edge.runtime.kernels import activation_math as M
+    from facto_edge.runtime.kernels.cuda import activation as dev
+
+    code, alpha = {"swish": (M.SWISH, 1.0), "swish alpha": (M.SWISH, 1.702),
+                   "sigmoid": (M.SIGMOID, 0.0)}[kind]  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(300) * 8).astype(np.float32)
+    x[:8] = [-200.0, -90.0, -87.5, -20.0, 0.0, 20.0, 90.0, 200.0]
+    gy = rng.standard_normal(x.size).astype(np.float32)
+    assert dev._logistic(code, alpha, x, gy) and not dev._logistic(code, alpha, x.astype(float))
+    want_y, want_g = np.empty_like(x), np.empty_like(x)
+    host.activation_fwd(x, want_y, code, alpha, 0.0)
+    host.activation_bwd(x, gy, want_g, code, alpha, 0.0)
+    d_x, d_y, d_g = cuda.to_device(x), cuda.device_array(x.size, np.float32), cuda.to_device(gy)
+    dev.activation_fwd(d_x, d_y, code, alpha, 0.0)
+    dev.activation_bwd(d_x, d_g, d_g, code, alpha, 0.0)
+    got_y, got_g = d_y.copy_to_host(), d_g.copy_to_host()
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-6, atol=1e-6)
+    a, v = (alpha if code == M.SWISH else 1.0), x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-a * v))
+    y64 = v * s if code == M.SWISH else s
+    g64 = gy * (s + a * v * s * (1 - s) if code == M.SWISH else s * (1 - s))
+    np.testing.assert_allclose(got_y, y64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_g, g64, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
 def test_masks_and_argmax_match_cpu():
     from numba import cuda
 

@@ -1,20 +1,28 @@
 """Pointwise activation kernels on CUDA, mirroring runtime/kernels/activation.py: the
 same math (activation_math.py, compiled as device functions), 1-D grid-stride loops, the
 1-bit masks of LeakyRelu and HardSigmoid, and PRelu with its per-channel slope gradient
-summed one block per channel."""
+summed one block per channel.
+
+Swish and Sigmoid on float32 run in float32 as on the CPU: the CPU's exp (Cephes' expf
+polynomial, activation_math.exp_split) with 2^t from ldexp, the argument clamped to
+exp's normal float32 range, and the CPU's formulas, so both backends agree to a few ulp.
+The generic path would compute them in float64 (its attributes are float64)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float32, float64
 
 from .. import activation_math as M
-from ..activation import _check
+from ..activation import _check, _f32
 from .launch import THREADS, blocks, tree_sum
 
 _value = cuda.jit(device=True, inline=True)(M.value)
 _slope = cuda.jit(device=True, inline=True)(M.slope)
 _inside = cuda.jit(device=True, inline=True)(M.inside)
+_exp_split = cuda.jit(device=True, inline=True)(M.exp_split)
 
 
 @cuda.jit(cache=True)
@@ -27,6 +35,39 @@ def _fwd(x, y, kind, a, b):  # pragma: no cover - compiled
 def _bwd(x, gy, gx, kind, a, b):  # pragma: no cover - compiled
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         gx[i] = gy[i] * _slope(x[i], kind, a, b)
+
+
+@cuda.jit(device=True, inline=True)
+def _one_plus_exp_neg(v, a):  # pragma: no cover - compiled
+    """1 + exp(-a * v) in float32."""
+    u = min(max(-a * v, float32(M.EXP_MIN)), float32(M.EXP_MAX))
+    t, p = _exp_split(u)
+    return float32(1.0) + float32(math.ldexp(p, int(t)))
+
+
+@cuda.jit(cache=True)
+def _logistic_fwd(x, y, a, swish):  # pragma: no cover - compiled
+    """y = x * sigmoid(a x) (swish) or sigmoid(x) (a is 1), float32."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        y[i] = (v if swish else float32(1.0)) / _one_plus_exp_neg(v, a)
+
+
+@cuda.jit(cache=True)
+def _logistic_bwd(x, gy, gx, a, swish):  # pragma: no cover - compiled
+    one = float32(1.0)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        g = one / _one_plus_exp_neg(v, a)
+        gx[i] = gy[i] * ((g + a * v * g * (one - g)) if swish else g * (one - g))
+
+
+def _logistic(kind: int, a: float, *arrays) -> tuple | None:
+    """(a, swish) for the float32 kernels when `kind` is Swish or Sigmoid on float32
+    arrays; None for the generic path."""
+    if kind not in (M.SWISH, M.SIGMOID) or not _f32(*arrays):
+        return None
+    return np.float32(a if kind == M.SWISH else 1.0), kind == M.SWISH
 
 
 @cuda.jit(cache=True)
@@ -82,13 +123,21 @@ def _prelu_bwd_slope(x, gy, gs, nc, inner):  # pragma: no cover - compiled
 def activation_fwd(x, y, kind: int, a: float, b: float) -> None:
     """y = f(x) for activation `kind` (activation_math) with attributes a, b; 1-D."""
     _check(x, y)
-    _fwd[blocks(x.size), THREADS](x, y, kind, float(a), float(b))
+    fast = _logistic(kind, a, x, y)
+    if fast:
+        _logistic_fwd[blocks(x.size), THREADS](x, y, *fast)
+    else:
+        _fwd[blocks(x.size), THREADS](x, y, kind, float(a), float(b))
 
 
 def activation_bwd(x, gy, gx, kind: int, a: float, b: float) -> None:
     """gx = gy * f'(x), 1-D (gx may be gy)."""
     _check(x, gy, gx)
-    _bwd[blocks(x.size), THREADS](x, gy, gx, kind, float(a), float(b))
+    fast = _logistic(kind, a, x, gy, gx)
+    if fast:
+        _logistic_bwd[blocks(x.size), THREADS](x, gy, gx, *fast)
+    else:
+        _bwd[blocks(x.size), THREADS](x, gy, gx, kind, float(a), float(b))
 
 
 def activation_mask_fwd(x, y, bits, kind: int, a: float, b: float) -> None:
