@@ -15,10 +15,10 @@ first(x), SVD) and W, first, core frozen, becomes one DeltaConv node (z, last, b
 W, chain) computing Conv(x, W + last . chain) + bias: one convolution forward and one for
 x's gradient instead of the dense one plus last's (and first's and core's backward), the
 update's weights composed per step (`chain` = core . first, composed once here as a new
-initializer, or `first` itself). first and core still run forward for z, which DeltaConv
-keeps for last's gradient as `last` kept it, and sends no gradient (`Node.no_grad`): x's
-covers the chain. The fused node takes the name of `last` (its saved input keeps its
-name) and the Add's output, and runs where the Add ran."""
+initializer `<core weight>.composed`, or `first` itself). first and core still run
+forward for z, which DeltaConv keeps for last's gradient as `last` kept it, and sends no
+gradient (`Node.no_grad`): x's covers the chain. The fused node takes the name of `last`
+(its saved input keeps its name) and the Add's output, and runs where the Add ran."""
 
 from __future__ import annotations
 
@@ -31,15 +31,17 @@ from .graph import Node
 
 
 class _View:
-    """Who produces and who consumes each value, and the scalar initializers."""
+    """Who produces and who consumes each value, the initializers and which train."""
 
-    def __init__(self, nodes: list[Node], inits: dict, outputs: set[str]) -> None:
+    def __init__(
+        self, nodes: list[Node], inits: dict, outputs: set[str], trainable: frozenset[str]
+    ) -> None:
         self.producer = {v: n for n in nodes for v in n.outputs if v}
         self.consumers: dict[str, list[Node]] = defaultdict(list)
         for n in nodes:
             for v in n.inputs:
                 self.consumers[v].append(n)
-        self.inits, self.outputs = inits, outputs
+        self.inits, self.outputs, self.trainable = inits, outputs, trainable
 
     def sole(self, value: str, op_type: str) -> Node | None:
         """The one node reading `value`, if of `op_type` and value is no graph output."""
@@ -76,8 +78,7 @@ def fuse(
 ) -> list[Node]:
     """`nodes` with every SiLU, erf-GELU, GroupNorm and delta-conv pattern replaced by
     one node; a delta conv's composed chain is added to `inits`."""
-    view = _View(nodes, inits, outputs)
-    view.trainable = trainable
+    view = _View(nodes, inits, outputs, trainable)
     replaced: dict[int, Node | None] = {}  # id(node) -> its replacement (None: dropped)
     for n in nodes:
         if id(n) in replaced:
@@ -215,21 +216,20 @@ def _delta(view: _View, add: Node) -> tuple[list[Node], Node] | None:
         return None
     for d_out, l_out in (add.inputs, add.inputs[::-1]):
         dense, last = view.producer.get(d_out), view.producer.get(l_out)
-        if dense is None or last is None or last.op_type != "Conv":
+        if dense is None or last is None or last.op_type != "Conv" or not _pointwise(last):
             continue
-        x, w = dense.inputs[0], _frozen_conv(view, dense)
-        chain = _chain(view, last.inputs[0], x, dense) if w else None
-        lw = view.inits.get(last.inputs[1])
-        if chain is None or lw is None or lw.ndim != 4 or not _pointwise(last):
+        x, w, lw = dense.inputs[0], _frozen_conv(view, dense), view.inits.get(last.inputs[1])
+        if w is None or lw is None or lw.ndim != 4 or _conv_attrs(dense)["group"] != 1:
             continue
-        if lw.shape[1] != view.inits[chain].shape[0] or _conv_attrs(dense)["group"] != 1:
-            continue
-        if any(view.sole(v, t) is None for v, t in ((d_out, "Add"), (l_out, "Add"))):
+        factors = _chain(view, last.inputs[0], x, dense)
+        if factors is None or view.inits[factors[0]].shape[0] != lw.shape[1]:
             continue
         if view.inits[w].shape[0] != lw.shape[0] or last.inputs[0] in view.inits:
             continue
+        if any(view.sole(v, "Add") is None for v in (d_out, l_out)):
+            continue
         bias = last.inputs[2] if len(last.inputs) > 2 else ""
-        inputs = (last.inputs[0], last.inputs[1], bias, x, w, chain)
+        inputs = (last.inputs[0], last.inputs[1], bias, x, w, _composed(view, *factors))
         persistent = frozenset(i for i, v in enumerate(inputs) if v in view.inits)
         attrs = {**dense.attrs, "kernel_shape": tuple(view.inits[w].shape[2:])}
         fused = Node("DeltaConv", last.name, inputs, add.outputs[:1], attrs, persistent,
@@ -238,28 +238,32 @@ def _delta(view: _View, add: Node) -> tuple[list[Node], Node] | None:
     return None
 
 
-def _chain(view: _View, z: str, x: str, dense: Node) -> str | None:
-    """The initializer of core . first, [R_out, C_in, kh, kw], when z = core(first(x)) with
-    core of dense's geometry (or `first` itself when z = first(x) of dense's geometry and
-    dense is 1x1); None when z is not that."""
+def _chain(view: _View, z: str, x: str, dense: Node) -> tuple[str, str | None] | None:
+    """(core's weight, first's) when z = core(first(x)), core of dense's geometry and
+    first 1x1; (first's weight, None) when z = first(x), first of dense's geometry (SVD,
+    dense 1x1); None otherwise. All frozen, each step's output read only by the next."""
     step = view.producer.get(z)
-    core_w = _frozen_conv(view, step)
-    if core_w is None or view.sole(z, "Conv") is None or _conv_attrs(step) != _conv_attrs(dense):
+    wz = _frozen_conv(view, step)
+    if wz is None or view.sole(z, "Conv") is None or _conv_attrs(step) != _conv_attrs(dense):
         return None
-    if tuple(view.inits[core_w].shape[2:]) != tuple(view.inits[dense.inputs[1]].shape[2:]):
+    if view.inits[wz].shape[2:] != view.inits[dense.inputs[1]].shape[2:]:
         return None
-    if step.inputs[0] == x:  # SVD: z = first(x), first carrying the geometry
-        return core_w
+    if step.inputs[0] == x:
+        return wz, None
     first = view.producer.get(step.inputs[0])
     first_w = _frozen_conv(view, first, x)
     if first_w is None or not _pointwise(first) or view.sole(step.inputs[0], "Conv") is None:
         return None
-    core, f = view.inits[core_w], view.inits[first_w]
-    if core.shape[1] != f.shape[0]:
-        return None
-    name = f"{step.name}.composed"
-    composed = np.einsum("rskl,si->rikl", core.astype(np.float64), f[:, :, 0, 0].astype(np.float64))
-    view.inits[name] = composed.astype(np.float32)
+    return (wz, first_w) if view.inits[wz].shape[1] == view.inits[first_w].shape[0] else None
+
+
+def _composed(view: _View, core: str, first: str | None) -> str:
+    """The initializer of core . first, [R_out, C_in, kh, kw] (added), or core alone."""
+    if first is None:
+        return core
+    name = f"{core}.composed"
+    c, f = (view.inits[v].astype(np.float64) for v in (core, first))
+    view.inits[name] = np.einsum("rskl,si->rikl", c, f[:, :, 0, 0]).astype(np.float32)
     return name
 
 

@@ -192,3 +192,18 @@ def test_delta_convs_fuse_and_train_like_the_unfused_graph(exported, monkeypatch
         scale = np.abs(ref_grads[key]).max()
         np.testing.assert_allclose(g, ref_grads[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)
     assert report["saved_bytes"] == ref_report["saved_bytes"]
+
+
+def test_delta_conv_with_a_trainable_chain_factor_stays_unfused(exported):
+    """A delta conv fuses only while W, first and core are frozen: training `first` too
+    would need the chain's backward, so that layer runs as exported."""
+    import json
+
+    _, out = exported("simple_cnn", rank=0.25, train="delta", bn="fold", ort=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    layer = next(ly for ly in manifest["layers"] if ly.get("residual"))
+    manifest["trainable"].append(layer["factors"]["first"])
+    nodes = load_graph((onnx.load(str(out / "model.onnx")), manifest)).nodes
+    fused = [n.name for n in nodes if n.op_type == "DeltaConv"]
+    assert len(fused) == 1 and f"{layer['name']}.last" not in fused
+    assert f"{layer['name']}.delta_add" in {n.name for n in nodes}
