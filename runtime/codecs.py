@@ -206,7 +206,9 @@ def _make(name: str, group: int, rounding: str, k) -> Codec:
     return _block(int(name[1:]), group, rounding, k)
 
 
-CODECS: dict[str, Codec] = {name: _make(name, DEFAULT_GROUP, "nearest", K) for name in CODEC_NAMES}
+CODECS: dict[str, Codec] = {
+    name: _make(name, DEFAULT_GROUP, "nearest", K) for name in CODEC_NAMES
+}
 
 
 @lru_cache(maxsize=64)
