@@ -80,8 +80,8 @@ def _time(step, x, y, steps: int) -> list[tuple[float, float]]:
 
 def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
     """Seconds per step by (phase, op type) of lane 0's executor on its slice of (x, y),
-    run alone on this thread (serial kernels and one BLAS thread when the session has
-    lanes, as each lane runs)."""
+    run alone on this thread (serial kernels when the session has lanes, one BLAS thread,
+    as each lane runs)."""
     from facto_edge.runtime.kernels import blas
     from facto_edge.runtime.kernels.dispatch import serial_in_this_thread
 
@@ -99,7 +99,7 @@ def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
         acc[key] += clock() - t
 
     serial_in_this_thread(session.binding.lanes > 1)
-    with blas.threads(1 if session.binding.lanes > 1 else session.threads):
+    with blas.threads(1):
         for _ in range(steps):
             for k, st in enumerate(ex._forward):
                 op = st.b.site.node.op_type

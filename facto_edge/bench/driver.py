@@ -106,13 +106,15 @@ def export_model(cfg: BenchConfig, model: str, work_dir: Path) -> Path:
     reused when `work_dir` already holds one made with the same settings."""
     shape = "x".join(map(str, cfg.input_shape))
     ort = "ort-training" in cfg.systems
-    out = work_dir / f"{model}-r{cfg.rank}-{shape}-s{cfg.seed}{'-ort' if ort else ''}.facto"
+    how = f"r{cfg.rank}-{cfg.train.replace(',', '+')}-bn{cfg.bn}-{shape}-s{cfg.seed}"
+    out = work_dir / f"{model}-{how}{'-ort' if ort else ''}.facto"
     if (out / "manifest.json").is_file():
         return out
     from facto_edge import export, zoo
 
     net = zoo.build(model, seed=cfg.seed, in_channels=cfg.input_shape[0])
-    export(net, out, input_shape=cfg.input_shape, rank=cfg.rank, ort=ort, force=True)
+    export(net, out, input_shape=cfg.input_shape, rank=cfg.rank, train=cfg.train, bn=cfg.bn,
+           ort=ort, force=True)  # fmt: skip
     return out
 
 

@@ -79,7 +79,8 @@ def header(result: BenchResult) -> list[str]:
         f"{load('load_end')} at the end; {_run_loads(result)}",
         f"- sgemm: {_sgemm(m)}",
         f"- Versions: {versions}",
-        f"- Settings: batch {cfg.batch}, rank {cfg.rank}, codec {', '.join(cfg.codecs)}, "
+        f"- Settings: batch {cfg.batch}, rank {cfg.rank}, --train {cfg.train}, --bn {cfg.bn}, "
+        f"codec {', '.join(cfg.codecs)}, "
         f"input {'x'.join(map(str, cfg.input_shape))}, {cfg.warmup} warm-up + {cfg.steps} "
         f"timed steps x {cfg.repeats} rounds, SGD lr {cfg.lr} momentum {cfg.momentum}, "
         f"threads {cfg.threads or 'each system default'}, budget {budget}, seed {cfg.seed}",
