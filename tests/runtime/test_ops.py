@@ -245,6 +245,12 @@ def test_clip_absent_min():
 def test_maxpool():
     check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2)}, [X4], lambda x: F.max_pool2d(x, 2, 2))
 
+def test_maxpool_tiling():  # 2x2 windows that tile x: the branch-free path, no zero fill
+    check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2)}, [(2, 3, 6, 8)], lambda x: F.max_pool2d(x, 2, 2))
+
+def test_maxpool_ceil_partial():  # full 2x2 windows branch-free, the partial last ones not
+    check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "ceil_mode": 1}, [(2, 3, 7, 5)], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True))
+
 def test_maxpool_pad_stride():
     check_op("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, [X4], lambda x: F.max_pool2d(x, 3, 2, 1))
 
