@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .conv_padded import uidx
 from .dispatch import kernel
 from .elementwise import spread
 
@@ -27,8 +28,8 @@ def _taps(o, stride, pad, dil, k, size):
 @kernel
 def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover - compiled
     """y = window maxima of x (first maximum wins); arg = its index i*kw + j in the window.
-    The taps inside x are found once per window, so the inner loops test no bounds; full
-    2x2 stride-2 windows take a branch-free loop that vectorizes."""
+    Full 2x2 stride-2 windows take a branch-free loop that vectorizes; windows inside x
+    test no bounds."""
     nb, nc, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     pairs = kh == kw == sh == sw == 2 and pt == pl == 0 and dh == dw == 1
@@ -40,20 +41,39 @@ def maxpool_fwd(x, y, arg, kh, kw, sh, sw, pt, pl, dh, dw):  # pragma: no cover 
             if pairs and 2 * oy + 1 < h:
                 done = min(wo, w // 2)
                 _max2x2_row(xp, yp, ap, oy, done)
-            i0, i1 = _taps(oy, sh, pt, dh, kh, h)
-            for ox in range(done, wo):
-                j0, j1 = _taps(ox, sw, pl, dw, kw, w)
-                best = np.float32(-np.inf)
-                at = 0
-                for i in range(i0, i1):
-                    row = xp[oy * sh - pt + i * dh]
-                    for j in range(j0, j1):
-                        v = row[ox * sw - pl + j * dw]
-                        if v > best:
-                            best = v
-                            at = i * kw + j
-                yp[oy, ox] = best
-                ap[oy, ox] = at
+            if done < wo:
+                _max_windows(xp, yp, ap, oy, done, kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@njit(cache=True, inline="always")
+def _max_windows(xp, yp, ap, oy, start, kh, kw, sh, sw, pt, pl, dh, dw):
+    """yp[oy, ox], ap[oy, ox] for ox >= start, window by window in window order with a
+    strict > (the first maximum wins); windows inside xp read it with no bounds tests."""
+    h, w = xp.shape
+    y0 = oy * sh - pt
+    rows_in = y0 >= 0 and y0 + (kh - 1) * dh < h
+    i0, i1 = _taps(oy, sh, pt, dh, kh, h)
+    for ox in range(start, yp.shape[1]):
+        x0 = ox * sw - pl
+        best = np.float32(-np.inf)
+        at = 0
+        if rows_in and x0 >= 0 and x0 + (kw - 1) * dw < w:
+            for i in range(kh):
+                for j in range(kw):
+                    v = xp[uidx(y0 + i * dh), uidx(x0 + j * dw)]
+                    if v > best:
+                        best = v
+                        at = i * kw + j
+        else:
+            j0, j1 = _taps(ox, sw, pl, dw, kw, w)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    v = xp[y0 + i * dh, x0 + j * dw]
+                    if v > best:
+                        best = v
+                        at = i * kw + j
+        yp[oy, ox] = best
+        ap[oy, ox] = at
 
 
 @njit(cache=True, inline="always")
