@@ -333,7 +333,7 @@ def test_conv_winograd_shapes_take_winograd():
     assert conv_path(ConvGeom(3, 3, 1, 1, 3, 3, 3, 3), 32, 10, (5, 6)) != "winograd"
 
 
-@pytest.mark.parametrize(("n", "lo", "hi"), [(37, 0.0, math.inf), (64, -0.5, 0.5)])
+@pytest.mark.parametrize(("n", "lo", "hi"), [(37, 0.0, math.inf), (64, -0.5, 0.5), (7, 0.0, math.inf), (1003, -0.2, 1.0)])
 def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
     x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
     y, bits = np.empty_like(x), np.empty(mask_nbytes(x.shape), np.uint8)
@@ -346,6 +346,9 @@ def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
     mask_bwd(bits, x, g)
     mask_apply(ref, x, ref_g)
     np.testing.assert_array_equal(g, ref_g)
+    inplace = x.copy()
+    mask_bwd(bits, inplace, inplace)
+    np.testing.assert_array_equal(inplace, ref_g)
 
 
 def test_unsupported_op_names_type_and_node():
