@@ -86,7 +86,9 @@ def test_delta_trajectory_matches_onnxruntime(exported):
 # (a ReLU mask element flips, and the rest follows).
 NO_ORT = {"mobilenetv3_small": "no gradient for HardSigmoid"}  # ORT 1.19; export warns
 ORT_CRASHES = {"densenet"}  # its first training step dies of SIGFPE inside ORT 1.19
-KINKED = {"mobilenetv2_cifar"}  # see test_zoo_gradients.py
+# see test_zoo_gradients.py; resnet20_cifar's worst lockstep step (core,last) moved by
+# 1.5% on main at one thread and 1.2% at two with Winograd's rounding (others: <= 0.6%)
+KINKED = {"mobilenetv2_cifar", "resnet20_cifar"}
 ZOO_CASES = cases([("last", "fold"), ("core,last", "train")], skip=ORT_CRASHES)
 
 
