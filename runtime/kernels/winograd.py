@@ -54,12 +54,6 @@ def scratch_size(th: int, tw: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _bt4(d0, d1, d2, d3):
-    """B^T d for one column (or row) of a 4x4 patch."""
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
-
-
-@njit(cache=True, inline="always")
 def _at4(m0, m1, m2, m3):
     """A^T m for one column (or row) of a 4x4 product."""
     return m0 + m1 + m2, m1 - m2 - m3
