@@ -14,8 +14,9 @@ Data: a folder of CIFAR-10 photos, one class folder each (--data, default
 - fine-tuning (task B), per seed (10 epochs by default; the pretraining 30): classes 5-9
   (dog .. truck), 500 photos each (a stratified half, from the seed), random
   4-pixel-padded crop and horizontal flip, SGD momentum 0.9, cosine schedule per step,
-  batch 32, the same epochs and the same batches in the same order for every method (`iterate_batches`, same seed); test accuracy on the
-  other 500 photos of each class, never trained on.
+  batch 32, the same epochs and the same batches in the same order for every method
+  (`iterate_batches`, same seed); test accuracy on the other 500 photos of each class,
+  never trained on.
 
 Methods: PyTorch full fine-tuning (every parameter, BatchNorm in training mode); PyTorch
 head only (the body frozen in eval mode); PyTorch biases and BatchNorm only (TinyTL's
