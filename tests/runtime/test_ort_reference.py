@@ -100,7 +100,9 @@ def test_delta_trajectory_matches_onnxruntime(exported):
 # before them can fold). The reference of a model with any of them is built from its
 # model.onnx with them rewritten.
 REWRITTEN_FOR_ORT = ("HardSigmoid", "HardSwish", "AveragePool", "BatchNormalization")
-KINKED = {"mobilenetv2_cifar"}  # see test_zoo_gradients.py
+# see test_zoo_gradients.py; resnet18_imagenet's worst core,last --bn train step moved
+# its update by 2.3% after the Winograd convolutions (median 5.5e-5): a ReLU mask flip
+KINKED = {"mobilenetv2_cifar", "resnet18_imagenet"}
 ZOO_CASES = cases([("last", "fold"), ("core,last", "train")])
 
 
