@@ -8,7 +8,17 @@ per-channel weight -> Add of the bias; the Mul and Add are absent where onnxslim
 a weight of ones or a bias of zeros) becomes one GroupNormalization node (opset 21's
 per-channel scale and bias). A pattern fuses
 only where its intermediate values feed nothing else and are no graph output; the fused
-node takes the name and output of the pattern's last node and runs where it ran."""
+node takes the name and output of the pattern's last node and runs where it ran.
+
+A `--train delta` layer, Add(Conv(x, W), last(z)) with z = core(first(x)) (or z =
+first(x), SVD) and W, first, core frozen, becomes one DeltaConv node (z, last, bias, x,
+W, chain) computing Conv(x, W + last . chain) + bias: one convolution forward and one for
+x's gradient instead of the dense one plus last's (and first's and core's backward), the
+update's weights composed per step (`chain` = core . first, composed once here as a new
+initializer `<core weight>.composed`, or `first` itself). first and core still run
+forward for z, which DeltaConv keeps for last's gradient as `last` kept it, and sends no
+gradient (`Node.no_grad`): x's covers the chain. The fused node takes the name of `last`
+(its saved input keeps its name) and the Add's output, and runs where the Add ran."""
 
 from __future__ import annotations
 
@@ -21,15 +31,17 @@ from .graph import Node
 
 
 class _View:
-    """Who produces and who consumes each value, and the scalar initializers."""
+    """Who produces and who consumes each value, the initializers and which train."""
 
-    def __init__(self, nodes: list[Node], inits: dict, outputs: set[str]) -> None:
+    def __init__(
+        self, nodes: list[Node], inits: dict, outputs: set[str], trainable: frozenset[str]
+    ) -> None:
         self.producer = {v: n for n in nodes for v in n.outputs if v}
         self.consumers: dict[str, list[Node]] = defaultdict(list)
         for n in nodes:
             for v in n.inputs:
                 self.consumers[v].append(n)
-        self.inits, self.outputs = inits, outputs
+        self.inits, self.outputs, self.trainable = inits, outputs, trainable
 
     def sole(self, value: str, op_type: str) -> Node | None:
         """The one node reading `value`, if of `op_type` and value is no graph output."""
@@ -61,9 +73,12 @@ class _View:
         return None
 
 
-def fuse(nodes: list[Node], inits: dict, outputs: set[str]) -> list[Node]:
-    """`nodes` with every SiLU, erf-GELU and GroupNorm pattern replaced by one node."""
-    view = _View(nodes, inits, outputs)
+def fuse(
+    nodes: list[Node], inits: dict, outputs: set[str], trainable: frozenset[str] = frozenset()
+) -> list[Node]:
+    """`nodes` with every SiLU, erf-GELU, GroupNorm and delta-conv pattern replaced by
+    one node; a delta conv's composed chain is added to `inits`."""
+    view = _View(nodes, inits, outputs, trainable)
     replaced: dict[int, Node | None] = {}  # id(node) -> its replacement (None: dropped)
     for n in nodes:
         if id(n) in replaced:
@@ -71,6 +86,7 @@ def fuse(nodes: list[Node], inits: dict, outputs: set[str]) -> list[Node]:
         match = _silu(view, n) if n.op_type == "Sigmoid" else None
         match = match or (_gelu(view, n) if n.op_type == "Erf" else None)
         match = match or (_groupnorm(view, n) if n.op_type == "InstanceNormalization" else None)
+        match = match or (_delta(view, n) if n.op_type == "Add" else None)
         if match is None:
             continue
         group, fused = match
@@ -164,6 +180,91 @@ def _groupnorm(view: _View, norm: Node) -> tuple[list[Node], Node] | None:
         group.append(step)
         params[slot], last = p, step
     return group, _fused("GroupNormalization", into.inputs[0], last, attrs, tuple(params))
+
+
+_CONV_DEFAULTS = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "group": 1,
+                  "auto_pad": "NOTSET"}  # fmt: skip
+
+
+def _conv_attrs(node: Node) -> dict:
+    """A 2-D Conv's geometry attributes with ONNX's defaults filled in (kernel_shape aside)."""
+    return {k: tuple(v) if isinstance(v, list | tuple) else v
+            for k, v in ((k, node.attrs.get(k, d)) for k, d in _CONV_DEFAULTS.items())}  # fmt: skip
+
+
+def _frozen_conv(view: _View, node: Node | None, x: str | None = None) -> str | None:
+    """The weight of `node` when it is a bias-less Conv with a frozen 4-D initializer
+    weight (reading `x`, if given), else None."""
+    if node is None or node.op_type != "Conv" or len(node.inputs) > 2 and node.inputs[2]:
+        return None
+    w = node.inputs[1]
+    a = view.inits.get(w)
+    if a is None or a.ndim != 4 or w in view.trainable or (x and node.inputs[0] != x):
+        return None
+    return w if node.inputs[0] not in view.inits else None
+
+
+def _pointwise(node: Node) -> bool:
+    """Whether a Conv is 1x1 with no stride, padding, dilation or groups."""
+    kernel = node.attrs.get("kernel_shape", (1, 1))
+    return _conv_attrs(node) == _CONV_DEFAULTS and all(k == 1 for k in kernel)
+
+
+def _delta(view: _View, add: Node) -> tuple[list[Node], Node] | None:
+    """Add(Conv(x, W), Conv(z, last, bias)), z = core(first(x)) or first(x), see above."""
+    if len(add.inputs) != 2:
+        return None
+    for d_out, l_out in (add.inputs, add.inputs[::-1]):
+        dense, last = view.producer.get(d_out), view.producer.get(l_out)
+        if dense is None or last is None or last.op_type != "Conv" or not _pointwise(last):
+            continue
+        x, w, lw = dense.inputs[0], _frozen_conv(view, dense), view.inits.get(last.inputs[1])
+        if w is None or lw is None or lw.ndim != 4 or _conv_attrs(dense)["group"] != 1:
+            continue
+        factors = _chain(view, last.inputs[0], x, dense)
+        if factors is None or view.inits[factors[0]].shape[0] != lw.shape[1]:
+            continue
+        if view.inits[w].shape[0] != lw.shape[0] or last.inputs[0] in view.inits:
+            continue
+        if any(view.sole(v, "Add") is None for v in (d_out, l_out)):
+            continue
+        bias = last.inputs[2] if len(last.inputs) > 2 else ""
+        inputs = (last.inputs[0], last.inputs[1], bias, x, w, _composed(view, *factors))
+        persistent = frozenset(i for i, v in enumerate(inputs) if v in view.inits)
+        attrs = {**dense.attrs, "kernel_shape": tuple(view.inits[w].shape[2:])}
+        fused = Node("DeltaConv", last.name, inputs, add.outputs[:1], attrs, persistent,
+                     no_grad=frozenset({0}))  # fmt: skip
+        return [dense, last, add], fused
+    return None
+
+
+def _chain(view: _View, z: str, x: str, dense: Node) -> tuple[str, str | None] | None:
+    """(core's weight, first's) when z = core(first(x)), core of dense's geometry and
+    first 1x1; (first's weight, None) when z = first(x), first of dense's geometry (SVD,
+    dense 1x1); None otherwise. All frozen, each step's output read only by the next."""
+    step = view.producer.get(z)
+    wz = _frozen_conv(view, step)
+    if wz is None or view.sole(z, "Conv") is None or _conv_attrs(step) != _conv_attrs(dense):
+        return None
+    if view.inits[wz].shape[2:] != view.inits[dense.inputs[1]].shape[2:]:
+        return None
+    if step.inputs[0] == x:
+        return wz, None
+    first = view.producer.get(step.inputs[0])
+    first_w = _frozen_conv(view, first, x)
+    if first_w is None or not _pointwise(first) or view.sole(step.inputs[0], "Conv") is None:
+        return None
+    return (wz, first_w) if view.inits[wz].shape[1] == view.inits[first_w].shape[0] else None
+
+
+def _composed(view: _View, core: str, first: str | None) -> str:
+    """The initializer of core . first, [R_out, C_in, kh, kw] (added), or core alone."""
+    if first is None:
+        return core
+    name = f"{core}.composed"
+    c, f = (view.inits[v].astype(np.float64) for v in (core, first))
+    view.inits[name] = np.einsum("rskl,si->rikl", c, f[:, :, 0, 0]).astype(np.float32)
+    return name
 
 
 def _per_channel(a: np.ndarray | None, shape: list[int]) -> bool:

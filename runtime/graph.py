@@ -36,7 +36,9 @@ ModelSource = str | Path | tuple[ModelProto, dict]
 @dataclass(frozen=True, eq=False)
 class Node:
     """One ONNX node: op type, unique name, input/output value names ('' = absent) and
-    decoded attributes. `persistent` holds the positions of inputs bound to initializers."""
+    decoded attributes. `persistent` holds the positions of inputs bound to initializers,
+    `no_grad` those the node sends no gradient to (a fused node whose gradient to another
+    input covers theirs, fusion.py)."""
 
     op_type: str
     name: str
@@ -44,6 +46,7 @@ class Node:
     outputs: tuple[str, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
     persistent: frozenset[int] = frozenset()
+    no_grad: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -139,7 +142,7 @@ def _build_graph(
     trainable = restrict_trainable(manifest, train_layers)
     outputs = {v.name for v in g.output}
     return Graph(
-        nodes=_unique_names(fuse(nodes, inits, outputs)),
+        nodes=_unique_names(fuse(nodes, inits, outputs, frozenset(trainable))),
         initializers={k: _as_runtime_array(v) for k, v in inits.items()},
         input_name=inputs[0],
         input_shape=tuple(int(d) for d in manifest.input_shape),
@@ -237,10 +240,12 @@ def build_schedule(nodes: list[Node], trainable: tuple[str, ...], root: str) -> 
         if any(v in requires for v in n.inputs):
             requires.add(n.outputs[0])
     live = {root}
-    backward = []
+    backward, need = [], {}
     for n in reversed(nodes):
         if n.outputs[0] in live and n.outputs[0] in requires:
             backward.append(n)
-            live.update(v for v in n.inputs if v in requires)
-    need = {n.name: tuple(v in requires for v in n.inputs) for n in backward}
+            need[n.name] = tuple(
+                v in requires and i not in n.no_grad for i, v in enumerate(n.inputs)
+            )
+            live.update(v for v, f in zip(n.inputs, need[n.name], strict=True) if f)
     return Schedule(tuple(nodes), tuple(backward), need)

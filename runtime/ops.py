@@ -21,7 +21,7 @@ loads, so they need no entry.
 Backward overwrites every gradient it is given (`b.gx[i]`, None where not needed); the
 executor sums the gradients of tensors used more than once. Buffers and their layout are
 described in bound.py; data movement lives in ops_movement.py, BatchNormalization in
-ops_batchnorm.py.
+ops_batchnorm.py, the fused delta convolution in ops_delta.py.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops_batchnorm as bn
+from . import ops_delta as delta
 from . import ops_movement as mv
 from . import ops_norm as norm
 from . import shapes
@@ -432,6 +433,7 @@ def _xent_bwd(k: Kernels, b: Bound) -> None:
 
 OPS: dict[str, OpDef] = {
     "Conv": OpDef(shapes.conv, _conv_fwd, _conv_bwd, _keep_operands, _conv_ws),
+    "DeltaConv": OpDef(delta.infer, delta.fwd, delta.bwd, delta.saved, delta.workspace),
     "Gemm": OpDef(shapes.gemm, _gemm_fwd, _gemm_bwd, _keep_operands),
     "MatMul": OpDef(shapes.matmul, _matmul_fwd, _matmul_bwd, _keep_operands, _matmul_ws),
     "Add": OpDef(shapes.broadcast, _binary(ADD), _add_bwd, passthrough=(0, 1)),

@@ -31,7 +31,7 @@ def param_groups(graph: Graph) -> dict[str, str]:
     for node in graph.nodes:
         if node.op_type == "BatchNormalization":
             role.update({v: "bn" for v in node.inputs[1:3]})
-        elif node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2:
+        elif node.op_type in ("Conv", "Gemm", "DeltaConv") and len(node.inputs) > 2:
             role.setdefault(node.inputs[2], "bias")
         elif node.op_type in ("Add", "Sub"):
             role.update({v: "bias" for v in node.inputs if v in graph.initializers})

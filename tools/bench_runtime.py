@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import resource
 import statistics
 import sys
@@ -41,13 +42,15 @@ def _export(name: str, rank: float, out: Path) -> Path:
     return out
 
 
-def _ours(model_dir: Path, batch: int, codec: str):
-    s = TrainingSession(model_dir, batch_size=batch, lr=0.01, momentum=0.9, codec=codec)
+def _ours(model_dir: Path, batch: int, codec: str, layers: list[str] | None = None):
+    s = TrainingSession(
+        model_dir, batch_size=batch, lr=0.01, momentum=0.9, codec=codec, train_layers=layers
+    )
     return lambda x, y: s.train_step(x, y), s
 
 
-def _torch(model_dir: Path):
-    ref = TorchReference.load(model_dir)
+def _torch(model_dir: Path, layers: list[str] | None = None):
+    ref = TorchReference.load(model_dir, layers)
     opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
 
     def step(x: np.ndarray, y: np.ndarray) -> float:
@@ -77,8 +80,8 @@ def _time(step, x, y, steps: int) -> list[tuple[float, float]]:
 
 def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
     """Seconds per step by (phase, op type) of lane 0's executor on its slice of (x, y),
-    run alone on this thread (serial kernels and one BLAS thread when the session has
-    lanes, as each lane runs)."""
+    run alone on this thread (serial kernels when the session has lanes, one BLAS thread,
+    as each lane runs)."""
     from facto_edge.runtime.kernels import blas
     from facto_edge.runtime.kernels.dispatch import serial_in_this_thread
 
@@ -96,7 +99,7 @@ def _profile_ours(session, x, y, steps: int) -> dict[str, float]:
         acc[key] += clock() - t
 
     serial_in_this_thread(session.binding.lanes > 1)
-    with blas.threads(1 if session.binding.lanes > 1 else session.threads):
+    with blas.threads(1):
         for _ in range(steps):
             for k, st in enumerate(ex._forward):
                 op = st.b.site.node.op_type
@@ -151,19 +154,27 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per system per round")
     p.add_argument("--profile", action="store_true", help="then profile both, op by op")
+    p.add_argument(
+        "--train-layers", type=Path, default=None, metavar="RUN_DIR",
+        help="train only the layers a run trained (its run.json: --train-layers auto)",
+    )  # fmt: skip
     args = p.parse_args()
+    layers = None
+    if args.train_layers is not None:
+        run = json.loads((args.train_layers / "run.json").read_text())
+        layers = run["config"].get("train_layers") or None
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or _export(args.model, args.rank, Path(tmp) / "m.facto")
         t0 = time.perf_counter()
-        ours, session = _ours(model_dir, args.batch, args.codec)
+        ours, session = _ours(model_dir, args.batch, args.codec, layers)
         rng = np.random.default_rng(0)
         shape = tuple(session.input_shape)
         x = rng.standard_normal((args.batch, *shape)).astype(np.float32)
         y = rng.integers(0, session.num_classes, args.batch).astype(np.int64)
         ours(x, y)
         first = time.perf_counter() - t0
-        theirs = _torch(model_dir)
+        theirs = _torch(model_dir, layers)
         theirs(x, y)
         times: dict[str, list[tuple[float, float]]] = {"facto-edge": [], "pytorch": []}
         for _ in range(args.rounds):

@@ -1,7 +1,7 @@
 """CIFAR accuracy study (issue 16): fine-tuning on real photos, facto-edge against PyTorch.
 
-    nice -n 5 python tools/cifar_study.py --work /tmp/acc-study/w2 --jobs 3 \\
-        --lrs 0.003 0.01 0.05 0.2 -o tables.md --plot docs/accuracy_cifar.png  # docs/accuracy.md
+    python tools/cifar_study.py --work /tmp/acc3 --jobs 2 -o tables.md \\
+        --plot docs/accuracy_cifar.png  # docs/accuracy.md
 
 Data: a folder of CIFAR-10 photos, one class folder each (--data, default
 ../shared/data/cifar10-10k: 1,000 training photos per class).
@@ -11,11 +11,12 @@ Data: a folder of CIFAR-10 photos, one class folder each (--data, default
   cosine) from 90 % of their photos, the other 10 % (stratified) held back to check it;
   its head is then zeroed, a fresh classifier for task B. Cached in the work directory;
   every seed fine-tunes it (one pretraining per seed did not fit the machine's time).
-- fine-tuning (task B), per seed: classes 5-9 (dog .. truck), 500 photos each (a
-  stratified half, from the seed), random 4-pixel-padded crop and horizontal flip, SGD
-  momentum 0.9, cosine schedule per step, batch 32, the same epochs and the same batches
-  in the same order for every method (`iterate_batches`, same seed); test accuracy on the
-  other 500 photos of each class, never trained on.
+- fine-tuning (task B), per seed (10 epochs by default; the pretraining 30): classes 5-9
+  (dog .. truck), 500 photos each (a stratified half, from the seed), random
+  4-pixel-padded crop and horizontal flip, SGD momentum 0.9, cosine schedule per step,
+  batch 32, the same epochs and the same batches in the same order for every method
+  (`iterate_batches`, same seed); test accuracy on the other 500 photos of each class,
+  never trained on.
 
 Methods: PyTorch full fine-tuning (every parameter, BatchNorm in training mode); PyTorch
 head only (the body frozen in eval mode); PyTorch biases and BatchNorm only (TinyTL's

@@ -10,7 +10,6 @@ of tools/bench_runtime.py ("PyTorch training the same factorized model").
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -221,7 +220,12 @@ OPS: dict[str, Fn] = {
 class TorchReference:
     """model.onnx as a torch function of its input; trainable initializers require grad."""
 
-    def __init__(self, proto: onnx.ModelProto, trainable: list[str]) -> None:
+    def __init__(
+        self, proto: onnx.ModelProto, trainable: list[str], batch_stats: list[str] | None = None
+    ) -> None:
+        """`batch_stats`: the BatchNormalization scales whose node uses batch statistics
+        (default: the trainable ones; the export's whole trainable set when only some
+        layers train, as in the runtime)."""
         self.graph = proto.graph
         self.tensors: dict[str, torch.Tensor] = {}
         for t in proto.graph.initializer:
@@ -233,6 +237,7 @@ class TorchReference:
                     numpy_helper.to_array(n.attribute[0].t).copy()
                 )
         self.trainable = list(trainable)
+        self.batch_stats = set(trainable if batch_stats is None else batch_stats)
         self.training = True  # trainable BatchNormalization: batch statistics
         self.program = [
             (OPS[n.op_type], self._attrs(n), list(n.input), n.output[0])
@@ -244,16 +249,21 @@ class TorchReference:
         """A node's attributes; a BatchNormalization whose scale trains uses batch
         statistics, as the runtime and the ORT training graph do."""
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        if n.op_type == "BatchNormalization" and n.input[1] in self.trainable:
+        if n.op_type == "BatchNormalization" and n.input[1] in self.batch_stats:
             attrs["training_mode"] = 1
         return attrs
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> TorchReference:
-        """The reference of a `*.facto` directory."""
+    def load(cls, model_dir: str | Path, train_layers: list[str] | None = None) -> TorchReference:
+        """The reference of a `*.facto` directory; with `train_layers`, only those layers'
+        tensors train (runtime/graph.restrict_trainable)."""
+        from facto_edge.runtime.graph import restrict_trainable
+        from facto_edge.runtime.manifest import Manifest
+
         d = Path(model_dir)
-        manifest = json.loads((d / "manifest.json").read_text())
-        return cls(onnx.load(str(d / "model.onnx")), manifest["trainable"])
+        manifest = Manifest.load(d)
+        trainable = list(restrict_trainable(manifest, train_layers))
+        return cls(onnx.load(str(d / "model.onnx")), trainable, manifest.trainable)
 
     def parameters(self) -> list[torch.Tensor]:
         """The trainable tensors, in manifest order."""

@@ -61,6 +61,19 @@ def _progress(done: int, total: int, text: str) -> None:
 @click.option("--batch", default=32, show_default=True, help="Batch size of the main figures.")
 @click.option("--rank", default=0.25, show_default=True, help="Export rank (fraction of channels).")
 @click.option(
+    "--train",
+    default="last",
+    show_default=True,
+    help="Export --train: last, first, core, all, a mix such as core,last, or delta.",
+)
+@click.option(
+    "--bn",
+    type=click.Choice(["fold", "train"]),
+    default="fold",
+    show_default=True,
+    help="Export --bn: fold BatchNorm, or train it (batch statistics).",
+)
+@click.option(
     "--codec",
     default="q4",
     show_default=True,
@@ -122,9 +135,9 @@ def _progress(done: int, total: int, text: str) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Rewrite the report and plots from a saved results.json; measure nothing.",
 )
-def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repeats, sweep,
-          sweep_steps, budget, no_cold, threads, max_busy, max_wait, timeout, work_dir, output,
-          report, from_results) -> None:  # fmt: skip
+def bench(models, systems, batch, rank, train, bn, codec, input_shape, steps, warmup, repeats,
+          sweep, sweep_steps, budget, no_cold, threads, max_busy, max_wait, timeout, work_dir,
+          output, report, from_results) -> None:  # fmt: skip
     """Measure facto-edge side by side with PyTorch (dense and factorized) and ONNX Runtime
     training: saved activations, peak RSS, images/s, cold start and a batch-size sweep.
     Writes Markdown tables and PNG plots."""
@@ -136,8 +149,8 @@ def bench(models, systems, batch, rank, codec, input_shape, steps, warmup, repea
     else:
         cfg = BenchConfig(
             models=_names(models), systems=_names(systems), batch=batch, rank=rank,
-            codecs=_names(codec), input_shape=parse_shape(input_shape), steps=steps,
-            warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
+            train=train, bn=bn, codecs=_names(codec), input_shape=parse_shape(input_shape),
+            steps=steps, warmup=warmup, repeats=repeats, sweep=_ints(sweep, "--sweep"),
             sweep_steps=sweep_steps, cold_start=not no_cold, threads=threads,
             budget=None if budget.lower() == "none" else parse_size(budget),
             max_busy=_optional_float(max_busy, "--max-busy"), max_wait_s=max_wait,

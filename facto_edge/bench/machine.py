@@ -102,4 +102,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "load_start": load_average(),
         "versions": versions(),
+        # OPENBLAS_CORETYPE pins numpy's BLAS kernels (some images set it: AVX2 kernels
+        # on an AVX-512 CPU halve its sgemm rate); the report says which held
+        "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
     }

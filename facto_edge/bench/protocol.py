@@ -28,6 +28,7 @@ SYSTEMS: dict[str, str] = {
 }
 FACTO = "facto-edge"
 DEFAULT_MODELS = ("resnet18_cifar", "mobilenetv2_cifar", "vgg11_bn_cifar")
+BN_CHOICES = ("fold", "train")
 KINDS = ("prime", "main", "cold", "codec", "sweep")
 
 
@@ -42,6 +43,8 @@ class BenchConfig:
     systems: tuple[str, ...] = tuple(SYSTEMS)
     batch: int = 32
     rank: float = 0.25
+    train: str = "last"  # the export's --train
+    bn: str = "fold"  # the export's --bn
     codecs: tuple[str, ...] = ("q4",)
     input_shape: tuple[int, int, int] = (3, 32, 32)
     steps: int = 5
@@ -79,6 +82,11 @@ class BenchConfig:
             raise FactoEdgeError(f"sweep batch sizes must be positive, found {self.sweep}")
         if not 0 < self.rank <= 1:
             raise FactoEdgeError(f"rank must be in (0, 1], found {self.rank}")
+        from facto_edge.exporters.rewrite import train_parts  # torch: not in the workers
+
+        train_parts(self.train)
+        if self.bn not in BN_CHOICES:
+            raise FactoEdgeError(f"bn must be one of {', '.join(BN_CHOICES)}, found {self.bn!r}")
 
 
 @dataclass(frozen=True)

@@ -77,14 +77,23 @@ def header(result: BenchResult) -> list[str]:
         f"{m['platform']}",
         f"- Load average (1 / 5 / 15 min): {load('load_start')} at the start, "
         f"{load('load_end')} at the end; {_run_loads(result)}",
-        f"- sgemm: {_sgemm(m)}",
+        f"- sgemm: {_sgemm(m)}{_openblas(m)}",
         f"- Versions: {versions}",
-        f"- Settings: batch {cfg.batch}, rank {cfg.rank}, codec {', '.join(cfg.codecs)}, "
+        f"- Settings: batch {cfg.batch}, rank {cfg.rank}, --train {cfg.train}, --bn {cfg.bn}, "
+        f"codec {', '.join(cfg.codecs)}, "
         f"input {'x'.join(map(str, cfg.input_shape))}, {cfg.warmup} warm-up + {cfg.steps} "
         f"timed steps x {cfg.repeats} rounds, SGD lr {cfg.lr} momentum {cfg.momentum}, "
         f"threads {cfg.threads or 'each system default'}, budget {budget}, seed {cfg.seed}",
         "",
     ]  # fmt: skip
+
+
+def _openblas(m: dict) -> str:
+    """What pinned numpy's OpenBLAS kernels, where the results say."""
+    if "openblas_env" not in m:
+        return ""
+    pins = ", ".join(f"{k}={v}" for k, v in sorted(m["openblas_env"].items()))
+    return f"; OpenBLAS {pins}" if pins else "; OpenBLAS chose its kernels (no OPENBLAS_ variables)"
 
 
 def _sgemm(machine: dict) -> str:

@@ -8,8 +8,10 @@ in a row per channel (kernels/conv_padded.py), and each kernel tap (i, j) is one
 sgemm (kernels/blas.py) of its weight slice with that row shifted by i*dh*Wp + j*dw,
 summed into the output planes (beta = 1), whose garbage border is then cropped (bias
 added on the way). Backward runs the same sums transposed. Without that sgemm, wide
-stride-1 planes take im2col over padded planes ("padded") instead. Depthwise convolutions
-(groups == C_in) have kernels of their own (kernels/depthwise.py).
+stride-1 planes take im2col over padded planes ("padded") instead. 3x3 stride-1
+convolutions of at least WINOGRAD_MIN_CHANNELS input channels take Winograd F(2x2, 3x3)
+(kernels/winograd.py): 16 matmuls of 4/9 the work, between transforms of the tiles.
+Depthwise convolutions (groups == C_in) have kernels of their own (kernels/depthwise.py).
 
 Shapes: x [C, N, H, W], w [M, C/groups, kh, kw] (as ONNX), y [M, N, Ho, Wo]. The
 workspace each path needs is `conv_workspace(...)`, given back as a dict of arrays.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from . import blas
+from . import blas, winograd
 from . import conv_padded as padded
 from .conv_padded import _span, uidx
 from .depthwise import (
@@ -180,16 +182,19 @@ def _check(x_shape: tuple, w_shape: tuple, y_shape: tuple, g: ConvGeom) -> None:
 PADDED_MIN_WIDTH = 16  # output columns from which padded-plane im2col beats plain im2col
 SHIFTED_MAX_WASTE = 1.6  # padded plane / output plane area up to which shifted wins
 SHIFTED_MIN_CHANNELS = 8  # input channels (each tap's matmul depth) from which it wins
+WINOGRAD_MIN_CHANNELS = 32  # input channels from which Winograd's transforms pay off
 NO_BIAS = np.zeros(0, np.float32)
 
 
 def conv_path(g: ConvGeom, c_in: int, wo: int, hw: tuple[int, int] = (0, 0)) -> str:
-    """Which implementation runs a convolution: pointwise, shifted, im2col, padded or
-    depthwise. `hw` is the input's height and width (it decides for shifted)."""
+    """Which implementation runs a convolution: pointwise, winograd, shifted, im2col,
+    padded or depthwise. `hw` is the input's height and width (it decides for shifted)."""
     if g.depthwise(c_in):
         return "depthwise"
     if g.pointwise and g.groups == 1:
         return "pointwise"
+    if _winograd_fits(g) and c_in >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
     if g.groups == 1 and g.sh == g.sw == 1:
         hp, wp = _padded_hw(g, *hw)
         ho, wo_ = g.out_hw(*hw)
@@ -199,6 +204,17 @@ def conv_path(g: ConvGeom, c_in: int, wo: int, hw: tuple[int, int] = (0, 0)) -> 
         if wo >= PADDED_MIN_WIDTH:
             return "padded"
     return "im2col"
+
+
+def _winograd_fits(g: ConvGeom) -> bool:
+    """3x3, stride 1, no dilation or groups, pads up to 2 (the input gradient's are 2 - p)."""
+    pads = (g.pt, g.pl, g.pb, g.pr)
+    plain = g.groups == 1 and g.sh == g.sw == g.dh == g.dw == 1 and not g.ceil
+    return plain and g.kh == g.kw == 3 and max(pads) <= 2
+
+
+def _pads(g: ConvGeom) -> tuple[int, int, int, int]:
+    return g.pt, g.pl, g.pb, g.pr
 
 
 def _padded_hw(g: ConvGeom, h: int, w: int) -> tuple[int, int]:
@@ -212,6 +228,8 @@ def conv_workspace(g: ConvGeom, x_shape: tuple, y_shape: tuple) -> dict[str, tup
     path = conv_path(g, c, wo, (h, w))
     if path == "depthwise":
         return {"planes": depthwise_workspace(g, h, w)}
+    if path == "winograd":
+        return winograd.workspace(c, m, n, (h, w), (ho, wo))
     if path == "shifted":
         hp, wp = _padded_hw(g, h, w)
         return {
@@ -312,6 +330,9 @@ def conv2d_fwd(x, w, b, y, ws: dict, g: ConvGeom) -> None:
         _shifted_fwd(x, w, b, y, ws, g)
         return
     bias = NO_BIAS if b is None else b
+    if path == "winograd":
+        winograd.conv_fwd(x, w, bias, y, ws, _pads(g))
+        return
     if path == "depthwise":
         depthwise_fwd(x, w, bias, y, *_dw_args(g), ws["planes"])
         return
@@ -338,6 +359,8 @@ def conv2d_bwd_input(gy, w, gx, ws: dict, g: ConvGeom) -> None:
     path = conv_path(g, gx.shape[0], wo, gx.shape[2:])
     if path == "shifted":
         _shifted_bwd_input(gy, w, gx, ws, g)
+    elif path == "winograd":
+        winograd.conv_bwd_input(gy, w, gx, ws, _pads(g))
     elif path == "depthwise":
         depthwise_bwd_input(gy, w, gx, *_dw_args(g), ws["planes"])
     elif path == "pointwise":
@@ -371,6 +394,9 @@ def conv2d_bwd_weight(gy, x, gw, gb, ws: dict, g: ConvGeom) -> None:
     path = conv_path(g, x.shape[0], gy.shape[3], x.shape[2:])
     if path == "shifted":
         _shifted_bwd_weight(gy, x, gw, ws, g)
+        return
+    if path == "winograd":
+        winograd.conv_bwd_weight(gy, x, gw, ws, _pads(g))
         return
     if path == "depthwise":
         depthwise_bwd_weight(gy, x, gw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)

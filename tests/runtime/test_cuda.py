@@ -470,6 +470,8 @@ OP_CASES = {
     "bn inference frozen scale": ("BatchNormalization", {}, [X4, C((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
     "bn 2d": ("BatchNormalization", {"epsilon": 1e-3}, [(4, 3), W((3,)), W((3,)), C((3,)), f32(1.0, 2.0, 0.5)]),  # noqa: E501
     "xent": ("SoftmaxCrossEntropyLoss", {"reduction": "mean"}, [(4, 5), i64(0, 4, 2, 2)]),
+    "delta conv": ("DeltaConv", {"pads": [1, 1, 1, 1]}, [(2, 2, 3, 4), W((4, 2, 1, 1)), W((4,)), XC, C((4, 3, 3, 3)), C((2, 3, 3, 3))]),  # noqa: E501
+    "delta conv 1x1 strided no bias": ("DeltaConv", {"strides": [2, 2]}, [(2, 2, 2, 2), W((4, 2, 1, 1)), None, XC, C((4, 3, 1, 1)), C((2, 3, 1, 1))]),  # noqa: E501
     "xent smoothing sum": ("SoftmaxCrossEntropyLoss", {"reduction": "sum", "label_smoothing": 0.1}, [(4, 5), i64(1, 3, 0, 2)]),  # noqa: E501
 }
 # fmt: on

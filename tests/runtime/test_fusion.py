@@ -156,3 +156,54 @@ def test_groupnorm_exports_fuses_and_trains_like_pytorch(tmp_path, net, affine_o
     np.testing.assert_allclose(session.predict(x), expected, rtol=1e-4, atol=1e-5)
     losses = [session.train_step(x, y) for _ in range(8)]
     assert losses[-1] < losses[0]
+
+
+def _unfused(monkeypatch) -> None:
+    """Load graphs without the delta-conv fusion (the other patterns still fuse)."""
+    from facto_edge.runtime import fusion
+
+    monkeypatch.setattr(fusion, "_delta", lambda view, node: None)
+
+
+@pytest.mark.parametrize(
+    ("name", "bn", "fused"),
+    [("simple_cnn", "fold", 2), ("simple_cnn", "train", 2), ("mobilenetv2_cifar", "fold", 34)],
+)
+def test_delta_convs_fuse_and_train_like_the_unfused_graph(exported, monkeypatch, name, bn, fused):
+    """A --train delta export: each factorized conv's dense node, chain and Add become one
+    DeltaConv (3x3 Tucker layers in simple_cnn, 1x1 SVD layers in mobilenetv2), which
+    keeps what the unfused graph keeps and trains to the same losses and gradients."""
+    _, out = exported(name, rank=0.25, train="delta", bn=bn, ort=False)
+    assert [n.op_type for n in load_graph(out).nodes].count("DeltaConv") == fused
+    x, y = batch(4, shape=(3, 32, 32), classes=10, seed=3)
+    runs = {}
+    for kind in ("fused", "unfused"):
+        if kind == "unfused":
+            _unfused(monkeypatch)
+            assert "DeltaConv" not in {n.op_type for n in load_graph(out).nodes}
+        session = TrainingSession(out, batch_size=4, lr=0.05, codec="fp32")
+        losses = [session.train_step(x, y) for _ in range(3)]  # `last` away from zero
+        runs[kind] = (losses, *session.compute_gradients(x, y), session.memory_report())
+    (losses, loss, grads, report), (ref_losses, ref_loss, ref_grads, ref_report) = runs.values()
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert grads.keys() == ref_grads.keys() and grads
+    for key, g in grads.items():
+        scale = np.abs(ref_grads[key]).max()
+        np.testing.assert_allclose(g, ref_grads[key], rtol=1e-4, atol=1e-5 * scale, err_msg=key)
+    assert report["saved_bytes"] == ref_report["saved_bytes"]
+
+
+def test_delta_conv_with_a_trainable_chain_factor_stays_unfused(exported):
+    """A delta conv fuses only while W, first and core are frozen: training `first` too
+    would need the chain's backward, so that layer runs as exported."""
+    import json
+
+    _, out = exported("simple_cnn", rank=0.25, train="delta", bn="fold", ort=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    layer = next(ly for ly in manifest["layers"] if ly.get("residual"))
+    manifest["trainable"].append(layer["factors"]["first"])
+    nodes = load_graph((onnx.load(str(out / "model.onnx")), manifest)).nodes
+    fused = [n.name for n in nodes if n.op_type == "DeltaConv"]
+    assert len(fused) == 1 and f"{layer['name']}.last" not in fused
+    assert f"{layer['name']}.delta_add" in {n.name for n in nodes}

@@ -183,6 +183,20 @@ def test_conv_shifted_asymmetric_dilated():
 def test_conv_shifted_frozen():
     check_op("Conv", {"pads": (1, 1, 1, 1)}, [SHIFTED, C((4, 8, 3, 3))], lambda x, w: F.conv2d(x, w, padding=1))
 
+WINOGRAD = (2, 32, 5, 6)  # 3x3 stride 1, >= WINOGRAD_MIN_CHANNELS inputs: Winograd F(2x2, 3x3)
+
+def test_conv_winograd():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [WINOGRAD, W((4, 32, 3, 3)), W((4,))], lambda x, w, b: F.conv2d(x, w, b, padding=1))
+
+def test_conv_winograd_asymmetric_pads():
+    check_op("Conv", {"pads": (2, 0, 1, 2)}, [WINOGRAD, W((3, 32, 3, 3))], lambda x, w: F.conv2d(F.pad(x, (0, 2, 2, 1)), w))
+
+def test_conv_winograd_unpadded_odd():
+    check_op("Conv", {}, [(3, 32, 7, 4), W((5, 32, 3, 3)), W((5,))], lambda x, w, b: F.conv2d(x, w, b))
+
+def test_conv_winograd_frozen():
+    check_op("Conv", {"pads": (1, 1, 1, 1)}, [WINOGRAD, C((4, 32, 3, 3))], lambda x, w: F.conv2d(x, w, padding=1))
+
 def test_gemm_transb_bias():
     check_op("Gemm", {"transB": 1}, [(4, 6), W((5, 6)), W((5,))], lambda a, b, c: a @ b.T + c)
 
@@ -230,6 +244,12 @@ def test_clip_absent_min():
 
 def test_maxpool():
     check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2)}, [X4], lambda x: F.max_pool2d(x, 2, 2))
+
+def test_maxpool_tiling():  # 2x2 windows that tile x: the branch-free path, no zero fill
+    check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2)}, [(2, 3, 6, 8)], lambda x: F.max_pool2d(x, 2, 2))
+
+def test_maxpool_ceil_partial():  # full 2x2 windows branch-free, the partial last ones not
+    check_op("MaxPool", {"kernel_shape": (2, 2), "strides": (2, 2), "ceil_mode": 1}, [(2, 3, 7, 5)], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True))
 
 def test_maxpool_pad_stride():
     check_op("MaxPool", {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, [X4], lambda x: F.max_pool2d(x, 3, 2, 1))
@@ -302,7 +322,18 @@ def test_xent_sum():
 # fmt: on
 
 
-@pytest.mark.parametrize(("n", "lo", "hi"), [(37, 0.0, math.inf), (64, -0.5, 0.5)])
+def test_conv_winograd_shapes_take_winograd():
+    from facto_edge.runtime.kernels.conv import WINOGRAD_MIN_CHANNELS, ConvGeom, conv_path
+
+    assert WINOGRAD[1] >= WINOGRAD_MIN_CHANNELS
+    for pads, hw in (((1, 1, 1, 1), (5, 6)), ((2, 0, 1, 2), (5, 6)), ((0, 0, 0, 0), (7, 4))):
+        g = ConvGeom(3, 3, 1, 1, *pads)
+        assert conv_path(g, 32, g.out_hw(*hw)[1], hw) == "winograd"
+    assert conv_path(ConvGeom(3, 3, 2, 2, 1, 1, 1, 1), 32, 3, (5, 6)) != "winograd"
+    assert conv_path(ConvGeom(3, 3, 1, 1, 3, 3, 3, 3), 32, 10, (5, 6)) != "winograd"
+
+
+@pytest.mark.parametrize(("n", "lo", "hi"), [(37, 0.0, math.inf), (64, -0.5, 0.5), (7, 0.0, math.inf), (1003, -0.2, 1.0)])
 def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
     x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
     y, bits = np.empty_like(x), np.empty(mask_nbytes(x.shape), np.uint8)
@@ -315,6 +346,9 @@ def test_fused_clip_mask_has_the_codec_layout(n, lo, hi):
     mask_bwd(bits, x, g)
     mask_apply(ref, x, ref_g)
     np.testing.assert_array_equal(g, ref_g)
+    inplace = x.copy()
+    mask_bwd(bits, inplace, inplace)
+    np.testing.assert_array_equal(inplace, ref_g)
 
 
 def test_unsupported_op_names_type_and_node():

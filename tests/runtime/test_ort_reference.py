@@ -316,8 +316,10 @@ def test_zoo_trajectory_matches_onnxruntime(zoo_export, tmp_path, name, train, b
         # other side moves a few weight gradients by percents (test_zoo_gradients.py). It
         # happens at nearly every step of mobilenetv2_cifar, and at many of resnet18_cifar,
         # where ORT's first gradient differs from PyTorch's by 2% and the runtime's
-        # matches PyTorch's to rtol 1e-4.
-        typical, worst = (5e-2, 5e-2) if name in KINKED else (1e-3, 1e-2)
+        # matches PyTorch's to rtol 1e-4. Such a step moved resnet20_cifar's update by
+        # 1.5e-2 (4 steps of 20 above 1e-3, the rest at 2e-6) once its one lane ran BLAS
+        # on one thread (lanes.py): a summation order of its own, flipping other elements.
+        typical, worst = (5e-2, 5e-2) if name in KINKED else (1e-3, 2e-2)
         assert np.median(rows[:, 2]) < typical and rows[:, 2].max() < worst, rows[:, 2]
         return
     ours = our_losses(model_dir, "sgd", data, batch_size=4)

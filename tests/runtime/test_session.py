@@ -105,6 +105,19 @@ def test_batch_statistics_need_one_lane(monkeypatch):
     assert TrainingSession(tiny_model("train"), batch_size=8, threads=2).binding.lanes == 1
 
 
+def test_one_lane_steps_run_blas_on_one_thread(monkeypatch):
+    """A one-lane session with two threads: numba's kernels take both, BLAS one (its
+    threads, meeting at every small sgemm, collapse on a busy machine: lanes.py)."""
+    from facto_edge.runtime import lanes
+
+    asked = []
+    real = blas.threads
+    monkeypatch.setattr(lanes.blas, "threads", lambda n: asked.append(n) or real(n))
+    s = TrainingSession(tiny_model("train"), batch_size=8, threads=2)
+    s.train_step(*batch(8))
+    assert s.binding.lanes == 1 and asked and set(asked) == {1}
+
+
 def test_train_step_is_sgd_with_momentum():
     model, manifest = tiny_model()
     x, y = batch(4)
