@@ -121,7 +121,7 @@ def format_layers(manifest) -> str:
 )
 @click.option(
     "--codec",
-    default="q4",
+    default="q2",
     show_default=True,
     type=click.Choice(BLOCK_CODECS),
     help="With --auto: the training's codec.",
@@ -270,7 +270,7 @@ def _batch_size(value: str) -> int | str:
     type=click.Choice(["constant", "cosine", "step"]),
 )
 @click.option("--warmup-steps", default=0, show_default=True)
-@click.option("--codec", default="q4", show_default=True, type=click.Choice(CODEC_NAMES))
+@click.option("--codec", default="q2", show_default=True, type=click.Choice(CODEC_NAMES))
 @click.option(
     "--rounding",
     default="nearest",

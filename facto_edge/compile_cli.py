@@ -67,7 +67,7 @@ def _summary(report) -> str:
 @click.command(name="compile", cls=FactoCommand)
 @click.argument("model", type=click.Path(exists=True, file_okay=False), required=False)
 @click.option("--codec", "codecs", multiple=True, type=click.Choice(CODEC_NAMES),
-              help="Codec(s) training will use (default q4; repeat for several).")  # fmt: skip
+              help="Codec(s) training will use (default q2; repeat for several).")  # fmt: skip
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--parallel", is_flag=True,
               help="Also compile the parallel builds (several times longer).")  # fmt: skip
@@ -82,7 +82,7 @@ def compile_(model, codecs, optimizer, parallel, memory, jobs) -> None:
     bar = _Bar(f"for {model or 'the runtime'}")
     try:
         report = prepare_kernels(
-            model, tuple(codecs) or ("q4",), optimizer, builds="both" if parallel else "serial",
+            model, tuple(codecs) or ("q2",), optimizer, builds="both" if parallel else "serial",
             memory=memory, jobs=jobs, on_progress=bar,
         )  # fmt: skip
     finally:

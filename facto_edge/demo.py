@@ -41,7 +41,7 @@ TRAIN_OPTIONS = {
     "optimizer": "sgd",
     "lr": 0.05,  # the rate docs/accuracy.md's validation tuning chose for this setup
     "schedule": "cosine",
-    "codec": "q4",
+    "codec": "q2",
 }
 MARKER = "demo.json"
 OUTPUTS = {MARKER, "pretrained.pt", "model.facto", "digits.npz", "run", "report.json"}

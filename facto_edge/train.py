@@ -491,7 +491,7 @@ def train(
     optimizer: str = "sgd",
     lr: float = 0.01,
     schedule: str = "constant",
-    codec: str = "q4",
+    codec: str = "q2",
     val_split: float = 0.1,
     augment: bool = False,
     seed: int = 0,

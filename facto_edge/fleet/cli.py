@@ -33,7 +33,7 @@ def _fleet_options(fn):
         click.option("--lr-decay", default=0.95, show_default=True,
                      help="Clients' lr in round r: lr x lr-decay^(r-1)."),
         click.option("--momentum", default=0.9, show_default=True),
-        click.option("--codec", default="q4", show_default=True,
+        click.option("--codec", default="q2", show_default=True,
                      type=click.Choice(CODEC_NAMES)),
         click.option("--wire", default="fp16", show_default=True, type=click.Choice(WIRE_NAMES),
                      help="Encoding of the tensors on the wire, both ways."),

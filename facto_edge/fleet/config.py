@@ -55,7 +55,7 @@ class FleetConfig:
     lr: float = 0.05
     lr_decay: float = 0.95
     momentum: float = 0.9
-    codec: str = "q4"
+    codec: str = "q2"
     wire: str = "fp16"
     strategy: str = "fedavgm"
     server_lr: float = 0.0

@@ -55,7 +55,7 @@ def folded_weight(model, layer_name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["simple_cnn", "resnet18_cifar"])
 def test_factors_rebuild_weights_with_reported_error(exported, name):
-    model, out = exported(name, rank=0.25, ort=False)
+    model, out = exported(name, rank=0.25, train="last", bn="fold", ort=False)
     manifest = Manifest.load(out)
     inits = initializers(out)
     checked = 0
@@ -79,7 +79,7 @@ def test_factors_rebuild_weights_with_reported_error(exported, name):
 
 
 def test_manifest_records_layers_and_trainable_set(exported):
-    _, out = exported("resnet18_cifar", rank=0.25, ort=False)
+    _, out = exported("resnet18_cifar", rank=0.25, train="last", bn="fold", ort=False)
     data = json.loads((out / "manifest.json").read_text())
     assert data["input_shape"] == [3, 32, 32] and data["num_classes"] == 10
     methods = {layer["name"]: layer["method"] for layer in data["layers"]}
@@ -122,7 +122,7 @@ def test_bn_train_keeps_trainable_batchnorm(exported):
 
 
 def test_train_mix_trains_the_union_of_its_factors(exported):
-    _, out = exported("simple_cnn", rank=0.25, train="core,last", ort=False)
+    _, out = exported("simple_cnn", rank=0.25, train="core,last", bn="fold", ort=False)
     layers = {layer.name: layer for layer in Manifest.load(out).layers}
     tucker = [layer for layer in layers.values() if layer.method == "tucker2"]
     assert tucker and all(
@@ -182,7 +182,7 @@ def test_delta_starts_at_the_original_model(exported, name, bn):
 
 
 def test_delta_trains_only_a_zero_last_beside_the_frozen_weight(exported):
-    model, out = exported("simple_cnn", rank=0.25, train="delta", ort=False)
+    model, out = exported("simple_cnn", rank=0.25, train="delta", bn="fold", ort=False)
     manifest, inits = Manifest.load(out), initializers(out)
     residual = [layer for layer in manifest.layers if layer.residual]
     assert {layer.method for layer in residual} == {"tucker2", "svd"}

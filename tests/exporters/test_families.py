@@ -204,7 +204,7 @@ def test_new_shapes_factorize_and_match(tmp_path, rank):
     model = Shapes().eval()
     if rank < 1:
         exact_low_rank(model, rank)
-    out, manifest = export_family(tmp_path, model, (16, 20, 8), rank=rank)
+    out, manifest = export_family(tmp_path, model, (16, 20, 8), rank=rank, train="last", bn="fold")
     x = sample((16, 20, 8))
     assert relative(onnx_logits(out / "model.onnx", x), torch_logits(model, x)) < 1e-4
     layers = {layer.name: layer for layer in manifest.layers}

@@ -49,15 +49,15 @@ def test_a_tighter_budget_falls_back_to_a_smaller_candidate(model_pt, tmp_path):
     peaks = []
     for cand in (BIG, SMALL):
         choice, _ = choose_and_export(
-            model_pt, tmp_path / f"{cand.study}.facto", "4GB", batch_size=512, ort=False,
-            candidates=(cand,),
+            model_pt, tmp_path / f"{cand.study}.facto", "4GB", batch_size=512, codec="q4",
+            ort=False, candidates=(cand,),
         )  # fmt: skip
         peaks.append(plan_training(tmp_path / f"{cand.study}.facto", "4GB", 512, bits=4).total)
         assert choice.peak == peaks[-1]
     assert peaks[0] > peaks[1] + (4 << 20), peaks
     out = tmp_path / "between.facto"
     choice, _ = choose_and_export(
-        model_pt, out, (peaks[0] + peaks[1]) // 2, batch_size=512, ort=False,
+        model_pt, out, (peaks[0] + peaks[1]) // 2, batch_size=512, codec="q4", ort=False,
         candidates=(BIG, SMALL),
     )  # fmt: skip
     assert choice.candidate == SMALL

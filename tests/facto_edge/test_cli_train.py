@@ -174,8 +174,8 @@ def test_run_directory_of_another_run_is_refused(digits_model, small_npz, finish
 
 def test_mismatched_resume_is_refused(digits_model, pretrained_pt, small_npz, finished_run):
     before = snapshot(finished_run)
-    options = cli(*train_args(digits_model, small_npz, finished_run, "--resume", "--codec", "q2"))
-    assert_refused(options, "cannot resume", "codec: 'q4' -> 'q2'")
+    options = cli(*train_args(digits_model, small_npz, finished_run, "--resume", "--codec", "q4"))
+    assert_refused(options, "cannot resume", "codec: 'q2' -> 'q4'")
     other = finished_run.parent / "other.facto"
     assert cli("export", pretrained_pt, "-o", other, "--no-ort", "--rank", 0.5).exit_code == 0
     model = cli(*train_args(other, small_npz, finished_run, "--resume"))

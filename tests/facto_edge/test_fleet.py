@@ -28,10 +28,22 @@ from facto_edge.runtime.manifest import Manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cfg(digits_model) -> FleetConfig:
+def fleet_model(pretrained_pt, tmp_path_factory):
+    """The digits model as the fleet tests were written for (last factors, BN folded,
+    trained with q4): with `--bn train` the BN statistics travel beside the trainable
+    tensors."""
+    from facto_edge import export
+
+    out = tmp_path_factory.mktemp("fleet_model") / "model.facto"
+    export(pretrained_pt, out, rank=0.25, train="last", bn="fold", ort=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg(fleet_model) -> FleetConfig:
     return FleetConfig(
-        str(digits_model), "digits:", clients=4, rounds=2, fraction=1.0, local_epochs=2,
-        batch_size=16, lr=0.05,
+        str(fleet_model), "digits:", clients=4, rounds=2, fraction=1.0, local_epochs=2,
+        batch_size=16, lr=0.05, codec="q4",
     )  # fmt: skip
 
 

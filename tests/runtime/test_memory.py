@@ -248,7 +248,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_q4_gradients_stay_close_to_lossless(exported, name):
-    model_dir = exported(name, rank=0.25, ort=False)[1]
+    # trained BN makes a conv bias before it gradient-free (exact gradient only rounding
+    # noise), so the cosine is measured on the factors of the last factor and folded BN
+    model_dir = exported(name, rank=0.25, train="last", bn="fold", ort=False)[1]
     x, y = batch(4, shape=(3, 32, 32), classes=10, seed=11)
     exact = TrainingSession(model_dir, batch_size=4, codec="fp32").compute_gradients(x, y)[1]
     lossy = TrainingSession(model_dir, batch_size=4, codec="q4").compute_gradients(x, y)[1]
