@@ -30,6 +30,7 @@ class Candidate:
     train: str
     bn: str
     study: str  # the study's figure, for the report
+    train_hint: str = ""  # how the study trained it, where the defaults of train differ
 
     def options(self) -> str:
         return f"--rank {self.rank} --train {self.train} --bn {self.bn}"
@@ -38,14 +39,23 @@ class Candidate:
 # What `facto-edge export` and `facto_edge.export` use when not told.
 EXPORT_DEFAULTS = {"rank": 0.25, "train": "delta", "bn": "train"}
 
-# Best first: the mean test accuracy of three seeds in the CIFAR study (docs/accuracy.md;
-# ResNet-20 fine-tuned to five new classes; PyTorch full fine-tuning 61.0%, head only 55.7%).
+# Best first: the test accuracy in the CIFAR study (docs/accuracy.md; ResNet-20 fine-tuned
+# to five new classes from 500 photos each, mean of three seeds where it says so, else
+# seed 0's; PyTorch full fine-tuning 81.6%, head only 68.1%, biases and BN 74.9%).
 CANDIDATES = (
-    Candidate(0.5, "core,last", "train", "58.5% in the CIFAR study"),
-    Candidate(0.25, "delta", "train", "58.2% in the CIFAR study, 57.7% with q2: the defaults"),
-    Candidate(0.25, "delta", "fold", "55.8% in the CIFAR study"),
-    Candidate(0.5, "core,last", "fold", "55.7% in the CIFAR study"),
-    Candidate(0.25, "last", "fold", "54.0% in the CIFAR study: the former export defaults"),
+    Candidate(
+        1.0,
+        "core,last",
+        "train",
+        "80.7% over three seeds in the CIFAR study, trained with q2 and the layers that "
+        "matter most (full fine-tuning 81.6%)",
+        "train it with --lr 0.03 --train-layers auto:SIZE (SIZE: the saved bytes per step "
+        "to allow, e.g. 7% of what PyTorch dense training keeps)",
+    ),
+    Candidate(0.5, "delta", "train", "78.3% over three seeds in the CIFAR study, q2"),
+    Candidate(0.25, "delta", "train", "78.6% in the CIFAR study (seed 0), q2: the defaults"),
+    Candidate(0.25, "delta", "fold", "77.2% in the CIFAR study (seed 0) with --lr-groups head=10"),
+    Candidate(0.25, "last", "fold", "69.9% in the CIFAR study (seed 0): the former defaults"),
 )
 
 

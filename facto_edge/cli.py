@@ -217,6 +217,8 @@ def _auto_export(model, output, budget, batch_size, codec, ort, force, common):
         f"{budget} budget, saving {format_size(choice.saved_bytes)} per step",
         err=True,
     )
+    if c.train_hint:
+        click.echo(f"--auto: {c.train_hint}", err=True)
     return manifest
 
 

@@ -39,6 +39,7 @@ def test_a_roomy_budget_gets_the_studys_best_and_says_why(model_pt, tmp_path):
         best.rank, best.train, best.bn,
     )  # fmt: skip
     assert f"--auto chose {best.options()}" in result.output
+    assert best.train_hint in result.output.replace("\n", " ") or not best.train_hint
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".facto-auto-")]
 
 
