@@ -534,6 +534,10 @@ def train(
     was saved.
     """
     cbs = _Callbacks(callbacks)
+    if isinstance(train_layers, str):
+        raise FactoEdgeError(
+            f"train_layers must be a list of layer names or AutoLayers, found {train_layers!r}"
+        )
     cfg = TrainConfig(
         _data_key(data), epochs, batch_size, optimizer, lr, momentum, weight_decay,
         schedule, warmup_steps, codec, val_split, augment, seed, label_smoothing,
