@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facto_edge.child import next_message
+from facto_edge.child import run_in_child
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import allowance, format_size, parse_size
 from facto_edge.runtime.checkpoint import write_text_atomic
@@ -213,23 +212,9 @@ def train_in_fresh_process(
 ) -> tuple:
     """Run `train` and a test evaluation in a new interpreter (spawned: it imports only
     what training needs), relaying its callbacks; returns its "done" message."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    args = (queue, str(model_dir), str(data), str(run_dir), options)
-    proc = ctx.Process(target=_train_process, args=args)
     release_compiler_pages()  # the export imported numba: LLVM pages held here stay in the child
-    proc.start()
-    try:
-        while True:
-            message = next_message(queue, proc, "training process")
-            if message[0] == "done":
-                return message
-            if message[0] == "error":
-                raise message[1]
-            for cb in callbacks:
-                getattr(cb, message[0])(*message[1:])
-    finally:
-        proc.join()
+    args = (str(model_dir), str(data), str(run_dir), options)
+    return run_in_child(_train_process, args, "training process", callbacks)
 
 
 def run_demo(

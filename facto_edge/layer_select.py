@@ -9,13 +9,12 @@ A resumed run keeps the layers its run chose.
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facto_edge.child import next_message
+from facto_edge.child import run_in_child
 from facto_edge.errors import FactoEdgeError
 from facto_edge.runtime.budget import parse_size
 
@@ -79,15 +78,5 @@ def choose_layers(
         return _select(*args)
     from facto_edge.runtime.preload import release_compiler_pages
 
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_select_process, args=(queue, *args))
-    release_compiler_pages()
-    proc.start()
-    try:
-        kind, value = next_message(queue, proc, "layer selection process")
-    finally:
-        proc.join()
-    if kind == "error":
-        raise value
-    return value
+    release_compiler_pages()  # LLVM pages held here would stay resident in the child
+    return run_in_child(_select_process, args, "layer selection process")[1]

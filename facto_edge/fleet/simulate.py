@@ -17,13 +17,12 @@ RUN/fleet.png. An existing run in RUN resumes from its last round.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from facto_edge.child import next_message
+from facto_edge.child import run_in_child
 from facto_edge.errors import FactoEdgeError
 from facto_edge.fleet.config import FleetConfig
 from facto_edge.fleet.parts import write_parts
@@ -143,18 +142,5 @@ def _simulate_ray(cfg: FleetConfig, run_dir: Path, callbacks, cpus: int | None):
     only caller of the runtime's parallel kernels there, which numba's workqueue threading
     layer requires (a process whose main thread ran them hangs when another thread does),
     and Ray's start-up and memory stay out of the caller. Returns (state, driver peak)."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_ray_process, args=(queue, cfg, str(run_dir), cpus))
-    proc.start()
-    try:
-        while True:
-            message = next_message(queue, proc, "simulation process")
-            if message[0] == "done":
-                return load_state(run_dir), message[1]
-            if message[0] == "error":
-                raise message[1]
-            for cb in callbacks:
-                getattr(cb, message[0])(*message[1:])
-    finally:
-        proc.join()
+    message = run_in_child(_ray_process, (cfg, str(run_dir), cpus), "simulation process", callbacks)
+    return load_state(run_dir), message[1]
